@@ -1,0 +1,363 @@
+"""Streaming second moments, PCA and variance subspaces (PAPER.md section 2).
+
+Everything here works on rows: ``X`` has shape `(num_samples, num_features)` (``D = C * H * W`` for
+flattened images). Inputs may be numpy arrays or torch tensors on any device; statistics are summed in
+float64 whatever the input dtype.
+
+Subspaces are named by short strings, validated by :func:`parse_subspace`:
+
+=============  ===========================================================================
+``top:p``      leading components whose cumulative explained variance ``c_i <= p``
+``bottom:q``   the complement of ``top:(1-q)``: components with ``c_i > 1 - q``
+``first:k``    the ``k`` leading components
+``last:k``     the ``k`` trailing components
+``all``        every component
+=============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SUBSPACE_FORMS",
+    "SubspaceSpec",
+    "parse_subspace",
+    "subspace_indices",
+    "SecondMoments",
+    "PCA",
+    "as_float_tensor",
+    "num_components",
+]
+
+SUBSPACE_FORMS = "'top:P' or 'bottom:P' (0 < P <= 1), 'first:K' or 'last:K' (integer K >= 1), or 'all'"
+
+# Cumulative sums of float64 ratios can land a hair above an exact threshold (0.9 -> 0.9000000000000001);
+# this tolerance keeps `top:p` and `bottom:(1-p)` exact complements without moving any real boundary.
+_CUMULATIVE_TOL = 1e-10
+
+# Rows per matrix product when accumulating: big enough for BLAS efficiency, small enough that the
+# temporary (batch_rows, D) copy stays a small fraction of the input.
+_ACCUMULATE_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class SubspaceSpec:
+    """A parsed subspace name: ``kind`` in {top, bottom, first, last, all} and its parameter."""
+
+    kind: str
+    value: float | int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "all":
+            return "all"
+        return f"{self.kind}:{self.value:g}" if isinstance(self.value, float) else f"{self.kind}:{self.value}"
+
+
+def parse_subspace(spec: str | SubspaceSpec) -> SubspaceSpec:
+    """Parse and validate a subspace string such as ``"top:0.9"`` or ``"last:100"``.
+
+    Raises:
+        ValueError: naming the string and the accepted forms, e.g.
+            ``subspace 'top:1.3': fraction must be in (0, 1]``.
+    """
+    if isinstance(spec, SubspaceSpec):
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(f"subspace: expected a string of the form {SUBSPACE_FORMS}, got {spec!r}")
+    text = spec.strip().lower()
+    if text == "all":
+        return SubspaceSpec("all")
+    kind, sep, arg = text.partition(":")
+    if not sep or kind not in ("top", "bottom", "first", "last"):
+        raise ValueError(f"subspace {spec!r}: unknown form; expected {SUBSPACE_FORMS}")
+    if kind in ("top", "bottom"):
+        try:
+            fraction = float(arg)
+        except ValueError:
+            raise ValueError(f"subspace {spec!r}: fraction {arg!r} is not a number; expected {SUBSPACE_FORMS}") from None
+        if not (0 < fraction <= 1):
+            raise ValueError(f"subspace {spec!r}: fraction must be in (0, 1], got {fraction:g}")
+        return SubspaceSpec(kind, fraction)
+    if not arg.isdigit() or int(arg) < 1:
+        raise ValueError(f"subspace {spec!r}: count must be an integer >= 1, got {arg!r}")
+    return SubspaceSpec(kind, int(arg))
+
+
+def subspace_indices(spec: str | SubspaceSpec, explained_variance_ratio) -> torch.Tensor:
+    """Indices (into components sorted by decreasing variance) of the components a subspace keeps.
+
+    Args:
+        spec: a subspace string, see :func:`parse_subspace`.
+        explained_variance_ratio (array of shape `(D,)`): ratios ``r_i``, sorted decreasingly.
+
+    Returns:
+        `torch.LongTensor` of shape `(d,)`, increasing, ``d >= 1``.
+
+    Raises:
+        ValueError: if the subspace is empty or asks for more components than exist.
+    """
+    parsed = parse_subspace(spec)
+    ratios = torch.as_tensor(explained_variance_ratio, dtype=torch.float64).cpu()
+    dim = ratios.numel()
+    cumulative = torch.cumsum(ratios, 0)  # c_i
+    if parsed.kind == "all":
+        keep = torch.ones(dim, dtype=torch.bool)
+    elif parsed.kind == "top":
+        keep = cumulative <= parsed.value + _CUMULATIVE_TOL
+    elif parsed.kind == "bottom":
+        keep = ~(cumulative <= 1.0 - parsed.value + _CUMULATIVE_TOL)
+    else:
+        if parsed.value > dim:
+            raise ValueError(f"subspace '{parsed}': asks for {parsed.value} components but only {dim} exist")
+        keep = torch.zeros(dim, dtype=torch.bool)
+        keep[: parsed.value] = parsed.kind == "first"
+        keep[dim - parsed.value :] = parsed.kind == "last"
+    indices = torch.nonzero(keep).flatten()
+    if indices.numel() == 0:
+        if parsed.kind == "top":
+            why = f"the first component alone explains {ratios[0].item():.3g} of the variance (> {parsed.value:g})"
+        else:
+            why = f"the last component starts at cumulative variance {cumulative[-2].item():.3g}" if dim > 1 else ""
+        raise ValueError(f"subspace '{parsed}' is empty: {why}")
+    return indices
+
+
+def as_float_tensor(X, name: str = "X", ndim: int = 2) -> torch.Tensor:
+    """A float tensor view of ``X`` (numpy or torch, no copy when possible), validated.
+
+    Raises:
+        ValueError: naming ``name`` when ``X`` is ragged, has the wrong number of dimensions, or holds
+            NaN / inf.
+    """
+    if isinstance(X, torch.Tensor):
+        tensor = X
+    else:
+        try:
+            array = np.asarray(X)
+        except ValueError as err:  # ragged nested lists
+            raise ValueError(f"{name}: expected a rectangular array, got ragged rows ({err})") from None
+        if array.dtype == object:
+            raise ValueError(f"{name}: expected a rectangular numeric array, got ragged or non-numeric rows")
+        tensor = torch.from_numpy(array)
+    if tensor.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.float64 if tensor.dtype == torch.int64 else torch.float32)
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return tensor
+
+
+class SecondMoments:
+    """Streaming, mergeable first and second moments of rows, summed in float64.
+
+    Memory is ``O(D^2)`` whatever the number of rows. Each batch's products are formed in the input's
+    precision after subtracting a fixed shift (the first batch's mean), then added to float64 sums: the
+    shift keeps float32 round-off at the scale of the data's spread instead of its offset (the classic
+    shifted-data variance algorithm), while float32 batches keep float32 BLAS speed.
+
+    Attributes:
+        count (`int`): rows seen.
+        shift (`torch.DoubleTensor` of shape `(D,)`): the reference point of the sums.
+        sum (`torch.DoubleTensor` of shape `(D,)`): ``sum_n (x_n - shift)``.
+        outer (`torch.DoubleTensor` of shape `(D, D)`): ``sum_n (x_n - shift)(x_n - shift)^T``.
+    """
+
+    def __init__(self, dim: int | None = None, device=None):
+        self.dim = dim
+        self.device = device
+        self.count = 0
+        self.shift = self.sum = self.outer = None
+
+    def _allocate(self, dim: int, device, shift: torch.Tensor) -> None:
+        self.dim, self.device = dim, device
+        self.shift = shift.to(device=device, dtype=torch.float64)
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    def update(self, X) -> SecondMoments:
+        """Add rows ``X`` of shape `(n, D)`."""
+        X = as_float_tensor(X)
+        if X.shape[0] == 0:
+            return self
+        if self.sum is None:
+            self._allocate(X.shape[1], X.device, X[:_ACCUMULATE_ROWS].to(torch.float64).mean(0))
+        elif X.shape[1] != self.dim:
+            raise ValueError(f"X: expected {self.dim} features per row (as in earlier batches), got {X.shape[1]}")
+        shift = self.shift.to(X.dtype)
+        for start in range(0, X.shape[0], _ACCUMULATE_ROWS):
+            chunk = X[start : start + _ACCUMULATE_ROWS].to(self.device) - shift  # (b, D), input precision
+            self.sum += chunk.sum(0, dtype=torch.float64)
+            self.outer += (chunk.T @ chunk).to(torch.float64)
+        self.count += X.shape[0]
+        return self
+
+    def _rebased(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum, outer)`` re-expressed around another shift (exact algebra, in float64)."""
+        delta = (self.shift - shift).to(self.sum)  # x - new = (x - old) + delta
+        total = self.sum + self.count * delta
+        outer = self.outer + torch.outer(self.sum, delta) + torch.outer(delta, self.sum)
+        outer += self.count * torch.outer(delta, delta)
+        return total, outer
+
+    def merge(self, other: SecondMoments) -> SecondMoments:
+        """Add another accumulator's rows into this one (in place); returns self."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            self._allocate(other.dim, self.device or other.device, other.shift)
+            self.sum, self.outer, self.count = other.sum.clone(), other.outer.clone(), other.count
+            return self
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge moments of {other.dim} features into moments of {self.dim}")
+        other_sum, other_outer = other._rebased(self.shift.to(other.sum.device))
+        self.sum += other_sum.to(self.device)
+        self.outer += other_outer.to(self.device)
+        self.count += other.count
+        return self
+
+    def all_reduce(self) -> SecondMoments:
+        """Sum the statistics of every process of the default ``torch.distributed`` group (in place).
+
+        A no-op without an initialised process group. Every rank must call it, and every rank must have
+        seen at least one row (so that all agree on ``D``). Sums are re-based on the mean of the ranks'
+        shifts, then all-reduced, so every rank ends with identical statistics.
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self
+        if self.count == 0:
+            raise ValueError("all_reduce: this process saw no rows; give every process at least one batch")
+        world = torch.distributed.get_world_size()
+        common_shift = self.shift.clone()
+        torch.distributed.all_reduce(common_shift)
+        common_shift /= world
+        self.sum, self.outer = self._rebased(common_shift)
+        self.shift = common_shift
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.sum.device)
+        for tensor in (self.sum, self.outer, count):
+            torch.distributed.all_reduce(tensor)
+        self.count = int(count.item())
+        return self
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """`(D,)` float64 mean of the rows."""
+        self._check_fitted()
+        return self.shift + self.sum / self.count
+
+    def covariance(self) -> torch.Tensor:
+        """`(D, D)` float64 covariance with the ``1/N`` normalisation (PAPER.md: ``C = X^T X / N``)."""
+        self._check_fitted()
+        centred_mean = self.sum / self.count
+        cov = self.outer / self.count - torch.outer(centred_mean, centred_mean)
+        return (cov + cov.T) / 2
+
+    def _check_fitted(self) -> None:
+        if self.count == 0:
+            raise ValueError("no rows accumulated yet: call update() with data first")
+
+
+def _eigh_descending(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of a symmetric matrix sorted by decreasing eigenvalue, with deterministic signs.
+
+    Returns ``(eigenvalues (D,), eigenvectors (D, D) as columns)``. Each eigenvector is flipped so that its
+    entry of largest magnitude is positive (sklearn's ``svd_flip`` convention), which makes components
+    reproducible across runs, processes and BLAS libraries.
+    """
+    values, vectors = torch.linalg.eigh(matrix)
+    values, vectors = values.flip(0), vectors.flip(1)
+    largest = vectors.abs().argmax(0)
+    signs = torch.sign(vectors[largest, torch.arange(vectors.shape[1], device=vectors.device)])
+    signs[signs == 0] = 1
+    return values.clamp_min(0), vectors * signs
+
+
+class PCA:
+    """Principal component analysis from streaming second moments (sklearn-style estimator).
+
+    Args:
+        standardize: divide every feature by its standard deviation before the decomposition (a PCA of
+            the correlation matrix). Features of zero variance are left unscaled.
+
+    Fitted attributes:
+        mean_ (`(D,)` float64), scale_ (`(D,)` float64, ones unless ``standardize``),
+        eigenvalues_ (`(D,)`, decreasing; the ``1/N`` covariance's), components_ (`(D, D)`, rows are
+        unit principal directions), explained_variance_ratio_ (`(D,)`), n_samples_seen_ (`int`),
+        moments_ (:class:`SecondMoments`).
+
+    Example:
+        >>> import torch
+        >>> pca = PCA().fit(torch.randn(100, 5))
+        >>> pca.transform(torch.randn(3, 5), "first:2").shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(self, standardize: bool = False):
+        self.standardize = standardize
+
+    def fit(self, X) -> PCA:
+        """Fit on rows ``X`` of shape `(N, D)`; returns self."""
+        return self.fit_from_moments(SecondMoments().update(X))
+
+    def fit_from_moments(self, moments: SecondMoments) -> PCA:
+        """Fit from accumulated (possibly merged / all-reduced) moments; returns self."""
+        covariance = moments.covariance()
+        std = covariance.diagonal().clamp_min(0).sqrt()
+        scale = torch.where(std > 0, std, torch.ones_like(std)) if self.standardize else torch.ones_like(std)
+        covariance = covariance / scale[:, None] / scale[None, :]
+        eigenvalues, vectors = _eigh_descending(covariance)
+        self.moments_ = moments
+        self.mean_ = moments.mean
+        self.scale_ = scale
+        self.eigenvalues_ = eigenvalues
+        self.components_ = vectors.T.contiguous()
+        total = eigenvalues.sum()
+        self.explained_variance_ratio_ = eigenvalues / total if total > 0 else torch.zeros_like(eigenvalues)
+        self.n_samples_seen_ = moments.count
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "components_"):
+            raise ValueError(f"This {type(self).__name__} instance is not fitted yet: call fit() first")
+
+    def subspace(self, spec: str | SubspaceSpec) -> torch.Tensor:
+        """Indices of the components in ``spec`` (see :func:`subspace_indices`)."""
+        self._check_fitted()
+        return subspace_indices(spec, self.explained_variance_ratio_)
+
+    def explained_variance(self, spec: str | SubspaceSpec) -> float:
+        """Fraction of the total variance that the subspace ``spec`` holds."""
+        return float(self.explained_variance_ratio_[self.subspace(spec)].sum())
+
+    def basis(self, spec: str | SubspaceSpec) -> torch.Tensor:
+        """Orthonormal basis ``U_S`` of shape `(D, d)` (columns) of the subspace ``spec``."""
+        return self.components_[self.subspace(spec)].T
+
+    def transform(self, X, spec: str | SubspaceSpec = "all") -> torch.Tensor:
+        """Coordinates ``U_S^T (x - mean) / scale``: `(N, D)` -> `(N, d)` float64."""
+        basis = self.basis(spec)
+        X = as_float_tensor(X).to(device=basis.device, dtype=torch.float64)
+        return ((X - self.mean_) / self.scale_) @ basis
+
+    def project(self, X, spec: str | SubspaceSpec, add_mean: bool = False) -> torch.Tensor:
+        """Projection onto a subspace in input space: ``U_S U_S^T (x - mean)``, shape `(N, D)` float64.
+
+        For images, reshape the result back to `(N, C, H, W)` to look at it or to train a network on it
+        (PAPER.md E1/E2). ``add_mean=True`` adds the mean image back. Projections onto ``top:p`` and
+        ``bottom:(1-p)`` sum to the centred input.
+        """
+        basis = self.basis(spec)  # (D, d)
+        X = as_float_tensor(X).to(device=basis.device, dtype=torch.float64)
+        centred = (X - self.mean_) / self.scale_
+        projected = (centred @ basis) @ basis.T * self.scale_
+        return projected + self.mean_ if add_mean else projected
+
+
+def num_components(spec: str, explained_variance_ratio) -> int:
+    """Number of components the subspace ``spec`` keeps (convenience for reports)."""
+    return int(subspace_indices(spec, explained_variance_ratio).numel())
+
