@@ -1,0 +1,282 @@
+"""Image data sets for every script: Hub ids, local files, and the embedded default.
+
+:func:`load_image_dataset` resolves what a user names into a train and a validation split with a known
+image column and label column:
+
+* ``None`` or ``"digits"``: scikit-learn's 8x8 handwritten digits, shipped inside scikit-learn, so every
+  script runs offline on a fresh machine;
+* a local directory: ``train.parquet`` / ``test.parquet`` style parquet files, a ``save_to_disk``
+  directory, or an ``imagefolder`` tree;
+* parquet files named with ``train_file`` / ``validation_file``;
+* anything else is passed to ``datasets.load_dataset`` (a Hub id such as ``uoft-cs/cifar10``).
+
+:func:`images_to_array` decodes a split into one float32 array `(N, C, H, W)` in ``[0, 1]``, cached on disk
+by the split's fingerprint, for the pixel-space tools (PCA, probes, linear theory, E2 projections);
+:func:`paper_preprocessing` applies PAPER.md section 2's normalisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+__all__ = [
+    "DEFAULT_DATASET",
+    "ImageData",
+    "load_image_dataset",
+    "images_to_array",
+    "paper_preprocessing",
+]
+
+DEFAULT_DATASET = "digits"
+_IMAGE_COLUMNS = ("img", "image", "pixel_values", "images")
+_LABEL_COLUMNS = ("label", "labels", "fine_label", "coarse_label")
+_TRAIN_SPLITS = ("train",)
+_VALIDATION_SPLITS = ("validation", "valid", "val", "test")
+
+
+@dataclass
+class ImageData:
+    """A resolved image classification data set.
+
+    Attributes:
+        train, validation: `datasets.Dataset` splits.
+        image_column, label_column: the column names in both splits.
+        label_names: class names (from a ``ClassLabel`` feature, else ``str`` of each label id).
+        source: what was loaded, for reports and model cards.
+    """
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    image_column: str
+    label_column: str
+    label_names: list[str]
+    source: str
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def _digits_dataset() -> datasets.DatasetDict:
+    """scikit-learn's digits as an image data set (8x8 grayscale, 1,797 images, 10 classes)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are counts 0..16 of the original 32x32 bitmap's 4x4 blocks; scale to 8-bit grey.
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+    )
+    table = {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()}
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(table, features=features)})
+
+
+def _local_directory(path: Path) -> datasets.DatasetDict:
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        loaded = datasets.load_from_disk(str(path))
+        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    parquet = sorted(path.glob("*.parquet"))
+    if parquet:
+        files = {}
+        for file in parquet:
+            split = file.stem.split("-")[0]
+            files.setdefault(split, []).append(str(file))
+        if "train" not in files:
+            raise ValueError(
+                f"dataset_name: {str(path)!r} holds parquet files {[f.name for f in parquet]} but none is "
+                "named train*.parquet; name them train.parquet / test.parquet or pass train_file"
+            )
+        return datasets.load_dataset("parquet", data_files=files)
+    return datasets.load_dataset("imagefolder", data_dir=str(path))
+
+
+def _pick_column(names, candidates, given, what, argument) -> str:
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"{argument}: column {given!r} is not in the data set; columns are {list(names)}")
+        return given
+    for name in candidates:
+        if name in names:
+            return name
+    raise ValueError(
+        f"{argument}: no {what} column found among {list(names)} (looked for {list(candidates)}); "
+        f"name it with --{argument}"
+    )
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    *,
+    dataset_config_name: str | None = None,
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    train_val_split: float = 0.2,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+) -> ImageData:
+    """Load an image classification data set as a train and a validation split.
+
+    Args:
+        dataset_name: ``None``/``"digits"`` (embedded default), a local directory, or a Hub id.
+        dataset_config_name: the Hub configuration name, if any.
+        train_file, validation_file: parquet (or csv/json) files, instead of ``dataset_name``.
+        image_column, label_column: column names; detected when omitted (``img``/``image``,
+            ``label``/``labels``).
+        train_val_split: fraction of train carved out (stratified by label, seeded) as validation when
+            the data set has no validation/test split.
+        max_train_samples, max_eval_samples: keep the first N rows of each split (after the split is
+            made), for quick runs. Rows of the shipped CIFAR-10 parquet files are already shuffled.
+        seed: seed of the validation carve-out.
+
+    Raises:
+        ValueError: naming the argument when a path does not exist, a column is missing, or a number is
+            out of range.
+    """
+    if not (0 < train_val_split < 1):
+        raise ValueError(f"train_val_split: expected a fraction in (0, 1), got {train_val_split!r}")
+    for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: expected a positive integer or None, got {value!r}")
+
+    if train_file is not None or validation_file is not None:
+        if train_file is None:
+            raise ValueError("train_file: required when validation_file is given")
+        files = {"train": train_file, **({"validation": validation_file} if validation_file else {})}
+        for argument, file in (("train_file", train_file), ("validation_file", validation_file)):
+            if file is not None and not Path(file).exists():
+                raise ValueError(f"{argument}: {file!r} does not exist")
+        extension = Path(train_file).suffix.lstrip(".")
+        builder = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json"}.get(extension)
+        if builder is None:
+            raise ValueError(f"train_file: expected a .parquet, .csv or .json file, got {train_file!r}")
+        splits, source = datasets.load_dataset(builder, data_files=files), str(train_file)
+    elif dataset_name in (None, DEFAULT_DATASET):
+        splits, source = _digits_dataset(), DEFAULT_DATASET
+    elif Path(dataset_name).expanduser().exists():
+        path = Path(dataset_name).expanduser()
+        splits, source = _local_directory(path), str(path)
+    elif dataset_name.startswith((".", "/", "~")) or os.sep in dataset_name and dataset_name.count("/") > 1:
+        raise ValueError(f"dataset_name: local path {dataset_name!r} does not exist")
+    else:
+        try:
+            splits = datasets.load_dataset(dataset_name, dataset_config_name)
+        except Exception as err:  # offline / unknown id: say what to do instead of a long traceback
+            raise ValueError(
+                f"dataset_name: could not load {dataset_name!r} with datasets.load_dataset ({type(err).__name__}: "
+                f"{err}). Offline (HF_HUB_OFFLINE=1) only cached Hub data sets load; pass a local directory, "
+                "parquet files (--train_file), or omit it for the embedded 'digits' data"
+            ) from err
+        source = dataset_name
+
+    train_name = next((s for s in _TRAIN_SPLITS if s in splits), None)
+    if train_name is None:
+        raise ValueError(f"dataset_name: {source!r} has no 'train' split; splits are {list(splits)}")
+    train = splits[train_name]
+    image_column = _pick_column(train.column_names, _IMAGE_COLUMNS, image_column, "image", "image_column")
+    label_column = _pick_column(train.column_names, _LABEL_COLUMNS, label_column, "label", "label_column")
+
+    validation_name = next((s for s in _VALIDATION_SPLITS if s in splits), None)
+    if validation_name is not None:
+        validation = splits[validation_name]
+    else:
+        stratify = label_column if isinstance(train.features[label_column], datasets.ClassLabel) else None
+        parts = train.train_test_split(test_size=train_val_split, seed=seed, stratify_by_column=stratify)
+        train, validation = parts["train"], parts["test"]
+
+    if max_train_samples is not None:
+        train = train.select(range(min(max_train_samples, len(train))))
+    if max_eval_samples is not None:
+        validation = validation.select(range(min(max_eval_samples, len(validation))))
+
+    feature = train.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        label_names = list(feature.names)
+    else:
+        label_names = [str(v) for v in sorted(set(train[label_column]) | set(validation[label_column]))]
+    return ImageData(train, validation, image_column, label_column, label_names, source)
+
+
+def _cache_path(dataset: datasets.Dataset, image_column: str, cache_dir: str | None) -> Path | None:
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    # In-memory data sets (the embedded digits) get a random fingerprint per process: nothing to reuse.
+    if fingerprint is None or not dataset.cache_files:
+        return None
+    root = Path(cache_dir or os.environ.get("HF_RECPERC_CACHE", Path.home() / ".cache" / "hf_recperc"))
+    key = hashlib.sha1(f"{fingerprint}:{image_column}:v1".encode()).hexdigest()[:16]
+    return root / "pixels" / f"{key}.npy"
+
+
+def images_to_array(
+    dataset: datasets.Dataset,
+    image_column: str,
+    *,
+    num_channels: int | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+) -> np.ndarray:
+    """Decode a split's images into one float32 array of shape `(N, C, H, W)` with values in ``[0, 1]``.
+
+    All images must share one size (use the model's image processor for resizing). ``num_channels``
+    forces 1 (``L``) or 3 (``RGB``) channels; by default it follows the first image's mode. The decoded
+    array is cached as ``.npy`` under ``~/.cache/hf_recperc`` (or ``HF_RECPERC_CACHE``), keyed by the
+    split's fingerprint, since decoding 50,000 JPEGs costs tens of seconds.
+    """
+    if len(dataset) == 0:
+        raise ValueError("dataset: the split is empty")
+    path = _cache_path(dataset, image_column, cache_dir) if cache else None
+    if path is not None and path.exists():
+        array = np.load(path, mmap_mode=None)
+        if num_channels is None or array.shape[1] == num_channels:
+            return array
+    first = dataset[0][image_column]
+    mode = {1: "L", 3: "RGB"}.get(num_channels) or ("L" if first.mode in ("L", "1", "I", "F") else "RGB")
+    width, height = first.size
+    channels = 1 if mode == "L" else 3
+    array = np.empty((len(dataset), channels, height, width), dtype=np.float32)
+    for start in range(0, len(dataset), 1024):
+        batch = dataset[start : start + 1024][image_column]
+        for offset, image in enumerate(batch):
+            if image.size != (width, height):
+                raise ValueError(
+                    f"dataset: image {start + offset} is {image.size[0]}x{image.size[1]} but the first is "
+                    f"{width}x{height}; resize the images to one size first"
+                )
+            pixels = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
+            array[start + offset] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(partial, array)
+        os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
+    return array
+
+
+def paper_preprocessing(train: np.ndarray, *others: np.ndarray, eps: float = 1e-6):
+    """PAPER.md section 2: divide each image by its own pixel std (+eps), subtract the train mean image.
+
+    Args:
+        train: images of shape `(N, ...)` (any trailing shape); the mean is taken over this split.
+        others: further splits of the same trailing shape (e.g. test), normalised with the train mean.
+
+    Returns:
+        Flattened float32 arrays of shape `(N, D)`, one per input, in the order given.
+    """
+
+    def per_image(x: np.ndarray) -> np.ndarray:
+        flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        return flat / (flat.std(axis=1, keepdims=True, dtype=np.float64).astype(np.float32) + eps)
+
+    scaled_train = per_image(train)
+    mean = scaled_train.mean(axis=0, dtype=np.float64).astype(np.float32)
+    results = [scaled_train - mean] + [per_image(x) - mean for x in others]
+    return results[0] if not others else tuple(results)
