@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 SUBSPACE_PROBE_ACCURACY = str(Path(__file__).parent / "metrics" / "subspace_probe_accuracy")
 
 # --- probing (issue 2) ---
+from .probing import SubspaceProbe  # noqa: E402
 
 # --- models (issue 3) ---
 

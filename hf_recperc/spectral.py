@@ -114,14 +114,16 @@ def subspace_indices(spec: str | SubspaceSpec, explained_variance_ratio) -> torc
         if parsed.value > dim:
             raise ValueError(f"subspace '{parsed}': asks for {parsed.value} components but only {dim} exist")
         keep = torch.zeros(dim, dtype=torch.bool)
-        keep[: parsed.value] = parsed.kind == "first"
-        keep[dim - parsed.value :] = parsed.kind == "last"
+        if parsed.kind == "first":
+            keep[: parsed.value] = True
+        else:
+            keep[dim - parsed.value :] = True
     indices = torch.nonzero(keep).flatten()
     if indices.numel() == 0:
         if parsed.kind == "top":
             why = f"the first component alone explains {ratios[0].item():.3g} of the variance (> {parsed.value:g})"
         else:
-            why = f"the last component starts at cumulative variance {cumulative[-2].item():.3g}" if dim > 1 else ""
+            why = f"no component lies beyond cumulative variance {1 - parsed.value:g} (the trailing ones have none)"
         raise ValueError(f"subspace '{parsed}' is empty: {why}")
     return indices
 
@@ -160,18 +162,25 @@ class SecondMoments:
     shift keeps float32 round-off at the scale of the data's spread instead of its offset (the classic
     shifted-data variance algorithm), while float32 batches keep float32 BLAS speed.
 
+    Optional targets ``Y`` (e.g. one-hot labels) are accumulated alongside, for regression probes: their
+    sum and the cross moment with the rows. The number of target columns may grow between batches (a class
+    first seen late); missing columns count as zeros.
+
     Attributes:
         count (`int`): rows seen.
         shift (`torch.DoubleTensor` of shape `(D,)`): the reference point of the sums.
         sum (`torch.DoubleTensor` of shape `(D,)`): ``sum_n (x_n - shift)``.
         outer (`torch.DoubleTensor` of shape `(D, D)`): ``sum_n (x_n - shift)(x_n - shift)^T``.
+        target_sum (`torch.DoubleTensor` of shape `(T,)`): ``sum_n y_n`` (``None`` without targets).
+        cross (`torch.DoubleTensor` of shape `(D, T)`): ``sum_n (x_n - shift) y_n^T``.
     """
 
-    def __init__(self, dim: int | None = None, device=None):
-        self.dim = dim
-        self.device = device
+    def __init__(self):
+        self.dim = None
+        self.device = None
         self.count = 0
         self.shift = self.sum = self.outer = None
+        self.target_sum = self.cross = None
 
     def _allocate(self, dim: int, device, shift: torch.Tensor) -> None:
         self.dim, self.device = dim, device
@@ -179,8 +188,8 @@ class SecondMoments:
         self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
 
-    def update(self, X) -> SecondMoments:
-        """Add rows ``X`` of shape `(n, D)`."""
+    def update(self, X, targets=None) -> SecondMoments:
+        """Add rows ``X`` of shape `(n, D)` and, optionally, their ``targets`` of shape `(n, T)`."""
         X = as_float_tensor(X)
         if X.shape[0] == 0:
             return self
@@ -188,35 +197,60 @@ class SecondMoments:
             self._allocate(X.shape[1], X.device, X[:_ACCUMULATE_ROWS].to(torch.float64).mean(0))
         elif X.shape[1] != self.dim:
             raise ValueError(f"X: expected {self.dim} features per row (as in earlier batches), got {X.shape[1]}")
+        if targets is not None:
+            targets = as_float_tensor(targets, "targets").to(device=self.device, dtype=X.dtype)
+            if targets.shape[0] != X.shape[0]:
+                raise ValueError(f"targets: expected {X.shape[0]} rows like X, got {targets.shape[0]}")
+            self._grow_targets(targets.shape[1])
         shift = self.shift.to(X.dtype)
         for start in range(0, X.shape[0], _ACCUMULATE_ROWS):
             chunk = X[start : start + _ACCUMULATE_ROWS].to(self.device) - shift  # (b, D), input precision
             self.sum += chunk.sum(0, dtype=torch.float64)
             self.outer += (chunk.T @ chunk).to(torch.float64)
+            if targets is not None:
+                target_chunk = targets[start : start + _ACCUMULATE_ROWS]  # (b, T')
+                width = target_chunk.shape[1]
+                self.target_sum[:width] += target_chunk.sum(0, dtype=torch.float64)
+                self.cross[:, :width] += (chunk.T @ target_chunk).to(torch.float64)
         self.count += X.shape[0]
         return self
 
-    def _rebased(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sum, outer)`` re-expressed around another shift (exact algebra, in float64)."""
+    def _grow_targets(self, width: int) -> None:
+        """Make room for ``width`` target columns (zeros for columns never seen before)."""
+        current = 0 if self.target_sum is None else self.target_sum.numel()
+        if width <= current:
+            return
+        target_sum = torch.zeros(width, dtype=torch.float64, device=self.device)
+        cross = torch.zeros(self.dim, width, dtype=torch.float64, device=self.device)
+        if current:
+            target_sum[:current], cross[:, :current] = self.target_sum, self.cross
+        self.target_sum, self.cross = target_sum, cross
+
+    def _rebased(self, shift: torch.Tensor):
+        """``(sum, outer, cross)`` re-expressed around another shift (exact algebra, in float64)."""
         delta = (self.shift - shift).to(self.sum)  # x - new = (x - old) + delta
         total = self.sum + self.count * delta
         outer = self.outer + torch.outer(self.sum, delta) + torch.outer(delta, self.sum)
         outer += self.count * torch.outer(delta, delta)
-        return total, outer
+        cross = None if self.cross is None else self.cross + torch.outer(delta, self.target_sum)
+        return total, outer, cross
 
     def merge(self, other: SecondMoments) -> SecondMoments:
         """Add another accumulator's rows into this one (in place); returns self."""
         if other.count == 0:
             return self
         if self.count == 0:
-            self._allocate(other.dim, self.device or other.device, other.shift)
-            self.sum, self.outer, self.count = other.sum.clone(), other.outer.clone(), other.count
-            return self
-        if other.dim != self.dim:
+            self._allocate(other.dim, other.device, other.shift)
+        elif other.dim != self.dim:
             raise ValueError(f"cannot merge moments of {other.dim} features into moments of {self.dim}")
-        other_sum, other_outer = other._rebased(self.shift.to(other.sum.device))
+        other_sum, other_outer, other_cross = other._rebased(self.shift.to(other.sum.device))
         self.sum += other_sum.to(self.device)
         self.outer += other_outer.to(self.device)
+        if other_cross is not None:
+            width = other_cross.shape[1]
+            self._grow_targets(width)
+            self.target_sum[:width] += other.target_sum.to(self.device)
+            self.cross[:, :width] += other_cross.to(self.device)
         self.count += other.count
         return self
 
@@ -231,15 +265,25 @@ class SecondMoments:
             return self
         if self.count == 0:
             raise ValueError("all_reduce: this process saw no rows; give every process at least one batch")
-        world = torch.distributed.get_world_size()
+        dist = torch.distributed
+        world = dist.get_world_size()
+        # Agree on the number of target columns first (a rank may not have seen the last class).
+        width = torch.tensor([0 if self.target_sum is None else self.target_sum.numel()], device=self.sum.device)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        if width.item() > 0:
+            self._grow_targets(int(width.item()))
         common_shift = self.shift.clone()
-        torch.distributed.all_reduce(common_shift)
+        dist.all_reduce(common_shift)
         common_shift /= world
-        self.sum, self.outer = self._rebased(common_shift)
+        self.sum, self.outer, cross = self._rebased(common_shift)
         self.shift = common_shift
         count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.sum.device)
-        for tensor in (self.sum, self.outer, count):
-            torch.distributed.all_reduce(tensor)
+        tensors = [self.sum, self.outer, count]
+        if cross is not None:
+            self.cross = cross
+            tensors += [self.target_sum, self.cross]
+        for tensor in tensors:
+            dist.all_reduce(tensor)
         self.count = int(count.item())
         return self
 
@@ -255,6 +299,14 @@ class SecondMoments:
         centred_mean = self.sum / self.count
         cov = self.outer / self.count - torch.outer(centred_mean, centred_mean)
         return (cov + cov.T) / 2
+
+    def cross_covariance(self) -> torch.Tensor:
+        """`(D, T)` float64 ``sum_n (x_n - mean)(y_n - mean_y)^T / N``."""
+        self._check_fitted()
+        if self.cross is None:
+            raise ValueError("no targets accumulated: pass targets to update()")
+        target_mean = self.target_sum / self.count
+        return self.cross / self.count - torch.outer(self.sum / self.count, target_mean)
 
     def _check_fitted(self) -> None:
         if self.count == 0:
