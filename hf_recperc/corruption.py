@@ -32,7 +32,9 @@ __all__ = [
     "CORRUPTION_FORMS",
 ]
 
-CORRUPTION_FORMS = "'none', 'gaussian:STD' (STD >= 0) or 'mask:RATIO:PATCH' (0 <= RATIO < 1, integer PATCH >= 1)"
+CORRUPTION_FORMS = (
+    "'none', 'gaussian:STD' (STD >= 0) or 'mask:RATIO:PATCH' (0 <= RATIO < 1, integer PATCH >= 1)"
+)
 
 
 @dataclass
@@ -63,7 +65,9 @@ def _as_rows(X) -> torch.Tensor:
     """Clean data as a float64 tensor of shape `(N, D)` (samples as rows)."""
     X = torch.as_tensor(X)
     if X.ndim != 2:
-        raise ValueError(f"X: expected a 2-D array of shape (num_samples, num_features), got shape {tuple(X.shape)}")
+        raise ValueError(
+            f"X: expected a 2-D array of shape (num_samples, num_features), got shape {tuple(X.shape)}"
+        )
     return X.to(torch.float64)
 
 
@@ -258,7 +262,9 @@ def _check_image_shape(image_shape) -> tuple[int, int, int]:
         or len(image_shape) != 3
         or not all(isinstance(v, int) and v >= 1 for v in image_shape)
     ):
-        raise ValueError(f"image_shape: expected (num_channels, height, width) positive integers, got {image_shape!r}")
+        raise ValueError(
+            f"image_shape: expected (num_channels, height, width) positive integers, got {image_shape!r}"
+        )
     return tuple(image_shape)
 
 

@@ -100,7 +100,9 @@ def _local_directory(path: Path) -> datasets.DatasetDict:
 def _pick_column(names, candidates, given, what, argument) -> str:
     if given is not None:
         if given not in names:
-            raise ValueError(f"{argument}: column {given!r} is not in the data set; columns are {list(names)}")
+            raise ValueError(
+                f"{argument}: column {given!r} is not in the data set; columns are {list(names)}"
+            )
         return given
     for name in candidates:
         if name in names:

@@ -41,7 +41,9 @@ def _as_labels(y, num_rows: int, name: str = "y") -> torch.Tensor:
     """Integer labels `(N,)` as int64, validated against the number of feature rows."""
     labels = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
     if labels.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D sequence of integer class ids, got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"{name}: expected a 1-D sequence of integer class ids, got shape {tuple(labels.shape)}"
+        )
     if labels.is_floating_point():
         if not torch.equal(labels, labels.round()):
             raise ValueError(f"{name}: expected integer class ids, got non-integer values")
@@ -53,6 +55,31 @@ def _as_labels(y, num_rows: int, name: str = "y") -> torch.Tensor:
     if labels.numel() and labels.min() < 0:
         raise ValueError(f"{name}: class ids must be >= 0, got {labels.min().item()}")
     return labels.long()
+
+
+def _fit_softmax(inputs, targets, num_classes, scale, alpha, max_iter):
+    """Minimise mean cross-entropy + ``alpha/2 ||v / scale||^2`` over ``(v (d, C), b (C,))`` with L-BFGS."""
+    weight = torch.zeros(inputs.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        logits = inputs @ weight + bias  # (N, C)
+        penalty = 0.5 * alpha * ((weight / scale[:, None]) ** 2).sum()
+        loss = torch.nn.functional.cross_entropy(logits, targets) + penalty
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
 
 
 class SubspaceProbe:
@@ -99,7 +126,9 @@ class SubspaceProbe:
 
     def _validate_params(self) -> None:
         if isinstance(self.subspaces, str) or not len(self.subspaces):
-            raise ValueError(f"subspaces: expected a non-empty list of subspace strings, got {self.subspaces!r}")
+            raise ValueError(
+                f"subspaces: expected a non-empty list of subspace strings, got {self.subspaces!r}"
+            )
         for spec in self.subspaces:
             parse_subspace(spec)
         if self.probe not in PROBES:
@@ -114,7 +143,9 @@ class SubspaceProbe:
         labels = _as_labels(y, X.shape[0])
         if X.shape[0] == 0:
             return
-        one_hot = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).to(device=X.device, dtype=X.dtype)
+        one_hot = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).to(
+            device=X.device, dtype=X.dtype
+        )
         self.moments_.update(X, one_hot)  # (N, D) features, (N, C) targets
         self._stale = True
 
@@ -158,7 +189,9 @@ class SubspaceProbe:
 
     def _check_has_data(self) -> None:
         if not hasattr(self, "moments_") or self.moments_.count == 0:
-            raise ValueError(f"This {type(self).__name__} is not fitted yet: call fit() or partial_fit() first")
+            raise ValueError(
+                f"This {type(self).__name__} is not fitted yet: call fit() or partial_fit() first"
+            )
 
     def _solve(self) -> None:
         """PCA of the accumulated features and the ridge coefficients in its basis."""
@@ -173,7 +206,9 @@ class SubspaceProbe:
         self.alpha_ = float(self.ridge * pca.eigenvalues_.mean())
         denominator = pca.eigenvalues_ + self.alpha_
         # Directions with no variance carry no signal; guard 0/0 when ridge == 0.
-        self.coef_ = torch.where(denominator[:, None] > 0, projected / denominator.clamp_min(1e-300)[:, None], 0.0)
+        self.coef_ = torch.where(
+            denominator[:, None] > 0, projected / denominator.clamp_min(1e-300)[:, None], 0.0
+        )
         self.intercept_ = counts / moments.count  # training label mean (unpenalised)
         self.classes_ = torch.arange(counts.numel())
         self._present = counts > 0
@@ -224,24 +259,9 @@ class SubspaceProbe:
             index = pca.subspace(spec).to(coordinates.device)
             scale = (pca.eigenvalues_[index] + self.alpha_).sqrt()  # (d,)
             inputs = coordinates[:, index] / scale  # (N, d) whitened
-            weight = torch.zeros(index.numel(), num_classes, dtype=torch.float64, requires_grad=True)
-            bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-            optimizer = torch.optim.LBFGS(
-                [weight, bias], max_iter=self.max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
-                history_size=20, line_search_fn="strong_wolfe",
-            )
-
-            def closure(inputs=inputs, weight=weight, bias=bias, scale=scale):
-                optimizer.zero_grad()
-                logits = inputs @ weight + bias
-                penalty = 0.5 * self.alpha_ * ((weight / scale[:, None]) ** 2).sum()
-                loss = torch.nn.functional.cross_entropy(logits, targets) + penalty
-                loss.backward()
-                return loss
-
-            optimizer.step(closure)
+            weight, bias = _fit_softmax(inputs, targets, num_classes, scale, self.alpha_, self.max_iter)
             # Back to PCA coordinates: logits = z_S @ (v / scale) + b.
-            self._logistic[str(parse_subspace(spec))] = (weight.detach() / scale[:, None], bias.detach())
+            self._logistic[str(parse_subspace(spec))] = (weight / scale[:, None], bias)
 
     # ----------------------------------------------------------------------------------------- scoring
 
@@ -259,7 +279,9 @@ class SubspaceProbe:
         index = pca.subspace(spec)
         X = as_float_tensor(X)
         if X.shape[1] != pca.mean_.numel():
-            raise ValueError(f"X: expected {pca.mean_.numel()} features per row (as in training), got {X.shape[1]}")
+            raise ValueError(
+                f"X: expected {pca.mean_.numel()} features per row (as in training), got {X.shape[1]}"
+            )
         if self.probe == "logistic":
             if spec not in self._logistic:
                 raise ValueError(f"subspace {spec!r} was not fitted; fitted: {sorted(self._logistic)}")
@@ -318,7 +340,10 @@ class SubspaceProbe:
         X = as_float_tensor(X)
         labels = _as_labels(y, X.shape[0]).to(pca.mean_.device)
         dim = pca.mean_.numel()
-        correct = {"top": torch.zeros(dim, dtype=torch.float64), "bottom": torch.zeros(dim, dtype=torch.float64)}
+        correct = {
+            "top": torch.zeros(dim, dtype=torch.float64),
+            "bottom": torch.zeros(dim, dtype=torch.float64),
+        }
         absent = (~self._present).to(pca.mean_.device)
         for start in range(0, X.shape[0], _CURVE_ROWS):
             z = pca.transform(X[start : start + _CURVE_ROWS])  # (b, D)

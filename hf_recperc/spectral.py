@@ -78,7 +78,9 @@ def parse_subspace(spec: str | SubspaceSpec) -> SubspaceSpec:
         try:
             fraction = float(arg)
         except ValueError:
-            raise ValueError(f"subspace {spec!r}: fraction {arg!r} is not a number; expected {SUBSPACE_FORMS}") from None
+            raise ValueError(
+                f"subspace {spec!r}: fraction {arg!r} is not a number; expected {SUBSPACE_FORMS}"
+            ) from None
         if not (0 < fraction <= 1):
             raise ValueError(f"subspace {spec!r}: fraction must be in (0, 1], got {fraction:g}")
         return SubspaceSpec(kind, fraction)
@@ -196,7 +198,9 @@ class SecondMoments:
         if self.sum is None:
             self._allocate(X.shape[1], X.device, X[:_ACCUMULATE_ROWS].to(torch.float64).mean(0))
         elif X.shape[1] != self.dim:
-            raise ValueError(f"X: expected {self.dim} features per row (as in earlier batches), got {X.shape[1]}")
+            raise ValueError(
+                f"X: expected {self.dim} features per row (as in earlier batches), got {X.shape[1]}"
+            )
         if targets is not None:
             targets = as_float_tensor(targets, "targets").to(device=self.device, dtype=X.dtype)
             if targets.shape[0] != X.shape[0]:
@@ -268,7 +272,9 @@ class SecondMoments:
         dist = torch.distributed
         world = dist.get_world_size()
         # Agree on the number of target columns first (a rank may not have seen the last class).
-        width = torch.tensor([0 if self.target_sum is None else self.target_sum.numel()], device=self.sum.device)
+        width = torch.tensor(
+            [0 if self.target_sum is None else self.target_sum.numel()], device=self.sum.device
+        )
         dist.all_reduce(width, op=dist.ReduceOp.MAX)
         if width.item() > 0:
             self._grow_targets(int(width.item()))
@@ -412,4 +418,3 @@ class PCA:
 def num_components(spec: str, explained_variance_ratio) -> int:
     """Number of components the subspace ``spec`` keeps (convenience for reports)."""
     return int(subspace_indices(spec, explained_variance_ratio).numel())
-

@@ -91,7 +91,10 @@ class SubspaceProbeAccuracy(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int64")}
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float32")),
+                    "references": datasets.Value("int64"),
+                }
             ),
             reference_urls=["https://arxiv.org/abs/2402.11337"],
         )
@@ -124,7 +127,9 @@ class SubspaceProbeAccuracy(evaluate.Metric):
             raise ValueError("train_predictions and train_references: give both or neither")
         if isinstance(subspaces, str):
             subspaces = [subspaces]
-        estimator = SubspaceProbe(subspaces=tuple(subspaces), probe=probe, ridge=ridge, standardize=standardize)
+        estimator = SubspaceProbe(
+            subspaces=tuple(subspaces), probe=probe, ridge=ridge, standardize=standardize
+        )
         if train_predictions is None:
             if not (0 < test_size < 1):
                 raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
@@ -145,7 +150,9 @@ class SubspaceProbeAccuracy(evaluate.Metric):
 def _check_labels(labels, name: str, num_rows: int) -> np.ndarray:
     array = np.asarray(labels)
     if array.ndim != 1 or len(array) != num_rows:
-        raise ValueError(f"{name}: expected {num_rows} integer labels (one per feature row), got shape {array.shape}")
+        raise ValueError(
+            f"{name}: expected {num_rows} integer labels (one per feature row), got shape {array.shape}"
+        )
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name}: expected integer class ids, got dtype {array.dtype}")
     if len(np.unique(array)) < 2:
