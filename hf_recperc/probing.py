@@ -33,6 +33,8 @@ __all__ = ["SubspaceProbe", "PROBES", "DEFAULT_SUBSPACES"]
 PROBES = ("ridge", "logistic")
 DEFAULT_SUBSPACES = ("top:0.9", "bottom:0.2", "all")
 
+# Rows converted to float64 at once when scoring: bounds the temporary copy (4096 x D x 8 bytes).
+_SCORE_ROWS = 4096
 # Rows scored at once when building accuracy curves: the (rows, D, C) cumulative-score block stays ~100 MB.
 _CURVE_ROWS = 256
 
@@ -274,26 +276,50 @@ class SubspaceProbe:
 
         Absent classes (no training row) score ``-inf``.
         """
+        return self._decision_functions(X, [subspace])[str(parse_subspace(subspace))]
+
+    def _decision_functions(self, X, subspaces) -> dict[str, torch.Tensor]:
+        """Scores `(N, C)` of several subspaces' probes, from one pass over ``X`` `(N, D)`."""
         pca = self._fitted_pca()
-        spec = str(parse_subspace(subspace))
-        index = pca.subspace(spec)
+        names = [str(parse_subspace(spec)) for spec in subspaces]
         X = as_float_tensor(X)
         if X.shape[1] != pca.mean_.numel():
             raise ValueError(
                 f"X: expected {pca.mean_.numel()} features per row (as in training), got {X.shape[1]}"
             )
+        absent = ~self._present.to(pca.mean_.device)
         if self.probe == "logistic":
-            if spec not in self._logistic:
-                raise ValueError(f"subspace {spec!r} was not fitted; fitted: {sorted(self._logistic)}")
-            weight, bias = self._logistic[spec]
-            scores = pca.transform(X, spec) @ weight + bias
-        else:
-            # Fold the basis into the coefficients: scores = mean_y + ((x - mu) / s) @ (U_S coef_S), a
-            # (D, C) matrix, so scoring costs N*D*C instead of projecting onto the subspace first.
-            weights = (pca.components_[index].T @ self.coef_[index]) / pca.scale_[:, None]  # (D, C)
-            centred = X.to(device=weights.device, dtype=torch.float64) - pca.mean_
-            scores = self.intercept_ + centred @ weights
-        return scores.masked_fill(~self._present.to(scores.device), float("-inf"))
+            missing = sorted(set(names) - set(self._logistic))
+            if missing:
+                raise ValueError(f"subspaces {missing} were not fitted; fitted: {sorted(self._logistic)}")
+            coordinates = pca.transform(X)  # (N, D)
+            scores = {}
+            for name in names:
+                weight, bias = self._logistic[name]
+                scores[name] = (coordinates[:, pca.subspace(name)] @ weight + bias).masked_fill(
+                    absent, float("-inf")
+                )
+            return scores
+        # Fold each basis into its coefficients, scores = mean_y + ((x - mu) / s) @ (U_S coef_S), and stack
+        # the subspaces: one (D, S*C) matrix, so scoring every subspace costs a single N*D*S*C pass.
+        num_classes = self.coef_.shape[1]
+        weights = (
+            torch.cat(
+                [pca.components_[pca.subspace(name)].T @ self.coef_[pca.subspace(name)] for name in names],
+                dim=1,
+            )
+            / pca.scale_[:, None]
+        )  # (D, S*C)
+        stacked = torch.cat(
+            [
+                (chunk.to(weights.device, torch.float64) - pca.mean_) @ weights
+                for chunk in X.split(_SCORE_ROWS)
+            ]
+        )  # (N, S*C)
+        return {
+            name: (self.intercept_ + block).masked_fill(absent, float("-inf"))
+            for name, block in zip(names, stacked.split(num_classes, dim=1))
+        }
 
     def predict(self, X, subspace: str = "all") -> torch.Tensor:
         """Predicted class ids `(N,)` of the probe restricted to ``subspace``."""
@@ -312,11 +338,10 @@ class SubspaceProbe:
         labels = _as_labels(y, X.shape[0]).to(pca.mean_.device)
         if X.shape[0] == 0:
             raise ValueError("X: no rows to score")
+        scores = self._decision_functions(X, self.subspaces)
         result: dict[str, float | int | str] = {}
-        for spec in self.subspaces:
-            name = str(parse_subspace(spec))
-            predictions = self.predict(X, name)
-            result[f"accuracy/{name}"] = float((predictions == labels).double().mean())
+        for name, subspace_scores in scores.items():
+            result[f"accuracy/{name}"] = float((subspace_scores.argmax(1) == labels).double().mean())
             result[f"dims/{name}"] = int(pca.subspace(name).numel())
             result[f"explained_variance/{name}"] = pca.explained_variance(name)
         result["probe"] = self.probe

@@ -31,6 +31,7 @@ def make_problem(num_rows=600, dim=20, num_classes=4, seed=0):
 def test_ridge_equals_sklearn_pca_plus_ridge_classifier(spec):
     X, y = make_problem()
     X_test, y_test = make_problem(seed=1)
+    X, X_test = X.astype(np.float64), X_test.astype(np.float64)  # float64 in -> float64 eigh
     probe = SubspaceProbe(subspaces=(spec,), ridge=1e-3).fit(X, y)
     index = probe.pca_.subspace(spec).numpy()
 
