@@ -17,5 +17,25 @@ SUBSPACE_PROBE_ACCURACY = str(Path(__file__).parent / "metrics" / "subspace_prob
 from .probing import SubspaceProbe  # noqa: E402
 
 # --- models (issue 3) ---
+# isort: split
+# Importing the modeling modules registers both families with AutoConfig, AutoModel, AutoModelForPreTraining and
+# AutoModelForImageClassification (and for `register_for_auto_class`, i.e. trust_remote_code loading).
+from .configuration_recperc import RecPercAEConfig, RecPercMAEConfig  # noqa: E402, F401
+from .modeling_recperc import (  # noqa: E402, F401
+    RecPercAEForImageClassification,
+    RecPercAEForPreTraining,
+    RecPercAEModel,
+    RecPercAEPreTrainedModel,
+    RecPercForPreTrainingOutput,
+    RecPercImageClassifierOutput,
+    RecPercModelOutput,
+)
+from .modeling_recperc_mae import (  # noqa: E402, F401
+    RecPercMAEForImageClassification,
+    RecPercMAEForPreTraining,
+    RecPercMAEModel,
+    RecPercMAEPreTrainedModel,
+)
+from .processing import image_processor_for  # noqa: E402, F401
 
 # --- theory (issue 5) ---

@@ -1,0 +1,317 @@
+"""Configurations of the two reconstruction model families.
+
+* :class:`RecPercAEConfig` (``model_type="recperc_ae"``): (denoising) autoencoders with an MLP, a DCAE-style
+  convolutional or any timm CNN encoder (PAPER.md section 5).
+* :class:`RecPercMAEConfig` (``model_type="recperc_mae"``): transformers' ViTMAE plus a guidance probe; it
+  extends :class:`~transformers.ViTMAEConfig`, so every ViTMAE checkpoint config loads into it.
+
+Both carry the hybrid objective of PAPER.md E3: ``loss = reconstruction + guidance * CE(probe(embedding))``.
+
+This module imports no torch (house style: configs stay light and are validated in ``__init__`` with the
+offending value in the message). The corruption string is validated with
+:func:`hf_recperc.corruption.parse_corruption`, imported inside the validator because that module needs
+torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from huggingface_hub.errors import StrictDataclassError
+from transformers import PreTrainedConfig, ViTMAEConfig
+
+__all__ = ["RecPercAEConfig", "RecPercMAEConfig"]
+
+AE_ENCODERS = ("mlp", "conv")  # plus "timm:<model name>"
+OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
+RECONSTRUCTION_TARGETS = ("all", "masked")
+POOLINGS = ("cls", "mean")
+
+# timm/torchvision convention for 3-channel images; other channel counts default to mean 0.5, std 0.5.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def _check_guidance(value: Any) -> float:
+    if not _is_number(value) or value < 0:
+        raise ValueError(f"guidance: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_num_labels(value: Any) -> None:
+    if value is None or value < 1:
+        raise ValueError(f"num_labels: expected an integer >= 1 (the probe's classes), got {value!r}")
+
+
+def _normalisation(name: str, value: Any, num_channels: int, default: list[float]) -> list[float]:
+    """Per-channel mean or std for the image processor; ``None`` means the channel-count default."""
+    if value is None:
+        return list(default) if num_channels == 3 else [0.5] * num_channels
+    if isinstance(value, (int, float)):
+        value = [value] * num_channels
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != num_channels
+        or not all(_is_number(v) for v in value)
+    ):
+        raise ValueError(f"{name}: expected {num_channels} numbers (one per channel), got {value!r}")
+    if name == "image_std" and any(v <= 0 for v in value):
+        raise ValueError(f"image_std: expected positive numbers, got {value!r}")
+    return [float(v) for v in value]
+
+
+def _run_parent_validators(config: PreTrainedConfig) -> None:
+    # Subclasses of a `@strict` config do not re-run the parent's `validate_*` checks on construction; run
+    # them here and surface their failures as the ValueError our callers expect.
+    try:
+        config.validate()
+    except StrictDataclassError as err:
+        raise ValueError(str(err)) from None
+
+
+class _PresetMixin:
+    """``Config.preset(name, **overrides)`` and ``Config.presets()`` over a class-level ``_presets`` dict."""
+
+    _presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def presets(cls) -> tuple[str, ...]:
+        """Names accepted by :meth:`preset`."""
+        return tuple(cls._presets)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any):
+        """A small named configuration for CPU work; ``overrides`` replace any of its fields.
+
+        Raises:
+            ValueError: for an unknown name, listing the known ones.
+        """
+        if name not in cls._presets:
+            raise ValueError(f"preset {name!r}: unknown for {cls.__name__}; known presets: {cls.presets()}")
+        return cls(**{**cls._presets[name], **overrides})
+
+
+class RecPercAEConfig(_PresetMixin, PreTrainedConfig):
+    r"""Configuration of the autoencoder family (:class:`~hf_recperc.RecPercAEModel` and heads).
+
+    Args:
+        encoder (`str`, defaults to `"conv"`):
+            `"mlp"` (fully connected, widths interpolated from the input size to `latent_dim`, BatchNorm + ReLU),
+            `"conv"` (DCAE: `depth` stride-2 convolutions with `width * 2**i` channels, transposed convolutions up)
+            or `"timm:<name>"` for any timm CNN (`timm:resnet18`, ...), used as a feature extractor followed by a
+            linear map to the latent, with a transposed-convolution decoder matching its total stride.
+        image_size (`int`, defaults to 32): height and width of the (square) input images.
+        num_channels (`int`, defaults to 3): channels of the input images.
+        latent_dim (`int`, defaults to 128): size of the latent code, the embedding that probes read.
+        depth (`int`, defaults to 3): hidden layers of the MLP encoder (mirrored in the decoder) or stride-2
+            stages of the conv encoder. Unused by timm encoders.
+        width (`int`, defaults to 32): channels of the first conv stage (doubled at each stage). Unused by MLP
+            encoders; the smallest decoder width for timm encoders.
+        output_activation (`str`, defaults to `"linear"`): `"linear"` for normalised pixels, `"sigmoid"` for
+            pixels in [0, 1] (the authors' MLP).
+        corruption (`str`, defaults to `"none"`): noise applied to the input during the forward pass, in the
+            string form of :func:`~hf_recperc.corruption.parse_corruption` (`"gaussian:0.1"`, `"mask:0.75:4"`).
+        guidance (`float`, defaults to 0.0): weight `g` of the supervised probe term in
+            `loss = reconstruction_loss + g * cross_entropy(probe(latent), labels)` (PAPER.md E3).
+        reconstruction_target (`str`, defaults to `"all"`): `"all"` pixels (the theory's setting) or only
+            `"masked"` ones (MAE's; needs a masking corruption).
+        image_mean, image_std (`list[float]`, *optional*): normalisation the image processor applies; default
+            ImageNet statistics for 3 channels, 0.5 otherwise.
+        num_labels (`int`, defaults to 2): classes of the probe and of the classification head.
+    """
+
+    model_type = "recperc_ae"
+
+    encoder: str = "conv"
+    image_size: int = 32
+    num_channels: int = 3
+    latent_dim: int = 128
+    depth: int = 3
+    width: int = 32
+    output_activation: str = "linear"
+    corruption: str = "none"
+    guidance: float = 0.0
+    reconstruction_target: str = "all"
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+    _presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # DCAE on CIFAR-10: 32 -> 16 -> 8 -> 4 with 32/64/128 channels.
+        "cifar-conv-small": dict(
+            encoder="conv", image_size=32, num_channels=3, latent_dim=128, depth=3, width=32, num_labels=10
+        ),
+        # The package's default run: scikit-learn's 8x8 grayscale digits, 64 -> 48 -> 32 -> 16.
+        "digits-mlp": dict(
+            encoder="mlp", image_size=8, num_channels=1, latent_dim=16, depth=2, num_labels=10
+        ),
+        # The paper's ResNet autoencoder at CIFAR size (PAPER.md section 5).
+        "cifar-resnet18": dict(
+            encoder="timm:resnet18", image_size=32, num_channels=3, latent_dim=256, width=32, num_labels=10
+        ),
+    }
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if not isinstance(self.encoder, str) or not (
+            self.encoder in AE_ENCODERS or (self.encoder.startswith("timm:") and len(self.encoder) > 5)
+        ):
+            raise ValueError(
+                f"encoder: expected one of {AE_ENCODERS} or 'timm:<model name>', got {self.encoder!r}"
+            )
+        if self.encoder.startswith("timm:"):
+            _check_timm_model(self.encoder[5:])
+        for name in ("image_size", "num_channels", "latent_dim", "depth", "width"):
+            _check_positive_int(name, getattr(self, name))
+        _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        _check_choice("reconstruction_target", self.reconstruction_target, RECONSTRUCTION_TARGETS)
+        self.guidance = _check_guidance(self.guidance)
+        _check_num_labels(self.num_labels)
+
+        from .corruption import Masking, parse_corruption  # noqa: PLC0415  (torch-free module level)
+
+        corruption = parse_corruption(self.corruption)
+        if self.reconstruction_target == "masked" and not isinstance(corruption, Masking):
+            raise ValueError(
+                f"reconstruction_target='masked' needs a masking corruption ('mask:RATIO:PATCH'), "
+                f"got corruption={self.corruption!r}"
+            )
+        self.image_mean = _normalisation("image_mean", self.image_mean, self.num_channels, IMAGENET_MEAN)
+        self.image_std = _normalisation("image_std", self.image_std, self.num_channels, IMAGENET_STD)
+        _run_parent_validators(self)
+
+
+def _check_timm_model(name: str) -> None:
+    try:
+        import timm  # noqa: PLC0415  (timm imports torch; only needed for timm encoders)
+    except ImportError:  # pragma: no cover - timm is a dependency; the model raises a clearer error
+        return
+    if not timm.is_model(name):
+        raise ValueError(
+            f"encoder: unknown timm model {name!r} in 'timm:{name}' "
+            f"(see timm.list_models(); e.g. 'timm:resnet18')"
+        )
+
+
+class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
+    r"""Configuration of the masked autoencoder family: every :class:`~transformers.ViTMAEConfig` field plus
+
+    Args:
+        guidance (`float`, defaults to 0.0): weight `g` of the supervised probe term,
+            `loss = reconstruction_loss + g * cross_entropy(probe(pooled encoder output), labels)`.
+        pooling (`str`, defaults to `"cls"`): how the encoder output becomes the embedding that probes read:
+            the `"cls"` token or the `"mean"` of the patch tokens.
+        reconstruction_target (`str`, defaults to `"masked"`): MAE's loss on `"masked"` patches only, or on
+            `"all"` patches (the theory's setting). `norm_pix_loss` applies to both.
+        image_mean, image_std (`list[float]`, *optional*): normalisation of the image processor; default
+            ImageNet statistics for 3 channels (as `facebook/vit-mae-*`), 0.5 otherwise.
+        num_labels (`int`, defaults to 2): classes of the probe and of the classification head.
+
+    The mask is ViTMAE's own: exactly `int(L * (1 - mask_ratio))` of the `L` patches are kept per image. This
+    differs from :class:`~hf_recperc.corruption.Masking`, which masks every patch independently (a random
+    number of patches per image), the distribution the linear theory of PAPER.md section 4 describes.
+    """
+
+    model_type = "recperc_mae"
+
+    guidance: float = 0.0
+    pooling: str = "cls"
+    reconstruction_target: str = "masked"
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+    _presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # CIFAR-10: 8x8 = 64 patches of 4x4 px; ViT-Tiny width at half depth, a 2-layer decoder.
+        "cifar-vit-tiny": dict(
+            image_size=32,
+            patch_size=4,
+            num_channels=3,
+            hidden_size=192,
+            num_hidden_layers=6,
+            num_attention_heads=3,
+            intermediate_size=768,
+            decoder_hidden_size=128,
+            decoder_num_hidden_layers=2,
+            decoder_num_attention_heads=4,
+            decoder_intermediate_size=512,
+            mask_ratio=0.75,
+            num_labels=10,
+        ),
+        # 8x8 grayscale digits: 4x4 = 16 patches of 2x2 px.
+        "digits-vit-tiny": dict(
+            image_size=8,
+            patch_size=2,
+            num_channels=1,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=256,
+            decoder_hidden_size=64,
+            decoder_num_hidden_layers=2,
+            decoder_num_attention_heads=4,
+            decoder_intermediate_size=256,
+            mask_ratio=0.75,
+            num_labels=10,
+        ),
+    }
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        for name in ("image_size", "patch_size"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(
+                    f"{name}: expected an integer (square images and patches), got {getattr(self, name)!r}"
+                )
+        for name in (
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+        ):
+            _check_positive_int(name, getattr(self, name))
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size: {self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+        for size, heads in (
+            ("hidden_size", "num_attention_heads"),
+            ("decoder_hidden_size", "decoder_num_attention_heads"),
+        ):
+            # 4 | size: ViTMAE's 2-D sin-cos position embedding splits the width in four.
+            if getattr(self, size) % getattr(self, heads) or getattr(self, size) % 4:
+                raise ValueError(
+                    f"{size}: {getattr(self, size)} must be a multiple of {heads}={getattr(self, heads)} and of 4"
+                )
+        if not _is_number(self.mask_ratio) or not 0 <= self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio: expected a number in [0, 1), got {self.mask_ratio!r}")
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("reconstruction_target", self.reconstruction_target, RECONSTRUCTION_TARGETS)
+        if self.reconstruction_target == "masked" and self.mask_ratio == 0:
+            raise ValueError(
+                "reconstruction_target='masked' needs mask_ratio > 0 (nothing would be scored); "
+                "use reconstruction_target='all'"
+            )
+        self.guidance = _check_guidance(self.guidance)
+        _check_num_labels(self.num_labels)
+        self.image_mean = _normalisation("image_mean", self.image_mean, self.num_channels, IMAGENET_MEAN)
+        self.image_std = _normalisation("image_std", self.image_std, self.num_channels, IMAGENET_STD)
+        _run_parent_validators(self)

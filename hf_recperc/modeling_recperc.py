@@ -1,0 +1,588 @@
+"""The autoencoder family (``model_type="recperc_ae"``) and the hybrid objective both families share.
+
+Classes:
+
+* :class:`RecPercAEModel`: the encoder alone; ``embeddings`` is the latent code `(batch_size, latent_dim)`.
+  Works with the ``image-feature-extraction`` pipeline.
+* :class:`RecPercAEForPreTraining`: corruption -> encoder -> decoder, plus a linear probe on the latent, trained
+  with the hybrid objective of PAPER.md E3:
+  ``loss = reconstruction_loss + guidance * cross_entropy(probe(latent), labels)``.
+* :class:`RecPercAEForImageClassification`: encoder + linear classifier (fine-tuning or a frozen probe).
+
+Encoders (``config.encoder``): ``"mlp"``, ``"conv"`` (DCAE) and ``"timm:<name>"`` for any timm CNN, each paired
+with a decoder that maps the latent back to an image of the configured size (PAPER.md section 5).
+
+The module also holds what the MAE family reuses: output dataclasses, label checks and the hybrid loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    PreTrainedModel,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_recperc import RecPercAEConfig
+from .corruption import Corruption, parse_corruption
+from .processing import image_processor_for
+
+__all__ = [
+    "RecPercModelOutput",
+    "RecPercForPreTrainingOutput",
+    "RecPercImageClassifierOutput",
+    "RecPercAEPreTrainedModel",
+    "RecPercAEModel",
+    "RecPercAEForPreTraining",
+    "RecPercAEForImageClassification",
+    "hybrid_loss",
+    "probe_logits",
+    "check_labels",
+    "check_pixel_values",
+]
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class RecPercModelOutput(ModelOutput):
+    """Output of the encoder-only models.
+
+    Args:
+        embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The representation probes read: the latent code (AE) or the pooled encoder output (MAE), computed
+            from the clean, unmasked image.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The same tensor as `embeddings`, under the name the `image-feature-extraction` pipeline reads with
+            `pool=True`.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, hidden_size)`, *optional*):
+            MAE only: every token of the last encoder layer (CLS first).
+    """
+
+    embeddings: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+@dataclass
+class RecPercForPreTrainingOutput(ModelOutput):
+    """Output of the ``...ForPreTraining`` models (hybrid objective).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            `reconstruction_loss + guidance * supervised_loss`. With `guidance == 0` its value is exactly
+            `reconstruction_loss`, but it still carries the probe's gradient (see :func:`hybrid_loss`).
+        reconstruction_loss (`torch.FloatTensor` of shape `()`): mean squared error on the reconstruction target.
+        supervised_loss (`torch.FloatTensor` of shape `()`, *optional*): the probe's cross-entropy; `None`
+            without labels.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): the probe's logits.
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            the decoded image (MAE: every patch is predicted; with `norm_pix_loss` mapped back to pixel units
+            with each target patch's mean and std).
+        embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): what the probe read (the latent of
+            the corrupted input for AE, the pooled encoder output of the visible patches for MAE).
+        mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)` for AE or `torch.FloatTensor` of shape
+            `(batch_size, num_patches)` for MAE, *optional*): where the input was masked (`True` / 1). AE: the
+            pixel mask of a masking corruption, `None` otherwise. MAE: ViTMAE's patch mask, 1 = masked.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    supervised_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class RecPercImageClassifierOutput(ModelOutput):
+    """Output of the ``...ForImageClassification`` models.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): cross-entropy, when labels are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): classification scores.
+        embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): the classifier's input.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+
+
+# ---------------------------------------------------------------------------------- shared objective
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size: int | None) -> None:
+    """Raise a ValueError naming the mismatch unless ``pixel_values`` is `(B, num_channels, S, S)`.
+
+    ``image_size=None`` skips the size check (models that interpolate their position embeddings).
+    """
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        shape = (
+            tuple(pixel_values.shape)
+            if isinstance(pixel_values, torch.Tensor)
+            else type(pixel_values).__name__
+        )
+        raise ValueError(
+            f"pixel_values: expected a tensor of shape (batch_size, num_channels, height, width), got {shape}"
+        )
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"pixel_values: got {pixel_values.shape[1]} channels (shape {tuple(pixel_values.shape)}) but the "
+            f"config has num_channels={num_channels}"
+        )
+    if image_size is not None and tuple(pixel_values.shape[2:]) != (image_size, image_size):
+        raise ValueError(
+            f"pixel_values: got images of size {tuple(pixel_values.shape[2:])} but the config has "
+            f"image_size={image_size}; resize them (the saved image processor does)"
+        )
+
+
+def check_labels(labels: torch.Tensor, num_labels: int, batch_size: int) -> None:
+    """Raise a ValueError unless ``labels`` is `(batch_size,)` integers in ``[0, num_labels)``."""
+    if not isinstance(labels, torch.Tensor) or labels.shape != (batch_size,) or labels.is_floating_point():
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected an integer tensor of shape ({batch_size},), got {shape}")
+    # One host sync per step; cross_entropy would otherwise fail with an opaque device assert on CUDA.
+    low, high = labels.min().item(), labels.max().item()
+    if low < 0 or high >= num_labels:
+        raise ValueError(
+            f"labels: values must lie in [0, {num_labels}) (num_labels), got range [{low}, {high}]"
+        )
+
+
+def probe_logits(probe: nn.Module, embeddings: torch.Tensor, guidance: float) -> torch.Tensor:
+    """The probe's logits `(B, num_labels)`; with ``guidance == 0`` it reads a detached copy of ``embeddings``,
+    so it measures the features without shaping them (PAPER.md E3)."""
+    return probe(embeddings if guidance > 0 else embeddings.detach())
+
+
+def hybrid_loss(
+    reconstruction_loss: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    guidance: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The hybrid objective ``reconstruction_loss + guidance * cross_entropy(logits, labels)``.
+
+    ``logits`` must come from :func:`probe_logits`. With ``guidance == 0`` the probe still has to learn (an
+    online probe), so its cross-entropy enters as ``supervised - supervised.detach()``: exactly zero in value, so
+    ``loss == reconstruction_loss`` bit for bit, while its gradient reaches the probe, and only the probe, since
+    the probe read a detached embedding.
+
+    Returns:
+        `(loss, supervised_loss)`, both of shape `()`; `supervised_loss` is `None` without labels.
+    """
+    if labels is None:
+        return reconstruction_loss, None
+    check_labels(labels, logits.shape[-1], logits.shape[0])
+    supervised_loss = F.cross_entropy(logits, labels)
+    if guidance > 0:
+        return reconstruction_loss + guidance * supervised_loss, supervised_loss
+    return reconstruction_loss + (supervised_loss - supervised_loss.detach()), supervised_loss
+
+
+def masked_mse(error: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``error`` (squared errors) over the positions where ``mask`` is set (all when ``mask`` is None).
+
+    ``mask`` broadcasts against ``error`` (e.g. `(B, 1, H, W)` against `(B, C, H, W)`).
+    """
+    if mask is None:
+        return error.mean()
+    weights = mask.to(error.dtype).expand_as(error)
+    # A batch with nothing masked contributes 0 rather than 0 / 0.
+    return (error * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------------ encoders, decoders
+
+
+def _output_activation(name: str) -> nn.Module:
+    return nn.Sigmoid() if name == "sigmoid" else nn.Identity()
+
+
+class MLPEncoder(nn.Module):
+    """Flatten -> (Linear, BatchNorm, ReLU) x depth -> Linear to the latent; widths interpolate linearly from the
+    input size to ``latent_dim`` (the authors' MLP autoencoder, PAPER.md section 5)."""
+
+    def __init__(self, config: RecPercAEConfig):
+        super().__init__()
+        widths = _mlp_widths(config)
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-2], widths[1:-1]):
+            layers += [nn.Linear(fan_in, fan_out), nn.BatchNorm1d(fan_out), nn.ReLU()]
+        layers.append(nn.Linear(widths[-2], widths[-1]))  # linear latent: probes read it as is
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.layers(pixel_values.flatten(1))  # (B, C*H*W) -> (B, K)
+
+
+class MLPDecoder(nn.Module):
+    """The mirror of :class:`MLPEncoder`, ending in the configured output activation."""
+
+    def __init__(self, config: RecPercAEConfig):
+        super().__init__()
+        widths = _mlp_widths(config)[::-1]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-2], widths[1:-1]):
+            layers += [nn.Linear(fan_in, fan_out), nn.BatchNorm1d(fan_out), nn.ReLU()]
+        layers += [nn.Linear(widths[-2], widths[-1]), _output_activation(config.output_activation)]
+        self.layers = nn.Sequential(*layers)
+        self.image_shape = (config.num_channels, config.image_size, config.image_size)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.layers(latent).view(-1, *self.image_shape)  # (B, C*H*W) -> (B, C, H, W)
+
+
+def _mlp_widths(config: RecPercAEConfig) -> list[int]:
+    """`[D, ..., K]`: depth + 2 widths evenly spaced from D = C*H*W down (or up) to K = latent_dim."""
+    dim = config.num_channels * config.image_size**2
+    steps = config.depth + 1
+    return [round(dim + (config.latent_dim - dim) * i / steps) for i in range(steps + 1)]
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    # kernel 3, stride 2, padding 1 maps a side S to ceil(S / 2), so any image size works.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
+
+
+class ConvEncoder(nn.Module):
+    """DCAE encoder: ``depth`` stride-2 convolutions (``width * 2**i`` channels), flatten, Linear to the latent."""
+
+    def __init__(self, config: RecPercAEConfig):
+        super().__init__()
+        channels = [config.num_channels] + [config.width * 2**i for i in range(config.depth)]
+        self.stages = nn.Sequential(*[_conv_bn_relu(a, b) for a, b in zip(channels[:-1], channels[1:])])
+        side = _halved(config.image_size, config.depth)
+        self.to_latent = nn.Linear(channels[-1] * side * side, config.latent_dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        features = self.stages(pixel_values)  # (B, C', s, s)
+        return self.to_latent(features.flatten(1))  # (B, C'*s*s) -> (B, K)
+
+
+def _halved(size: int, times: int) -> int:
+    for _ in range(times):
+        size = math.ceil(size / 2)
+    return size
+
+
+class UpsamplingDecoder(nn.Module):
+    """Linear from the latent to a `(channels[0], s, s)` map, then one stride-2 transposed convolution per entry
+    of ``channels`` (the last one to the image channels), cropped to the image size.
+
+    Args:
+        config: gives ``latent_dim``, ``num_channels``, ``image_size``, ``output_activation``.
+        channels: feature channels from the deepest map up, e.g. `[128, 64, 32]` for three doublings.
+        side: side `s` of the deepest map; `s * 2**len(channels) >= image_size`.
+    """
+
+    def __init__(self, config: RecPercAEConfig, channels: list[int], side: int):
+        super().__init__()
+        self.start_shape = (channels[0], side, side)
+        self.from_latent = nn.Sequential(nn.Linear(config.latent_dim, channels[0] * side * side), nn.ReLU())
+        layers: list[nn.Module] = []
+        for in_channels, out_channels in zip(channels[:-1], channels[1:]):
+            # kernel 4, stride 2, padding 1 doubles the side exactly.
+            layers += [
+                nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(),
+            ]
+        layers += [
+            nn.ConvTranspose2d(channels[-1], config.num_channels, 4, stride=2, padding=1),
+            _output_activation(config.output_activation),
+        ]
+        self.layers = nn.Sequential(*layers)
+        self.image_size = config.image_size
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        features = self.from_latent(latent).view(-1, *self.start_shape)  # (B, C', s, s)
+        images = self.layers(features)  # (B, C, s * 2**n, s * 2**n)
+        # The encoder rounded odd sides up; cropping undoes that padding.
+        return images[:, :, : self.image_size, : self.image_size]
+
+
+class TimmEncoder(nn.Module):
+    """Any timm CNN as a feature extractor (global pooling, no classifier), then Linear to the latent.
+
+    The backbone keeps timm's own initialisation: its modules are tagged ``_recperc_keep_init`` so that
+    :meth:`RecPercAEPreTrainedModel._init_weights` leaves them alone.
+    """
+
+    def __init__(self, config: RecPercAEConfig):
+        super().__init__()
+        import timm  # noqa: PLC0415  (only timm encoders need it)
+
+        name = config.encoder.removeprefix("timm:")
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=config.num_channels)
+        for module in self.backbone.modules():
+            module._recperc_keep_init = True
+        self.to_latent = nn.Linear(self.backbone.num_features, config.latent_dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.to_latent(self.backbone(pixel_values))  # (B, F) -> (B, K)
+
+    def total_stride(self) -> int:
+        """Downsampling factor of the backbone's last feature map (32 for ResNets)."""
+        info = getattr(self.backbone, "feature_info", None)
+        if info:
+            last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
+            return int(last.get("reduction", 32))
+        return 32
+
+
+def build_encoder_decoder(
+    config: RecPercAEConfig, with_decoder: bool = True
+) -> tuple[nn.Module, nn.Module | None]:
+    """The encoder named by ``config.encoder`` and, if asked, its decoder."""
+    if config.encoder == "mlp":
+        return MLPEncoder(config), MLPDecoder(config) if with_decoder else None
+    if config.encoder == "conv":
+        encoder = ConvEncoder(config)
+        channels = [config.width * 2**i for i in reversed(range(config.depth))]
+        side = _halved(config.image_size, config.depth)
+        return encoder, UpsamplingDecoder(config, channels, side) if with_decoder else None
+    if config.encoder.startswith("timm:"):
+        encoder = TimmEncoder(config)
+        if not with_decoder:
+            return encoder, None
+        ups = max(1, round(math.log2(encoder.total_stride())))
+        # Mirror a CNN pyramid: channels halve at each doubling, from at most 512 down to at least `width`.
+        top = min(encoder.backbone.num_features, 512)
+        channels = [max(config.width, top // 2**i) for i in range(ups)]
+        side = math.ceil(config.image_size / 2**ups)
+        return encoder, UpsamplingDecoder(config, channels, side)
+    raise ValueError(f"encoder: unknown encoder {config.encoder!r}")  # the config validates this first
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+class SavesImageProcessorMixin:
+    """``save_pretrained`` that also writes the matching image processor and the family's full ``auto_map``.
+
+    Subclasses set ``_family_auto_map``: every Auto class of the family, so that a saved ``...ForPreTraining``
+    also loads with ``AutoModel`` / ``AutoModelForImageClassification`` and ``trust_remote_code=True``
+    (``register_for_auto_class`` alone records only the saved class).
+    """
+
+    _family_auto_map: ClassVar[dict[str, str]] = {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` (safetensors, the only format of transformers v5), then the image
+        processor (``preprocessor_config.json``) from :func:`~hf_recperc.processing.image_processor_for`."""
+        self.config.auto_map = dict(self._family_auto_map)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            image_processor_for(self.config).save_pretrained(save_directory)
+        return result
+
+
+class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
+    """Shared plumbing: config class, weight initialisation, image processor saving, ``get_embeddings``."""
+
+    config: RecPercAEConfig
+    config_class = RecPercAEConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _family_auto_map: ClassVar[dict[str, str]] = {
+        "AutoConfig": "configuration_recperc.RecPercAEConfig",
+        "AutoModel": "modeling_recperc.RecPercAEModel",
+        "AutoModelForPreTraining": "modeling_recperc.RecPercAEForPreTraining",
+        "AutoModelForImageClassification": "modeling_recperc.RecPercAEForImageClassification",
+    }
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # transformers' default re-draws every Linear/Conv from N(0, 0.02), which would wipe a timm backbone's
+        # own initialisation. We only touch our own layers, and give them PyTorch's default initialisation.
+        if getattr(module, "_recperc_keep_init", False):
+            return
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.reset_parameters()
+
+    def get_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The latent `(batch_size, latent_dim)` of clean (uncorrupted) images `(batch_size, C, H, W)`.
+
+        Call ``model.eval()`` first: BatchNorm layers would otherwise use batch statistics.
+        """
+        return self.base_model(pixel_values=pixel_values).embeddings
+
+
+class RecPercAEModel(RecPercAEPreTrainedModel):
+    """The encoder alone: clean images to latent codes. Usable with the ``image-feature-extraction`` pipeline.
+
+    Args:
+        config (:class:`~hf_recperc.RecPercAEConfig`): the model configuration.
+    """
+
+    def __init__(self, config: RecPercAEConfig):
+        super().__init__(config)
+        self.encoder, _ = build_encoder_decoder(config, with_decoder=False)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor | None = None, **kwargs) -> RecPercModelOutput:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+                Images, normalised by the saved image processor. No corruption is applied.
+
+        Returns:
+            :class:`RecPercModelOutput` with `embeddings` (and `pooler_output`) of shape `(batch_size, latent_dim)`.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
+        embeddings = self.encoder(pixel_values)  # (B, K)
+        return RecPercModelOutput(embeddings=embeddings, pooler_output=embeddings)
+
+
+class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
+    """(Denoising) autoencoder trained with the hybrid objective of PAPER.md E3.
+
+    ``forward`` corrupts the input with ``config.corruption``, encodes it to a latent, decodes an image and scores
+    it against the clean input; a linear probe on the latent adds ``guidance * cross_entropy`` when labels are
+    given (with ``guidance == 0`` the probe trains on the detached latent and the loss value is the
+    reconstruction loss, see :func:`hybrid_loss`).
+
+    Args:
+        config (:class:`~hf_recperc.RecPercAEConfig`): the model configuration.
+    """
+
+    def __init__(self, config: RecPercAEConfig):
+        super().__init__(config)
+        # Build the encoder first so that a timm backbone draws the same weights as timm.create_model would
+        # with the same seed.
+        self.model = RecPercAEModel(config)
+        _, self.decoder = build_encoder_decoder(config)
+        self.probe = nn.Linear(config.latent_dim, config.num_labels)
+        self.corruption: Corruption = parse_corruption(config.corruption)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> RecPercForPreTrainingOutput:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+                Clean images; they are both the corrupted input's source and the reconstruction target.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Classes in `[0, num_labels)` for the probe. Without them there is no supervised term.
+            generator (`torch.Generator`, *optional*):
+                Source of the corruption's randomness (the only random choice of the forward pass), for
+                reproducible runs and tests.
+
+        Returns:
+            :class:`RecPercForPreTrainingOutput`.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
+        # The corruption applies in eval mode too: it is part of the objective being measured.
+        corrupted = self.corruption(pixel_values, generator=generator)
+        embeddings = self.model.encoder(corrupted.pixel_values)  # (B, K)
+        reconstruction = self.decoder(embeddings)  # (B, C, H, W)
+        logits = probe_logits(self.probe, embeddings, self.config.guidance)  # (B, num_labels)
+        loss, reconstruction_loss, supervised_loss = self.forward_loss(
+            pixel_values, reconstruction, corrupted.mask, logits, labels
+        )
+        return RecPercForPreTrainingOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction_loss,
+            supervised_loss=supervised_loss,
+            logits=logits,
+            reconstruction=reconstruction,
+            embeddings=embeddings,
+            mask=corrupted.mask,
+        )
+
+    def forward_loss(
+        self,
+        pixel_values: torch.Tensor,
+        reconstruction: torch.Tensor,
+        mask: torch.Tensor | None,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The hybrid loss.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): clean target.
+            reconstruction (`torch.FloatTensor` of the same shape): decoder output.
+            mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)`, *optional*): masked pixels; used
+                when `config.reconstruction_target == "masked"`.
+            logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): probe output.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*).
+
+        Returns:
+            `(loss, reconstruction_loss, supervised_loss)`; `supervised_loss` is `None` without labels.
+        """
+        error = (reconstruction - pixel_values) ** 2  # (B, C, H, W)
+        target_mask = mask if self.config.reconstruction_target == "masked" else None
+        reconstruction_loss = masked_mse(error, target_mask)
+        loss, supervised_loss = hybrid_loss(reconstruction_loss, logits, labels, self.config.guidance)
+        return loss, reconstruction_loss, supervised_loss
+
+
+class RecPercAEForImageClassification(RecPercAEPreTrainedModel):
+    """Encoder + linear classifier on the latent, with the standard `labels` / `logits` / `loss` interface.
+
+    Loading a :class:`RecPercAEForPreTraining` checkpoint into it keeps the encoder and starts a new classifier.
+
+    Args:
+        config (:class:`~hf_recperc.RecPercAEConfig`): the model configuration.
+    """
+
+    def __init__(self, config: RecPercAEConfig):
+        super().__init__(config)
+        self.model = RecPercAEModel(config)
+        self.classifier = nn.Linear(config.latent_dim, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+    ) -> RecPercImageClassifierOutput:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): classes in `[0, num_labels)`.
+
+        Returns:
+            :class:`RecPercImageClassifierOutput`; `loss` is the cross-entropy when labels are given.
+        """
+        embeddings = self.model(pixel_values=pixel_values).embeddings  # (B, K)
+        logits = self.classifier(embeddings)  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            check_labels(labels, self.config.num_labels, logits.shape[0])
+            loss = F.cross_entropy(logits, labels)
+        return RecPercImageClassifierOutput(loss=loss, logits=logits, embeddings=embeddings)
+
+
+AutoConfig.register(RecPercAEConfig.model_type, RecPercAEConfig, exist_ok=True)
+for _auto, _cls in (
+    (AutoModel, RecPercAEModel),
+    (AutoModelForPreTraining, RecPercAEForPreTraining),
+    (AutoModelForImageClassification, RecPercAEForImageClassification),
+):
+    _auto.register(RecPercAEConfig, _cls, exist_ok=True)
+    _cls.register_for_auto_class(_auto.__name__)
+RecPercAEConfig.register_for_auto_class()

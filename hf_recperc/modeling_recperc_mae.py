@@ -1,0 +1,380 @@
+"""The masked autoencoder family (``model_type="recperc_mae"``), built on transformers' ViTMAE modules.
+
+The parameter layout is ViTMAE's (``vit.embeddings``, ``vit.layers``, ``vit.layernorm``, ``decoder.*``), so a
+``ViTMAEForPreTraining`` checkpoint (e.g. ``facebook/vit-mae-base``) loads into
+:class:`RecPercMAEForPreTraining`; only the guidance probe (``probe.*``) is new.
+
+* :class:`RecPercMAEModel`: a ``ViTMAEModel`` whose ``forward`` sees every patch (no masking), for feature
+  extraction and probing; ``embeddings`` is the CLS token or the mean patch token (``config.pooling``).
+  ``forward_masked`` is ViTMAE's own masked forward.
+* :class:`RecPercMAEForPreTraining`: ViTMAE pre-training plus a linear probe on the pooled encoder output, with
+  the hybrid objective ``reconstruction_loss + guidance * cross_entropy`` (PAPER.md E3).
+* :class:`RecPercMAEForImageClassification`: unmasked encoder + linear classifier.
+
+Masking is ViTMAE's: exactly ``int(L * (1 - mask_ratio))`` patches are kept per image, chosen by ``argsort`` of
+``noise``. :class:`~hf_recperc.corruption.Masking` (used by the AE family and by the linear theory) masks every
+patch independently instead, so the number of masked patches varies from image to image.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    ViTMAEForPreTraining,
+    ViTMAEModel,
+)
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
+from transformers.models.vit_mae.modeling_vit_mae import (
+    ViTMAEDecoder,
+    ViTMAEEmbeddings,
+    ViTMAEModelOutput,
+    ViTMAEPreTrainedModel,
+)
+
+from .configuration_recperc import RecPercMAEConfig
+from .modeling_recperc import (
+    RecPercForPreTrainingOutput,
+    RecPercImageClassifierOutput,
+    RecPercModelOutput,
+    SavesImageProcessorMixin,
+    check_labels,
+    check_pixel_values,
+    hybrid_loss,
+    probe_logits,
+)
+
+__all__ = [
+    "RecPercMAEPreTrainedModel",
+    "RecPercMAEModel",
+    "RecPercMAEForPreTraining",
+    "RecPercMAEForImageClassification",
+]
+
+
+class RecPercMAEPreTrainedModel(SavesImageProcessorMixin, ViTMAEPreTrainedModel):
+    """ViTMAE's plumbing with our config class, image processor saving and a position-embedding init fix."""
+
+    config: RecPercMAEConfig
+    config_class = RecPercMAEConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    _family_auto_map: ClassVar[dict[str, str]] = {
+        "AutoConfig": "configuration_recperc.RecPercMAEConfig",
+        "AutoModel": "modeling_recperc_mae.RecPercMAEModel",
+        "AutoModelForPreTraining": "modeling_recperc_mae.RecPercMAEForPreTraining",
+        "AutoModelForImageClassification": "modeling_recperc_mae.RecPercMAEForImageClassification",
+    }
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # transformers 5.24 leaves a freshly built ViTMAE with all-zero (and frozen) position embeddings, CLS and
+        # mask tokens: `ViTMAEEmbeddings.initialize_weights` returns early because the children-first traversal
+        # has already flagged the patch projection as initialised, and `ViTMAEPreTrainedModel._init_weights`
+        # zeroes the decoder's sin-cos table. We re-run ViTMAE's own initialisers. The `transformers.initialization`
+        # functions they use skip tensors loaded from a checkpoint, so loading is unaffected.
+        if isinstance(module, ViTMAEEmbeddings):
+            module.patch_embeddings.projection._is_hf_initialized = False
+            module.initialize_weights()
+            module.patch_embeddings.projection._is_hf_initialized = True
+        elif isinstance(module, ViTMAEDecoder):
+            module.initialize_weights(num_patches=module.decoder_pos_embed.shape[1] - 1)
+
+    def get_embeddings(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> torch.Tensor:
+        """Pooled encoder output `(batch_size, hidden_size)` of the full, unmasked images
+        `(batch_size, num_channels, height, width)`."""
+        return self.base_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        ).embeddings
+
+
+class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
+    """ViTMAE's encoder with masking switched off in ``forward``: every patch, in place, for feature extraction.
+
+    Same submodules and parameter names as :class:`~transformers.ViTMAEModel`. ``forward_masked`` runs ViTMAE's
+    masked forward (used by :class:`RecPercMAEForPreTraining`).
+
+    Args:
+        config (:class:`~hf_recperc.RecPercMAEConfig`): the model configuration.
+    """
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> RecPercModelOutput:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
+            interpolate_pos_encoding (`bool`, *optional*): accept other image sizes by interpolating the
+                position embeddings.
+
+        Returns:
+            :class:`~hf_recperc.modeling_recperc.RecPercModelOutput` with `embeddings` / `pooler_output`
+            `(batch_size, hidden_size)` and `last_hidden_state` `(batch_size, 1 + num_patches, hidden_size)`.
+        """
+        check_pixel_values(
+            pixel_values,
+            self.config.num_channels,
+            None if interpolate_pos_encoding else self.config.image_size,
+        )
+        embeddings_module = self.embeddings
+        height, width = pixel_values.shape[-2:]
+        # ViTMAEEmbeddings.forward without its random_masking step (which, even at mask_ratio 0, shuffles the
+        # patches): patch projection, position embeddings, CLS token first. tests/test_models_mae.py checks this
+        # against ViTMAEModel with mask_ratio=0 and an order-preserving noise.
+        patches = embeddings_module.patch_embeddings(pixel_values)  # (B, L, D)
+        if interpolate_pos_encoding:
+            position = embeddings_module.interpolate_pos_encoding(patches, height, width)  # (1, 1 + L, D)
+        else:
+            position = embeddings_module.position_embeddings  # (1, 1 + L, D)
+        cls_token = (embeddings_module.cls_token + position[:, :1]).expand(
+            patches.shape[0], -1, -1
+        )  # (B, 1, D)
+        hidden_states = torch.cat([cls_token, patches + position[:, 1:]], dim=1)  # (B, 1 + L, D)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)  # no attention mask: every token sees every token
+        last_hidden_state = self.layernorm(hidden_states)  # (B, 1 + L, D)
+        embeddings = self.pool(last_hidden_state)  # (B, D)
+        return RecPercModelOutput(
+            embeddings=embeddings, pooler_output=embeddings, last_hidden_state=last_hidden_state
+        )
+
+    def forward_masked(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> ViTMAEModelOutput:
+        """ViTMAE's masked forward: `last_hidden_state` `(B, 1 + L_keep, D)`, `mask` `(B, L)`, `ids_restore`."""
+        return super().forward(
+            pixel_values, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
+
+    def pool(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(B, 1 + L, D)` -> `(B, D)`: the CLS token, or the mean of the other tokens (``config.pooling``)."""
+        if self.config.pooling == "mean":
+            return hidden_states[:, 1:].mean(dim=1)
+        return hidden_states[:, 0]
+
+
+class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
+    """ViTMAE pre-training with a guidance probe: the hybrid objective of PAPER.md E3 on a masked autoencoder.
+
+    ``loss = reconstruction_loss + guidance * cross_entropy(probe(pooled encoder output), labels)``, where the
+    reconstruction loss is ViTMAE's (per-patch MSE, ``norm_pix_loss`` optional) on the masked patches or on all
+    of them (``config.reconstruction_target``). With ``guidance == 0`` the probe trains on the detached embedding
+    and ``loss`` equals ``reconstruction_loss`` (see :func:`~hf_recperc.modeling_recperc.hybrid_loss`).
+
+    Args:
+        config (:class:`~hf_recperc.RecPercMAEConfig`): the model configuration.
+    """
+
+    # ViTMAE's (B, C, H, W) <-> (B, L, p*p*C) conversions only read `self.config`; reuse them as they are.
+    patchify = ViTMAEForPreTraining.patchify
+    unpatchify = ViTMAEForPreTraining.unpatchify
+
+    def __init__(self, config: RecPercMAEConfig):
+        super().__init__(config)
+        self.vit = RecPercMAEModel(config)
+        self.decoder = ViTMAEDecoder(config, num_patches=self.vit.embeddings.patch_embeddings.num_patches)
+        self.probe = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> RecPercForPreTrainingOutput:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): classes in `[0, num_labels)`.
+            noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*): ViTMAE's masking noise;
+                the patches with the smallest values are kept. Drawn uniformly when omitted.
+            interpolate_pos_encoding (`bool`, *optional*): accept other (square) image sizes.
+
+        Returns:
+            :class:`~hf_recperc.modeling_recperc.RecPercForPreTrainingOutput`; `mask` is ViTMAE's patch mask of
+            shape `(batch_size, num_patches)`, 1 for masked patches.
+        """
+        check_pixel_values(
+            pixel_values,
+            self.config.num_channels,
+            None if interpolate_pos_encoding else self.config.image_size,
+        )
+        if noise is not None:
+            patches = (pixel_values.shape[2] // self.config.patch_size) * (
+                pixel_values.shape[3] // self.config.patch_size
+            )
+            if tuple(noise.shape) != (pixel_values.shape[0], patches):
+                raise ValueError(
+                    f"noise: expected shape (batch_size, num_patches) = ({pixel_values.shape[0]}, {patches}), "
+                    f"got {tuple(noise.shape)}"
+                )
+        outputs = self.vit.forward_masked(
+            pixel_values, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
+        latent = outputs.last_hidden_state  # (B, 1 + L_keep, D)
+        predictions = self.decoder(
+            latent, outputs.ids_restore, interpolate_pos_encoding=interpolate_pos_encoding
+        ).logits  # (B, L, p*p*C)
+        embeddings = self.vit.pool(latent)  # (B, D), from the visible patches only
+        logits = probe_logits(self.probe, embeddings, self.config.guidance)  # (B, num_labels)
+        loss, reconstruction_loss, supervised_loss = self.forward_loss(
+            pixel_values,
+            predictions,
+            outputs.mask,
+            logits,
+            labels,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        return RecPercForPreTrainingOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction_loss,
+            supervised_loss=supervised_loss,
+            logits=logits,
+            reconstruction=self.to_image(predictions, pixel_values, interpolate_pos_encoding),
+            embeddings=embeddings,
+            mask=outputs.mask,
+        )
+
+    def patch_targets(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None):
+        """`(target, mean, std)`: patchified pixels `(B, L, p*p*C)`, normalised per patch when
+        ``config.norm_pix_loss`` (ViTMAE's recipe, eps 1e-6 on the variance); `mean`/`std` are `(B, L, 1)` or
+        `None`."""
+        target = self.patchify(
+            pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding)
+        )  # (B, L, P)
+        if not self.config.norm_pix_loss:
+            return target, None, None
+        mean = target.mean(dim=-1, keepdim=True)  # (B, L, 1)
+        std = (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5  # (B, L, 1)
+        return (target - mean) / std, mean, std
+
+    def forward_loss(
+        self,
+        pixel_values: torch.Tensor,
+        predictions: torch.Tensor,
+        mask: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        interpolate_pos_encoding: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The hybrid loss.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): clean images.
+            predictions (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size**2 * num_channels)`):
+                the decoder's per-patch pixel predictions.
+            mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`): 1 for masked patches.
+            logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): probe output.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*).
+
+        Returns:
+            `(loss, reconstruction_loss, supervised_loss)`; `supervised_loss` is `None` without labels. With
+            `reconstruction_target="masked"` the reconstruction loss is ViTMAE's to the last bit.
+        """
+        target, _, _ = self.patch_targets(pixel_values, interpolate_pos_encoding)
+        error = ((predictions - target) ** 2).mean(dim=-1)  # (B, L): per-patch MSE
+        if self.config.reconstruction_target == "masked":
+            # clamp: an all-visible batch (mask_ratio rounding) contributes 0, not 0 / 0.
+            reconstruction_loss = (error * mask).sum() / mask.sum().clamp_min(1.0)
+        else:
+            reconstruction_loss = error.mean()
+        loss, supervised_loss = hybrid_loss(reconstruction_loss, logits, labels, self.config.guidance)
+        return loss, reconstruction_loss, supervised_loss
+
+    def to_image(
+        self,
+        predictions: torch.Tensor,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = None,
+    ) -> torch.Tensor:
+        """Per-patch predictions `(B, L, p*p*C)` as images `(B, C, H, W)`; with ``norm_pix_loss`` each patch is
+        mapped back to pixel units with the mean and std of the corresponding clean patch (as MAE demos do)."""
+        if self.config.norm_pix_loss:
+            with torch.no_grad():
+                _, mean, std = self.patch_targets(pixel_values, interpolate_pos_encoding)
+            predictions = predictions * std + mean  # (B, L, p*p*C)
+        return self.unpatchify(predictions, tuple(pixel_values.shape[2:]))
+
+
+class RecPercMAEForImageClassification(RecPercMAEPreTrainedModel):
+    """Unmasked ViTMAE encoder + linear classifier on the pooled output (``config.pooling``).
+
+    Loading a :class:`RecPercMAEForPreTraining` or ``ViTMAEForPreTraining`` checkpoint keeps the encoder and starts
+    a new classifier.
+
+    Args:
+        config (:class:`~hf_recperc.RecPercMAEConfig`): the model configuration.
+    """
+
+    def __init__(self, config: RecPercMAEConfig):
+        super().__init__(config)
+        self.vit = RecPercMAEModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> RecPercImageClassifierOutput:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): classes in `[0, num_labels)`.
+            interpolate_pos_encoding (`bool`, *optional*): accept other image sizes.
+
+        Returns:
+            :class:`~hf_recperc.modeling_recperc.RecPercImageClassifierOutput`.
+        """
+        embeddings = self.vit(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        ).embeddings
+        logits = self.classifier(embeddings)  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            check_labels(labels, self.config.num_labels, logits.shape[0])
+            loss = nn.functional.cross_entropy(logits, labels)
+        return RecPercImageClassifierOutput(loss=loss, logits=logits, embeddings=embeddings)
+
+
+AutoConfig.register(RecPercMAEConfig.model_type, RecPercMAEConfig, exist_ok=True)
+for _auto, _cls in (
+    (AutoModel, RecPercMAEModel),
+    (AutoModelForPreTraining, RecPercMAEForPreTraining),
+    (AutoModelForImageClassification, RecPercMAEForImageClassification),
+):
+    _auto.register(RecPercMAEConfig, _cls, exist_ok=True)
+    _cls.register_for_auto_class(_auto.__name__)
+RecPercMAEConfig.register_for_auto_class()
+
+# transformers 5 renamed ViTMAE's weights (`encoder.layer.N.attention.attention.query` -> `layers.N.attention.q_proj`,
+# ...) and converts on load and back on save, looked up by class name; custom classes get no conversion unless
+# registered. Registering ViTMAE's own rules under our class names lets `facebook/vit-mae-*` and locally saved
+# ViTMAE checkpoints load, and makes our checkpoints use ViTMAE's on-disk names.
+for _ours, _theirs in (
+    ("RecPercMAEForPreTraining", "ViTMAEForPreTraining"),
+    ("RecPercMAEModel", "ViTMAEModel"),
+):
+    register_checkpoint_conversion_mapping(_ours, get_checkpoint_conversion_mapping(_theirs), overwrite=True)
