@@ -1,0 +1,187 @@
+"""E5 (PAPER.md sections 3-4): which noise can make a linear autoencoder learn features for perception?
+
+For every corruption, the closed-form optimal linear (denoising) autoencoder of every latent size K gives
+a task-alignment curve (how much of the label signal its K-dimensional code can reach, in %), a
+denoising benefit against no noise, and the noise audit: ``never beneficial`` (the learned subspaces are
+PCA's for every K, whatever the labels; isotropic Gaussian noise) or ``can help``.
+
+Examples::
+
+    python scripts/alignment.py                                   # embedded digits, default grid
+    python scripts/alignment.py --dataset_name ../shared/data/cifar10 --max_train_samples 5000 \\
+        --output_dir alignment_cifar10
+    python scripts/alignment.py --corruptions none gaussian:0.1 mask:0.25:1 mask:0.75:4
+
+Writes ``alignment.png`` (alignment vs K), ``denoising_benefit.png`` (benefit vs K, one curve per mask
+ratio, one panel per patch size, as in the paper) and ``alignment.json`` (all curves and audits) to
+``--output_dir``, and prints the audit. Data are preprocessed as in PAPER.md section 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers import HfArgumentParser
+
+from hf_recperc.corruption import GaussianNoise, Masking, parse_corruption
+from hf_recperc.data import images_to_array, load_image_dataset, paper_preprocessing
+from hf_recperc.plotting import plot_curve_panels
+from hf_recperc.theory import alignment_study
+
+logger = logging.getLogger(__name__)
+
+# PAPER.md section 4's grid: mask ratios linspace(0, 0.99, 10) (ratio 0 is "none") at patch sizes 1, 2, 4,
+# plus Gaussian noise at a few std (in units of the preprocessed pixels, whose per-image std is 1).
+DEFAULT_CORRUPTIONS = ["none", "gaussian:0.1", "gaussian:0.5", "gaussian:2"] + [
+    f"mask:{ratio:g}:{patch}" for patch in (1, 2, 4) for ratio in np.linspace(0, 0.99, 10)[1:].round(2)
+]
+
+
+@dataclass
+class DataArguments:
+    """Which images (the same flags as the other scripts)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "None or 'digits' (embedded 8x8 digits), a local directory (parquet files such as "
+            "../shared/data/cifar10, imagefolder, save_to_disk) or a Hub id."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub configuration name."})
+    train_file: str | None = field(default=None, metadata={"help": "A parquet/csv/json training file."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (detected if omitted)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (detected if omitted)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep the first N training images (the theory uses the train split)."}
+    )
+
+
+@dataclass
+class AlignmentArguments:
+    corruptions: list[str] = field(
+        default_factory=lambda: list(DEFAULT_CORRUPTIONS),
+        metadata={
+            "help": "Corruptions: 'none', 'gaussian:STD', 'mask:RATIO:PATCH'. Default: PAPER.md's grid."
+        },
+    )
+    output_dir: str = field(default="alignment", metadata={"help": "Where figures and alignment.json go."})
+    tol: float = field(
+        default=1e-4, metadata={"help": "Audit: largest ||sin Theta_K||_F counted as 'same as PCA'."}
+    )
+    gap_tol: float = field(
+        default=1e-6, metadata={"help": "Audit: skip K whose relative eigen-gap is below this (degenerate)."}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+
+
+def figure_panels(study: dict, key: str) -> dict:
+    """``{panel: {label: (ks, curve)}}``: no noise + Gaussian in one panel, masking by patch size."""
+    ks = np.array(study["ks"][: study["rank"]])  # beyond the rank every curve is flat (100% / 0)
+    panels: dict = {"no noise / Gaussian": {}}
+    for spec, result in study["corruptions"].items():
+        corruption = parse_corruption(spec)
+        curve = np.array(result[key][: study["rank"]], dtype=float)
+        if isinstance(corruption, Masking) and not corruption.is_identity:
+            title = f"masking, {corruption.patch_size}x{corruption.patch_size} patches"
+            panels.setdefault(title, {})[f"ratio {corruption.ratio:g}"] = (ks, curve)
+        elif isinstance(corruption, GaussianNoise) and not corruption.is_identity:
+            panels["no noise / Gaussian"][f"std {corruption.std:g}"] = (ks, curve)
+        else:
+            panels["no noise / Gaussian"].setdefault("no noise", (ks, curve))
+    return {title: curves for title, curves in panels.items() if curves}
+
+
+def audit_lines(study: dict) -> list[str]:
+    width = max(len(spec) for spec in study["corruptions"])
+    lines = []
+    for spec, result in study["corruptions"].items():
+        verdict = "never beneficial" if result["never_beneficial"] else "can help"
+        # Beyond the rank every code spans all of X: benefit 0, nothing to report there.
+        benefits = np.array([np.nan if b is None else b for b in result["benefit"][: study["rank"]]])
+        best = int(np.nanargmax(benefits)) if np.isfinite(benefits).any() else 0
+        detail = f"max ||sin Theta_K||_F {result['max_subspace_distance']:.2g}"
+        if not result["never_beneficial"]:
+            detail += f" at K={result['worst_k']}"
+        detail += f" ({result['checked_ks']} K compared); best benefit {benefits[best]:+.2f}% at K={best + 1}"
+        lines.append(f"  {spec:<{width}}  {verdict:<16}  {detail}")
+    return lines
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser((DataArguments, AlignmentArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        reader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        data_args, args = reader(argv[0])
+    else:
+        data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    corruptions = [parse_corruption(spec) for spec in args.corruptions]  # fail on a typo before loading data
+
+    data = load_image_dataset(
+        data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_file=data_args.train_file,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        max_train_samples=data_args.max_train_samples,
+    )
+    images = images_to_array(data.train, data.image_column)  # (N, C, H, W) in [0, 1]
+    X = paper_preprocessing(images)  # (N, D)
+    labels = np.asarray(data.train[data.label_column])
+    logger.info("%d images of %s, image shape %s", len(X), data.source, images.shape[1:])
+
+    study = alignment_study(
+        X,
+        labels,
+        corruptions,
+        image_shape=tuple(images.shape[1:]),
+        tol=args.tol,
+        gap_tol=args.gap_tol,
+        progress=not args.disable_tqdm,
+    )
+    study = {"dataset": data.source, "image_shape": list(images.shape[1:]), **study}
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{Path(data.source).name} ({len(X)} images, D={study['dim']})"
+    plot_curve_panels(
+        figure_panels(study, "alignment"),
+        output_dir / "alignment.png",
+        xlabel="latent size K",
+        ylabel="task alignment (%)",
+        title=f"Optimal linear (denoising) autoencoders: task alignment, {name}",
+        logx=True,
+        colormap="viridis",
+    )
+    plot_curve_panels(
+        figure_panels(study, "benefit"),
+        output_dir / "denoising_benefit.png",
+        xlabel="latent size K",
+        ylabel="denoising benefit (%)",
+        title=f"Alignment gained over no noise, {name}",
+        logx=True,
+        colormap="viridis",
+        reference=0.0,
+        min_yspan=1.0,  # Gaussian benefits are 0 up to round-off: show them as flat, not as 1e-12 wiggles
+    )
+    partial = output_dir / f".alignment.{os.getpid()}.tmp.json"
+    partial.write_text(json.dumps(study))
+    os.replace(partial, output_dir / "alignment.json")  # never a half-written results file
+
+    print(f"noise audit (PAPER.md section 4) on {name}, rank {study['rank']}:")
+    print("\n".join(audit_lines(study)))
+    print(f"figures: {output_dir / 'alignment.png'}, {output_dir / 'denoising_benefit.png'}")
+    print(f"curves: {output_dir / 'alignment.json'}")
+    return study
+
+
+if __name__ == "__main__":
+    main()
