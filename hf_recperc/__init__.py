@@ -1,27 +1,14 @@
 """hf_recperc: are the features a reconstruction model learns any good for perception?
 
-Importing the package registers the model families with transformers' Auto classes.
+Importing the package registers both model families (``recperc_ae``, ``recperc_mae``) with transformers'
+AutoConfig, AutoModel, AutoModelForPreTraining and AutoModelForImageClassification.
 """
 
 from pathlib import Path
 
+from .configuration_recperc import RecPercAEConfig, RecPercMAEConfig
 from .corruption import Corruption, GaussianNoise, Masking, NoCorruption, parse_corruption
-from .spectral import PCA, SecondMoments, parse_subspace, subspace_indices
-
-__version__ = "0.1.0"
-
-# Path of the `evaluate` metric module: `evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY)`.
-SUBSPACE_PROBE_ACCURACY = str(Path(__file__).parent / "metrics" / "subspace_probe_accuracy")
-
-# --- probing (issue 2) ---
-from .probing import SubspaceProbe  # noqa: E402
-
-# --- models (issue 3) ---
-# isort: split
-# Importing the modeling modules registers both families with AutoConfig, AutoModel, AutoModelForPreTraining and
-# AutoModelForImageClassification (and for `register_for_auto_class`, i.e. trust_remote_code loading).
-from .configuration_recperc import RecPercAEConfig, RecPercMAEConfig  # noqa: E402, F401
-from .modeling_recperc import (  # noqa: E402, F401
+from .modeling_recperc import (
     RecPercAEForImageClassification,
     RecPercAEForPreTraining,
     RecPercAEModel,
@@ -30,12 +17,71 @@ from .modeling_recperc import (  # noqa: E402, F401
     RecPercImageClassifierOutput,
     RecPercModelOutput,
 )
-from .modeling_recperc_mae import (  # noqa: E402, F401
+from .modeling_recperc_mae import (
     RecPercMAEForImageClassification,
     RecPercMAEForPreTraining,
     RecPercMAEModel,
     RecPercMAEPreTrainedModel,
 )
-from .processing import image_processor_for  # noqa: E402, F401
+from .probing import SubspaceProbe
+from .processing import image_processor_for
+from .spectral import PCA, SecondMoments, parse_subspace, subspace_indices
+from .theory import (
+    LinearTheory,
+    SubspaceAudit,
+    alignment_study,
+    denoising_benefit,
+    denoising_objective,
+    never_beneficial,
+    optimal_hybrid_linear_model,
+    optimal_linear_autoencoder,
+    subspace_audit,
+    task_alignment,
+)
 
-# --- theory (issue 5) ---
+__version__ = "0.1.0"
+
+# Path of the `evaluate` metric module: `evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY)`.
+SUBSPACE_PROBE_ACCURACY = str(Path(__file__).parent / "metrics" / "subspace_probe_accuracy")
+
+__all__ = [
+    "SUBSPACE_PROBE_ACCURACY",
+    # spectral + probing
+    "PCA",
+    "SecondMoments",
+    "SubspaceProbe",
+    "parse_subspace",
+    "subspace_indices",
+    # corruption
+    "Corruption",
+    "GaussianNoise",
+    "Masking",
+    "NoCorruption",
+    "parse_corruption",
+    # models
+    "RecPercAEConfig",
+    "RecPercAEForImageClassification",
+    "RecPercAEForPreTraining",
+    "RecPercAEModel",
+    "RecPercAEPreTrainedModel",
+    "RecPercForPreTrainingOutput",
+    "RecPercImageClassifierOutput",
+    "RecPercMAEConfig",
+    "RecPercMAEForImageClassification",
+    "RecPercMAEForPreTraining",
+    "RecPercMAEModel",
+    "RecPercMAEPreTrainedModel",
+    "RecPercModelOutput",
+    "image_processor_for",
+    # theory
+    "LinearTheory",
+    "SubspaceAudit",
+    "alignment_study",
+    "denoising_benefit",
+    "denoising_objective",
+    "never_beneficial",
+    "optimal_hybrid_linear_model",
+    "optimal_linear_autoencoder",
+    "subspace_audit",
+    "task_alignment",
+]
