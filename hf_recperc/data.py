@@ -24,6 +24,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -31,6 +32,8 @@ __all__ = [
     "load_image_dataset",
     "images_to_array",
     "paper_preprocessing",
+    "processor_transform",
+    "random_crop_flip",
 ]
 
 DEFAULT_DATASET = "digits"
@@ -282,3 +285,97 @@ def paper_preprocessing(train: np.ndarray, *others: np.ndarray, eps: float = 1e-
     mean = scaled_train.mean(axis=0, dtype=np.float64).astype(np.float32)
     results = [scaled_train - mean] + [per_image(x) - mean for x in others]
     return results[0] if not others else tuple(results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training transforms (used by hf_recperc.training)
+#
+# Deterministic per-image processing (decode, channel mode, resize, rescale, normalise) is the model's image
+# processor, applied lazily with `Dataset.with_transform`. Random augmentation is *not* done there: it runs
+# on the batch tensor with an explicit generator (`random_crop_flip`), so that a run resumed from a checkpoint
+# replays exactly the same crops and flips whatever the number of data-loader workers.
+
+
+def processor_transform(
+    image_processor, image_column: str, label_column: str, num_channels: int, label_names=None
+):
+    """A ``Dataset.with_transform`` function: rows -> ``{"pixel_values", "labels"}`` tensors.
+
+    Args:
+        image_processor: the model's image processor (e.g. :func:`hf_recperc.processing.image_processor_for`).
+        image_column, label_column: the columns of :class:`ImageData`.
+        num_channels: 1 (images converted to ``L``) or 3 (``RGB``), the model's ``config.num_channels``.
+        label_names: for labels stored as strings, the names in class-id order (``ImageData.label_names``);
+            integer labels are passed through.
+
+    Returns:
+        A callable mapping a batch dict to ``pixel_values`` (`torch.FloatTensor` of shape
+        `(batch_size, num_channels, height, width)`) and ``labels`` (`torch.LongTensor` of shape `(batch_size,)`).
+        ``datasets`` fetches a whole data-loader batch in one call (``Dataset.__getitems__``), so the processor
+        runs once per batch, not once per image.
+    """
+    if num_channels not in (1, 3):
+        raise ValueError(
+            f"num_channels: images can be converted to 1 (L) or 3 (RGB) channels, got {num_channels!r}"
+        )
+    mode = "L" if num_channels == 1 else "RGB"
+    label_ids = {name: index for index, name in enumerate(label_names)} if label_names is not None else None
+
+    def transform(batch: dict) -> dict:
+        images = [image.convert(mode) for image in batch[image_column]]
+        pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]  # (B, C, H, W)
+        labels = batch[label_column]
+        if labels and not isinstance(labels[0], (int, np.integer)):
+            labels = [label_ids[str(label)] for label in labels]
+        return {"pixel_values": pixel_values, "labels": torch.as_tensor(labels, dtype=torch.long)}
+
+    return transform
+
+
+def random_crop_flip(
+    pixel_values: torch.Tensor,
+    *,
+    padding: int = 0,
+    flip: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random crop (after reflect padding) and random horizontal flip of a batch, one draw per image.
+
+    The CIFAR recipe: pad each side by ``padding`` pixels (reflection), crop back to the original size at a
+    uniformly random offset, and mirror left-right with probability 1/2. Runs on the batch's device with
+    ``generator`` (on that device), so it is reproducible and cheap on GPUs.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): images.
+        padding: pixels of padding per side; 0 disables cropping.
+        flip: whether to flip half of the images horizontally.
+        generator: source of randomness.
+
+    Returns:
+        `torch.FloatTensor` of the same shape.
+    """
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise ValueError(f"padding: expected an integer >= 0, got {padding!r}")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values: expected (batch_size, num_channels, height, width), got {tuple(pixel_values.shape)}"
+        )
+    batch_size, _, height, width = pixel_values.shape
+    device = pixel_values.device
+    if padding > 0:
+        if padding >= min(height, width):
+            raise ValueError(
+                f"padding: {padding} must be smaller than the image size {height}x{width} (reflect padding)"
+            )
+        padded = torch.nn.functional.pad(pixel_values, (padding,) * 4, mode="reflect")  # (B, C, H+2p, W+2p)
+        top = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator, device=device)
+        left = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator, device=device)
+        rows = (top[:, None] + torch.arange(height, device=device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (left[:, None] + torch.arange(width, device=device))[:, None, None, :]  # (B, 1, 1, W)
+        batch = torch.arange(batch_size, device=device)[:, None, None, None]
+        channels = torch.arange(pixel_values.shape[1], device=device)[None, :, None, None]
+        pixel_values = padded[batch, channels, rows, cols]  # (B, C, H, W)
+    if flip:
+        flipped = torch.rand(batch_size, generator=generator, device=device) < 0.5
+        pixel_values = torch.where(flipped[:, None, None, None], pixel_values.flip(-1), pixel_values)
+    return pixel_values

@@ -1,0 +1,289 @@
+"""Model cards and Hub uploads for trained models.
+
+:func:`render_model_card` fills ``model_cards/recperc_model_card.md`` (a Jinja template, rendered by
+huggingface_hub's :meth:`~huggingface_hub.ModelCard.from_template`) from a run's ``results.json``: what the model
+is, its data, objective and hyperparameters, a results table that states reconstruction error *and* perception
+metrics, how to load it, limitations and the paper's citation. The YAML header carries ``model-index`` results
+built with :class:`~huggingface_hub.EvalResult`: one entry per probe subspace, plus the online probe and the
+reconstruction error.
+
+:func:`push_to_hub` uploads a whole output directory with ``HfApi().create_repo`` + ``upload_folder``.
+``PreTrainedModel.push_to_hub`` is deliberately not used: it regenerates README.md from transformers' own template
+and would replace our card.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "CITATION",
+    "HubPushError",
+    "render_model_card",
+    "model_index_results",
+    "push_to_hub",
+]
+
+# model_cards/ sits at the repository root, next to the package (editable installs and source checkouts).
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "recperc_model_card.md"
+
+CITATION = """@inproceedings{balestriero2024learning,
+  title     = {How Learning by Reconstruction Produces Uninformative Features for Perception},
+  author    = {Balestriero, Randall and LeCun, Yann},
+  booktitle = {Proceedings of the 41st International Conference on Machine Learning},
+  series    = {Proceedings of Machine Learning Research},
+  volume    = {235},
+  pages     = {2566--2585},
+  year      = {2024},
+  eprint    = {2402.11337},
+  archivePrefix = {arXiv}
+}"""
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Files a pushed model needs; README.md must be ours (see the module docstring).
+_REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
+# Checkpoints hold optimiser states (twice the weights) and are for resuming, not for users; hidden files are
+# temporaries of interrupted writes.
+_UPLOAD_IGNORE = ["checkpoints/**", ".*", "**/.*"]
+
+
+class HubPushError(RuntimeError):
+    """Uploading to the Hub failed; the message says why and how to retry from the intact local output."""
+
+
+def _hub_dataset_id(source: str) -> str | None:
+    """``source`` when it names a Hub data set (not a local path, not the embedded digits), else ``None``."""
+    if source == "digits" or Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
+        return None
+    return source if _HUB_ID.match(source) else None
+
+
+def _dataset_label(source: str) -> str:
+    """A short data set name for tables: the Hub id, ``digits``, or a local path's last component."""
+    if source == "digits":
+        return "scikit-learn digits (8x8)"
+    return _hub_dataset_id(source) or Path(source).name or source
+
+
+def model_index_results(results: Mapping[str, Any]) -> list[EvalResult]:
+    """``model-index`` entries of a run: one per probe subspace, the online probe, the reconstruction MSE.
+
+    Args:
+        results: the content of ``results.json`` (flat ``eval/...`` metrics, ``args``, ``run``).
+    """
+    run = results["run"]
+    source = run["dataset"]
+    dataset = {
+        "dataset_type": _hub_dataset_id(source) or (source if source == "digits" else _dataset_label(source)),
+        "dataset_name": _dataset_label(source),
+        "dataset_split": "validation",
+    }
+    task = {"task_type": "image-feature-extraction", "task_name": "Linear probes on the embeddings"}
+    entries = []
+    for spec in results["args"]["probe_subspaces"]:
+        if not math.isfinite(results[f"eval/subspace_probe/accuracy/{spec}"]):
+            continue  # an empty subspace (degenerate embeddings): nothing was measured
+        dims = results[f"eval/subspace_probe/dims/{spec}"]
+        variance = results[f"eval/subspace_probe/explained_variance/{spec}"]
+        entries.append(
+            EvalResult(
+                **task,
+                **dataset,
+                metric_type="accuracy",
+                metric_name=f"Subspace probe accuracy ({spec}: {dims} dims, {variance:.1%} of the variance)",
+                metric_config=spec,
+                metric_value=round(float(results[f"eval/subspace_probe/accuracy/{spec}"]), 4),
+            )
+        )
+    entries.append(
+        EvalResult(
+            **task,
+            **dataset,
+            metric_type="accuracy",
+            metric_name="Online probe accuracy",
+            metric_config="online",
+            metric_value=round(float(results["eval/online_probe_accuracy"]), 4),
+        )
+    )
+    entries.append(
+        EvalResult(
+            **task,
+            **dataset,
+            metric_type="mse",
+            metric_name="Validation reconstruction MSE (normalised pixels)",
+            metric_value=round(float(results["eval/reconstruction_mse"]), 6),
+        )
+    )
+    return entries
+
+
+def render_model_card(
+    results: Mapping[str, Any],
+    *,
+    hub_model_id: str | None = None,
+    figures: Mapping[str, str] | None = None,
+    template_path: str | Path = DEFAULT_TEMPLATE,
+) -> ModelCard:
+    """The model card of a run.
+
+    Args:
+        results: the content of ``results.json`` written by :func:`hf_recperc.training.train`.
+        hub_model_id: the repository the card will live in (used in the loading example and as model name).
+        figures: ``{caption: file name}`` of PNG files next to the card.
+        template_path: a Jinja template; it must start with the ``card_data`` YAML block.
+
+    Returns:
+        A :class:`~huggingface_hub.ModelCard`; ``card.save(output_dir / "README.md")`` writes it.
+    """
+    template_path = Path(template_path)
+    if not template_path.is_file():
+        raise ValueError(f"template_path: {str(template_path)!r} does not exist")
+    args, run = results["args"], results["run"]
+    model_name = (hub_model_id or Path(args["output_dir"]).name).split("/")[-1]
+    base_model = args.get("model_name_or_path")
+    base_model = base_model if base_model and _hub_dataset_id(base_model) else None  # Hub ids only
+    dataset_id = _hub_dataset_id(run["dataset"])
+    family = run["family"]
+    card_data = ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag="image-feature-extraction",
+        tags=[
+            "hf_recperc",
+            "self-supervised",
+            "masked-autoencoder" if family == "mae" else "autoencoder",
+            "reconstruction",
+        ],
+        datasets=[dataset_id] if dataset_id else None,
+        base_model=base_model,
+        metrics=["accuracy", "mse"],
+        eval_results=model_index_results(results),
+    )
+    subspaces = [
+        {
+            "name": spec,
+            "accuracy": results[f"eval/subspace_probe/accuracy/{spec}"],
+            "dims": results[f"eval/subspace_probe/dims/{spec}"],
+            "explained_variance": results[f"eval/subspace_probe/explained_variance/{spec}"],
+        }
+        for spec in args["probe_subspaces"]
+    ]
+    bands = {
+        k.removeprefix("eval/band_error/"): v for k, v in results.items() if k.startswith("eval/band_error/")
+    }
+    hyperparameters = {
+        "model family / preset": f"{family} / {args.get('preset') or args.get('model_name_or_path') or 'default'}",
+        "parameters": f"{run['num_parameters']:,}",
+        "corruption": run["corruption"],
+        "guidance g": run["guidance"],
+        "optimiser": f"AdamW (betas {args['adam_beta1']}, {args['adam_beta2']}; weight decay {args['weight_decay']})",
+        "learning rate": f"{run['effective_learning_rate']:g}"
+        + (f" (= {args['learning_rate']:g} x {run['total_batch_size']} / 256)" if args["scale_lr"] else ""),
+        "schedule": f"{args['lr_scheduler_type']}, warmup {args['warmup_steps'] or args['warmup_ratio']}",
+        "total batch size": f"{run['total_batch_size']} ({run['num_processes']} process(es) x "
+        f"{args['per_device_train_batch_size']} x {args['gradient_accumulation_steps']} accumulation)",
+        "steps / epochs": f"{results['step']} / {results['epoch']:.2f}",
+        "mixed precision": run["mixed_precision"],
+        "augmentation": ", ".join(
+            part
+            for part, on in (
+                (f"random crop (padding {args['random_crop_padding']})", args["random_crop_padding"]),
+                ("horizontal flip", args["random_flip"]),
+            )
+            if on
+        )
+        or "none",
+        "seed": args["seed"],
+        "training time": f"{run['runtime_seconds']:.0f} s on {run['device']}",
+    }
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=model_name,
+        repo_id=hub_model_id or "path/to/output_dir",
+        family=family,
+        description="A masked autoencoder (ViT MAE)"
+        if family == "mae"
+        else ("An autoencoder" if run["corruption"] == "none" else "A denoising autoencoder"),
+        model_type=run["model_type"],
+        dataset_label=_dataset_label(run["dataset"]),
+        dataset_id=dataset_id,
+        num_train=run["num_train"],
+        num_validation=run["num_validation"],
+        num_labels=len(run["label_names"]),
+        corruption=run["corruption"],
+        guidance=run["guidance"],
+        hyperparameters=hyperparameters,
+        reconstruction_mse=results["eval/reconstruction_mse"],
+        online_probe_accuracy=results["eval/online_probe_accuracy"],
+        subspaces=subspaces,
+        probe=f"closed-form ridge (penalty {args['probe_ridge']:g} x mean eigenvalue)"
+        + (", standardised features" if args["probe_standardize"] else ""),
+        bands=bands,
+        figures=dict(figures or {}),
+        versions=results["versions"],
+        citation=CITATION,
+    )
+
+
+def push_to_hub(
+    output_dir: str | Path,
+    hub_model_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload hf_recperc model",
+) -> str:
+    """Upload a finished output directory (model, processor, card, results, figures, logs) to the Hub.
+
+    ``checkpoints/`` and hidden temporaries are left out. The card uploaded is the directory's README.md as it is.
+
+    Args:
+        output_dir: a directory written by :func:`hf_recperc.training.train`.
+        hub_model_id: ``"user/name"`` (or ``"name"`` for the token's own namespace).
+        private: create the repository as private (an existing repository keeps its visibility).
+        token: a Hub token; by default huggingface_hub's (``HF_TOKEN`` or ``hf auth login``).
+        commit_message: the commit message.
+
+    Returns:
+        The URL of the repository.
+
+    Raises:
+        ValueError: ``output_dir`` is not a finished run, or ``hub_model_id`` is malformed.
+        HubPushError: the Hub could not be reached or refused the upload (offline mode, no token, ...); the
+            local output is untouched.
+    """
+    from huggingface_hub import HfApi  # noqa: PLC0415  (looked up at call time: tests intercept HfApi)
+
+    if not isinstance(hub_model_id, str) or not _HUB_ID.match(hub_model_id) or hub_model_id.count("/") > 1:
+        raise ValueError(f"hub_model_id: expected 'user/name', got {hub_model_id!r}")
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise ValueError(f"output_dir: {str(output_dir)!r} is not a directory")
+    missing = [name for name in _REQUIRED_FILES if not (output_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"output_dir: {str(output_dir)!r} is not a finished run, it lacks {missing}")
+    api = HfApi(token=token)
+    try:
+        repo_url = api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            repo_id=hub_model_id,
+            folder_path=str(output_dir),
+            repo_type="model",
+            commit_message=commit_message,
+            ignore_patterns=_UPLOAD_IGNORE,
+        )
+    except Exception as err:  # offline mode, network, authentication, permissions: one clear message
+        raise HubPushError(
+            f"push_to_hub: could not upload {str(output_dir)!r} to {hub_model_id!r} ({type(err).__name__}: {err}). "
+            f"The local output in {str(output_dir)!r} is complete; push it later with "
+            f"`python scripts/push_to_hub.py {output_dir} --hub_model_id {hub_model_id}`"
+        ) from err
+    return str(repo_url)

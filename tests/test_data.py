@@ -1,0 +1,89 @@
+"""Training transforms of hf_recperc.data: the image-processor transform and the tensor augmentation."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_recperc import RecPercAEConfig, image_processor_for
+from hf_recperc.data import load_image_dataset, processor_transform, random_crop_flip
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_image_dataset(max_train_samples=16, max_eval_samples=8)
+
+
+def test_processor_transform_gives_normalised_batches(digits):
+    config = RecPercAEConfig.preset("digits-mlp")
+    processor = image_processor_for(config)
+    transform = processor_transform(processor, digits.image_column, digits.label_column, config.num_channels)
+    batch = digits.train.with_transform(transform)[:5]
+    assert batch["pixel_values"].shape == (5, 1, 8, 8)
+    assert batch["pixel_values"].dtype == torch.float32
+    assert batch["labels"].dtype == torch.long
+    assert batch["labels"].tolist() == digits.train[:5]["label"]
+    # The processor's normalisation, (x / 255 - mean) / std, on the raw grey levels.
+    raw = np.asarray(digits.train[0]["image"], dtype=np.float32) / 255.0
+    expected = (raw - config.image_mean[0]) / config.image_std[0]
+    np.testing.assert_allclose(batch["pixel_values"][0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_processor_transform_converts_channels_and_string_labels():
+    images = [Image.fromarray(np.full((8, 8), 10 * i, dtype=np.uint8), mode="L") for i in range(3)]
+    rows = datasets.Dataset.from_dict({"image": images, "label": ["cat", "dog", "cat"]}).cast_column(
+        "image", datasets.Image()
+    )
+    config = RecPercAEConfig.preset("cifar-conv-small", image_size=8)
+    transform = processor_transform(
+        image_processor_for(config), "image", "label", 3, label_names=["cat", "dog"]
+    )
+    batch = rows.with_transform(transform)[:3]
+    assert batch["pixel_values"].shape == (3, 3, 8, 8)  # grey images converted to RGB
+    assert batch["labels"].tolist() == [0, 1, 0]
+
+
+def test_processor_transform_rejects_other_channel_counts():
+    with pytest.raises(ValueError, match="num_channels"):
+        processor_transform(None, "image", "label", 2)
+
+
+def test_random_crop_flip_off_is_identity():
+    x = torch.randn(4, 3, 6, 6)
+    assert torch.equal(random_crop_flip(x), x)
+
+
+def test_random_crop_flip_draws_windows_of_the_padded_image():
+    x = torch.arange(2 * 2 * 5 * 5, dtype=torch.float32).reshape(2, 2, 5, 5)
+    padded = torch.nn.functional.pad(x, (2,) * 4, mode="reflect")
+    out = random_crop_flip(x, padding=2, flip=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for image in range(2):
+        windows = [
+            window
+            for top in range(5)
+            for left in range(5)
+            for window in (padded[image, :, top : top + 5, left : left + 5],)
+        ]
+        candidates = windows + [w.flip(-1) for w in windows]
+        # One offset and one flip for all channels of an image.
+        assert any(torch.equal(out[image], c) for c in candidates)
+
+
+def test_random_crop_flip_is_reproducible_and_random():
+    x = torch.randn(16, 1, 8, 8)
+    first = random_crop_flip(x, padding=1, flip=True, generator=torch.Generator().manual_seed(3))
+    again = random_crop_flip(x, padding=1, flip=True, generator=torch.Generator().manual_seed(3))
+    other = random_crop_flip(x, padding=1, flip=True, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    flipped = random_crop_flip(x, flip=True, generator=torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(f, i.flip(-1)) for f, i in zip(flipped, x)]
+    assert 0 < sum(mirrored) < len(x)  # some images flipped, some not
+
+
+@pytest.mark.parametrize("padding", [-1, 1.5, 8])
+def test_random_crop_flip_rejects_bad_padding(padding):
+    with pytest.raises(ValueError, match="padding"):
+        random_crop_flip(torch.zeros(1, 1, 8, 8), padding=padding)
