@@ -7,7 +7,8 @@ normalised with :func:`hf_recperc.data.paper_preprocessing`, fitted once per dat
 
 Pieces, top to bottom:
 
-* :class:`DataArguments` / :class:`RunArguments`: the flags every experiment script shares;
+* :class:`RunArguments` (and :class:`~hf_recperc.cli.DataArguments`, re-exported): the flags every
+  experiment script shares;
 * :func:`load_pixel_splits`, :func:`fit_pixel_pca`, :func:`project_images`: data -> PCA -> projections;
 * classifiers :class:`ResNet9`, :class:`MLPClassifier`, :class:`SmallCNN` and :func:`build_classifier`;
 * :class:`TrainConfig`, :data:`PRESETS` and :func:`train_classifier`: one readable training loop;
@@ -30,7 +31,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import images_to_array, load_image_dataset, paper_preprocessing
+from .cli import DataArguments
+from .data import images_to_array, paper_preprocessing
 from .spectral import PCA, parse_subspace
 
 __all__ = [
@@ -64,32 +66,6 @@ _PCA_CACHE_VERSION = "paper_preprocessing-eps1e-6-v1"
 # ----------------------------------------------------------------------------------------------------
 # Arguments shared by the experiment scripts (HfArgumentParser dataclasses)
 # ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DataArguments:
-    """Which images to use; the same flags as ``scripts/pretrain.py``."""
-
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "None or 'digits' (embedded 8x8 digits), a local directory (parquet files such as "
-            "../shared/data/cifar10, imagefolder, save_to_disk) or a Hub id."
-        },
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub configuration name."})
-    train_file: str | None = field(default=None, metadata={"help": "A parquet/csv/json training file."})
-    validation_file: str | None = field(
-        default=None, metadata={"help": "A parquet/csv/json evaluation file."}
-    )
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected if omitted)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (detected if omitted)."})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep the first N training images (PCA is fitted on these)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep the first N evaluation images."}
-    )
 
 
 @dataclass
@@ -145,17 +121,7 @@ class PixelSplits:
 
 def load_pixel_splits(data_args: DataArguments, seed: int = 0, cache_dir: str | None = None) -> PixelSplits:
     """Load a data set (see :func:`hf_recperc.data.load_image_dataset`) as preprocessed pixel arrays."""
-    data = load_image_dataset(
-        data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-        seed=seed,
-    )
+    data = data_args.load(seed=seed)
     train_images = images_to_array(data.train, data.image_column, cache_dir=cache_dir)
     # Force the evaluation split to the training split's channel count (a stray grey test image).
     eval_images = images_to_array(

@@ -63,10 +63,12 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, get_scheduler
+from transformers import get_scheduler
 
+from .cli import DataArguments as SharedDataArguments
+from .cli import parse_arguments
 from .configuration_recperc import RecPercAEConfig, RecPercMAEConfig
-from .data import ImageData, load_image_dataset, processor_transform, random_crop_flip
+from .data import ImageData, processor_transform, random_crop_flip
 from .modeling_recperc import RecPercAEForPreTraining
 from .modeling_recperc_mae import RecPercMAEForPreTraining
 from .probing import SubspaceProbe
@@ -113,27 +115,9 @@ def _check_positive(name: str, value, allow_none: bool = False) -> None:
 
 
 @dataclass
-class DataArguments:
-    """What to train on (see :func:`hf_recperc.data.load_image_dataset`) and how to augment it."""
+class DataArguments(SharedDataArguments):
+    """What to train on (the shared data flags of :class:`hf_recperc.cli.DataArguments`) and how to augment it."""
 
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "A Hub id, a local directory (parquet files, imagefolder or save_to_disk), or 'digits'. "
-            "Default: the embedded scikit-learn digits (8x8, offline)."
-        },
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub configuration name."})
-    train_file: str | None = field(default=None, metadata={"help": "A parquet/csv/json file for training."})
-    validation_file: str | None = field(default=None, metadata={"help": "A file for validation."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected when omitted)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (detected when omitted)."})
-    train_val_split: float = field(
-        default=0.2,
-        metadata={"help": "Fraction of train held out for validation when there is no such split."},
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation rows."})
     random_crop_padding: int = field(
         default=0, metadata={"help": "Random crop after reflect padding by this many pixels (0: off)."}
     )
@@ -365,13 +349,7 @@ def parse_args(
     argv: Sequence[str] | None = None,
 ) -> tuple[DataArguments, ModelArguments, PretrainingArguments]:
     """Command line (or a single ``.json`` / ``.yaml`` file of arguments) to the three argument dataclasses."""
-    parser = HfArgumentParser((DataArguments, ModelArguments, PretrainingArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_arguments((DataArguments, ModelArguments, PretrainingArguments), argv)
 
 
 # -------------------------------------------------------------------------------------------------- model
@@ -789,18 +767,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, args: Pretrainin
     set_seed(args.seed)  # model initialisation
 
     # 3. Data: train and validation splits with known image and label columns.
-    data = load_image_dataset(
-        data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-        train_val_split=data_args.train_val_split,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-        seed=args.seed,
-    )
+    data = data_args.load(seed=args.seed)
     # 4. Model (preset or saved), with the data's labels and the objective's guidance and corruption.
     model = build_model(model_args, data)
     config = model.config

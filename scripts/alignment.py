@@ -22,15 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from transformers import HfArgumentParser
 
+from hf_recperc.cli import DataArguments, parse_arguments
 from hf_recperc.corruption import GaussianNoise, Masking, parse_corruption
-from hf_recperc.data import images_to_array, load_image_dataset, paper_preprocessing
+from hf_recperc.data import images_to_array, paper_preprocessing
 from hf_recperc.plotting import plot_curve_panels
 from hf_recperc.theory import alignment_study
 
@@ -41,26 +40,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CORRUPTIONS = ["none", "gaussian:0.1", "gaussian:0.5", "gaussian:2"] + [
     f"mask:{ratio:g}:{patch}" for patch in (1, 2, 4) for ratio in np.linspace(0, 0.99, 10)[1:].round(2)
 ]
-
-
-@dataclass
-class DataArguments:
-    """Which images (the same flags as the other scripts)."""
-
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "None or 'digits' (embedded 8x8 digits), a local directory (parquet files such as "
-            "../shared/data/cifar10, imagefolder, save_to_disk) or a Hub id."
-        },
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub configuration name."})
-    train_file: str | None = field(default=None, metadata={"help": "A parquet/csv/json training file."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected if omitted)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (detected if omitted)."})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep the first N training images (the theory uses the train split)."}
-    )
 
 
 @dataclass
@@ -115,24 +94,11 @@ def audit_lines(study: dict) -> list[str]:
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser((DataArguments, AlignmentArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        reader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        data_args, args = reader(argv[0])
-    else:
-        data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    data_args, args = parse_arguments((DataArguments, AlignmentArguments), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     corruptions = [parse_corruption(spec) for spec in args.corruptions]  # fail on a typo before loading data
 
-    data = load_image_dataset(
-        data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name,
-        train_file=data_args.train_file,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-        max_train_samples=data_args.max_train_samples,
-    )
+    data = data_args.load()
     images = images_to_array(data.train, data.image_column)  # (N, C, H, W) in [0, 1]
     X = paper_preprocessing(images)  # (N, D)
     labels = np.asarray(data.train[data.label_column])

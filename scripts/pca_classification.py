@@ -25,13 +25,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from transformers import HfArgumentParser  # noqa: E402
-
+from hf_recperc.cli import parse_arguments  # noqa: E402
 from hf_recperc.experiment_plots import plot_accuracy_vs_variance  # noqa: E402
 from hf_recperc.experiments import (  # noqa: E402
     PRESETS,
@@ -77,13 +75,7 @@ class ExperimentArguments:
 
 
 def main(argv=None) -> list[dict]:
-    parser = HfArgumentParser((ExperimentArguments, DataArguments, RunArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        reader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        args, data_args, run_args = reader(argv[0])
-    else:
-        args, data_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    args, data_args, run_args = parse_arguments((ExperimentArguments, DataArguments, RunArguments), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.subspaces and args.fractions:
         raise ValueError("subspaces / fractions: give one of them, not both")

@@ -13,12 +13,11 @@ is a blurred colour blob. A literal ``top:0.25`` is empty on CIFAR-10 (its first
 """
 
 import logging
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-from transformers import HfArgumentParser
 
+from hf_recperc.cli import parse_arguments
 from hf_recperc.experiment_plots import plot_projection_grid
 from hf_recperc.experiments import (
     DataArguments,
@@ -47,13 +46,7 @@ def pick_images(labels: np.ndarray, count: int) -> np.ndarray:
 
 
 def main(argv=None):
-    parser = HfArgumentParser((FigureArguments, DataArguments, RunArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        reader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        args, data_args, run_args = reader(argv[0])
-    else:
-        args, data_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    args, data_args, run_args = parse_arguments((FigureArguments, DataArguments, RunArguments), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.num_images < 1:
         raise ValueError(f"num_images: expected an integer >= 1, got {args.num_images}")
