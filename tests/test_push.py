@@ -7,7 +7,6 @@ import runpy
 from pathlib import Path
 
 import pytest
-import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from transformers import AutoModel
@@ -27,12 +26,7 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def intercept_hub(monkeypatch) -> list[dict]:
