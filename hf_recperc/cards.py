@@ -31,8 +31,9 @@ __all__ = [
     "push_to_hub",
 ]
 
-# model_cards/ sits at the repository root, next to the package (editable installs and source checkouts).
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "recperc_model_card.md"
+# The template lives in model_cards/ at the repository root; hf_recperc/templates/ links to it so that a
+# built wheel (setuptools copies the link's target) carries it too, not only editable installs.
+DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "recperc_model_card.md"
 
 CITATION = """@inproceedings{balestriero2024learning,
   title     = {How Learning by Reconstruction Produces Uninformative Features for Perception},
