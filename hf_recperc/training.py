@@ -686,9 +686,14 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(staging / TRAINER_STATE, state)
+        # A checkpoint of this step may exist (a periodic one, then the final one): set it aside, swap, then
+        # delete it, so a kill at any point leaves a whole checkpoint under the final name or beside it.
+        aside = checkpoints / f".old-{CHECKPOINT_PREFIX}{step}"
         if final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
         os.replace(staging, final)
+        shutil.rmtree(aside, ignore_errors=True)
         if total_limit is not None:
             older = sorted(
                 (int(p.name.removeprefix(CHECKPOINT_PREFIX)), p)
@@ -708,19 +713,22 @@ def _write_json(path: Path, payload) -> None:
     os.replace(partial, path)
 
 
-def _publish(staging: Path, output_dir: Path, keep: Sequence[str] = ("checkpoints", "logs")) -> None:
-    """Replace ``output_dir`` by the complete ``staging`` directory, carrying over ``keep`` (checkpoints, logs).
+def _publish(staging: Path, output_dir: Path) -> None:
+    """Replace ``output_dir`` by the complete ``staging`` directory.
 
-    Two renames on one file system: at no time does ``output_dir`` hold a half-written model.
+    Two renames on one file system: at no time does ``output_dir`` hold a half-written model. Everything of
+    the previous ``output_dir`` that the new run did not write again (checkpoints, logs, and any file of the
+    user's own) is carried over: publishing a model never deletes what it did not write.
     """
     previous = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
     if output_dir.exists():
         os.replace(output_dir, previous)
     os.replace(staging, output_dir)
-    for name in keep:
-        if (previous / name).exists():
-            os.replace(previous / name, output_dir / name)
-    shutil.rmtree(previous, ignore_errors=True)
+    if previous.exists():
+        for entry in previous.iterdir():
+            if not (output_dir / entry.name).exists():
+                os.replace(entry, output_dir / entry.name)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -744,7 +752,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, args: Pretrainin
     from . import cards  # noqa: PLC0415  (cards imports huggingface_hub's card machinery, jinja2)
 
     start_time = time.time()
-    output_dir = Path(args.output_dir)
+    output_dir = Path(args.output_dir).resolve()  # '.' has no name to build sibling staging dirs from
     log_with = None if args.report_to == "none" else args.report_to.split(",")
     # 1. One Accelerator for the run: devices, processes, mixed precision, gradient accumulation, trackers.
     accelerator = Accelerator(

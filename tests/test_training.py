@@ -223,6 +223,17 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert not [p for p in output_dir.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_a_run_keeps_what_it_did_not_write_in_output_dir(tmp_path, monkeypatch):
+    """Pointing --output_dir at a folder with other files (or at '.') must not delete them."""
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "other_run").mkdir()
+    monkeypatch.chdir(tmp_path)
+    data_args, model_args, args = parse_args(["--output_dir", ".", *TINY])
+    train(data_args, model_args, args)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "other_run").is_dir()
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "results.json").is_file()
+
+
 def test_history_and_results_format(tiny_run):
     output_dir, results = tiny_run
     history = json.loads((output_dir / "history.json").read_text())
