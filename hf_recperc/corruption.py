@@ -18,6 +18,7 @@ lines store; :func:`parse_corruption` is the one place that parses and validates
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -134,7 +135,7 @@ class GaussianNoise(Corruption):
     """
 
     def __init__(self, std: float):
-        if not isinstance(std, (int, float)) or isinstance(std, bool) or not math.isfinite(std) or std < 0:
+        if not isinstance(std, numbers.Real) or isinstance(std, bool) or not math.isfinite(std) or std < 0:
             raise ValueError(f"GaussianNoise std: expected a finite number >= 0, got {std!r}")
         self.std = float(std)
 
@@ -183,7 +184,7 @@ class Masking(Corruption):
     """
 
     def __init__(self, ratio: float, patch_size: int = 1):
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not (0 <= ratio < 1):
+        if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool) or not (0 <= ratio < 1):
             raise ValueError(f"Masking ratio: expected a number in [0, 1), got {ratio!r}")
         if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1:
             raise ValueError(f"Masking patch_size: expected an integer >= 1, got {patch_size!r}")

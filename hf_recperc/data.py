@@ -203,12 +203,32 @@ def load_image_dataset(
     if max_eval_samples is not None:
         validation = validation.select(range(min(max_eval_samples, len(validation))))
 
-    feature = train.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        label_names = list(feature.names)
-    else:
-        label_names = [str(v) for v in sorted(set(train[label_column]) | set(validation[label_column]))]
+    if not isinstance(train.features[label_column], datasets.ClassLabel):
+        train, validation = _encode_labels(train, validation, label_column)
+    label_names = list(train.features[label_column].names)
     return ImageData(train, validation, image_column, label_column, label_names, source)
+
+
+def _encode_labels(train: datasets.Dataset, validation: datasets.Dataset, label_column: str):
+    """Plain label columns (ints such as 1..10, or strings) -> one shared ``ClassLabel`` with ids 0..C-1.
+
+    Every consumer (models, probes, metrics) then sees class ids, and train and validation agree on them.
+    Names sort numerically when every label is a number, else as strings.
+    """
+    as_text = datasets.Value("string")
+    train, validation = (
+        train.cast_column(label_column, as_text),
+        validation.cast_column(label_column, as_text),
+    )
+    values = set(train.unique(label_column)) | set(validation.unique(label_column))
+    if None in values:
+        raise ValueError(f"label_column: {label_column!r} has missing labels; every image needs one")
+    try:
+        names = sorted(values, key=float)
+    except ValueError:
+        names = sorted(values)
+    label = datasets.ClassLabel(names=names)
+    return train.cast_column(label_column, label), validation.cast_column(label_column, label)
 
 
 def _cache_path(dataset: datasets.Dataset, image_column: str, cache_dir: str | None) -> Path | None:

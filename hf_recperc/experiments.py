@@ -421,7 +421,7 @@ class TrainConfig:
 
 # `paper`: the authors' recipe (PAPER.md E2) on the full data. `cpu`: tuned so that one top/bottom pair on
 # CIFAR-10 takes a few minutes on 2 CPU cores and still shows the paper's ordering clearly (see
-# docs_snippets/experiments.md for the measured numbers).
+# the README's Results section for the measured numbers).
 PRESETS: dict[str, dict] = {
     "paper": {
         "classifier": "resnet9",
@@ -558,6 +558,8 @@ def train_classifier(
             if step >= total_steps:
                 break
             index = order[batch_start : batch_start + config.batch_size]
+            if len(index) < 2:  # a last batch of one image: BatchNorm cannot train on it
+                continue
             images, labels = x_train[index], y_train[index]  # (B, C, H, W), (B,)
             if config.augment:
                 images = random_crop_flip(images, config.crop_padding, generator)

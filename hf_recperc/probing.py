@@ -21,6 +21,7 @@ cross-entropy (scikit-learn's ``C = 1 / (N * alpha)``).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,8 +62,10 @@ def _as_labels(y, num_rows: int, name: str = "y") -> torch.Tensor:
 
 def _fit_softmax(inputs, targets, num_classes, scale, alpha, max_iter):
     """Minimise mean cross-entropy + ``alpha/2 ||v / scale||^2`` over ``(v (d, C), b (C,))`` with L-BFGS."""
-    weight = torch.zeros(inputs.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(
+        inputs.shape[1], num_classes, dtype=torch.float64, device=inputs.device, requires_grad=True
+    )
+    bias = torch.zeros(num_classes, dtype=torch.float64, device=inputs.device, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         max_iter=max_iter,
@@ -135,7 +138,7 @@ class SubspaceProbe:
             parse_subspace(spec)
         if self.probe not in PROBES:
             raise ValueError(f"probe: expected one of {PROBES}, got {self.probe!r}")
-        if not isinstance(self.ridge, (int, float)) or not np.isfinite(self.ridge) or self.ridge < 0:
+        if not isinstance(self.ridge, numbers.Real) or not np.isfinite(self.ridge) or self.ridge < 0:
             raise ValueError(f"ridge: expected a finite number >= 0, got {self.ridge!r}")
         if self.probe == "logistic" and self.ridge == 0:
             raise ValueError("ridge: probe='logistic' needs ridge > 0 (an unpenalised softmax can diverge)")

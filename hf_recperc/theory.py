@@ -667,8 +667,18 @@ def never_beneficial(
         image_shape: `(C, H, W)`, required for patch masking.
         tol: largest ``||sin Theta_K||_F`` counted as equal.
         gap_tol: relative eigen-gap below which a K is skipped.
+
+    Raises:
+        ValueError: when no latent size could be compared (every gap unresolvable, e.g. whitened data):
+            the audit cannot tell, and "never beneficial" would be a guess.
     """
-    return subspace_audit(X, corruption, image_shape, tol, gap_tol).never_beneficial
+    audit = subspace_audit(X, corruption, image_shape, tol, gap_tol)
+    if not audit.checked.any() and not parse_corruption(corruption).is_identity:
+        raise ValueError(
+            f"corruption {str(parse_corruption(corruption))!r}: no latent size has a resolvable eigen-gap "
+            f"(relative gap_tol={gap_tol:g}), so the audit cannot decide; the data's spectrum is flat"
+        )
+    return audit.never_beneficial
 
 
 def alignment_study(

@@ -87,3 +87,36 @@ def test_random_crop_flip_is_reproducible_and_random():
 def test_random_crop_flip_rejects_bad_padding(padding):
     with pytest.raises(ValueError, match="padding"):
         random_crop_flip(torch.zeros(1, 1, 8, 8), padding=padding)
+
+
+def _write_parquet(path, labels):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in labels]
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.Value("string" if isinstance(labels[0], str) else "int64"),
+        }
+    )
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "labels, names",
+    [([3, 10, 7, 3] * 5, ["3", "7", "10"]), (["cat", "dog", "ant", "dog"] * 5, ["ant", "cat", "dog"])],
+)
+def test_plain_label_columns_become_shared_class_ids(tmp_path, labels, names):
+    train = _write_parquet(tmp_path / "train.parquet", labels)
+    valid = _write_parquet(tmp_path / "valid.parquet", labels[:6])
+    data = load_image_dataset(train_file=train, validation_file=valid)
+    assert data.label_names == names and data.num_labels == 3
+    ids = [names.index(str(v)) for v in labels]
+    assert data.train[data.label_column] == ids
+    assert data.validation[data.label_column] == ids[:6]
+    # The pixel-space experiments read the same ids.
+    from hf_recperc.cli import DataArguments
+    from hf_recperc.experiments import load_pixel_splits
+
+    splits = load_pixel_splits(DataArguments(train_file=train, validation_file=valid))
+    assert splits.train_labels.tolist() == ids

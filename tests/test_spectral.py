@@ -96,7 +96,9 @@ def test_shift_is_used_only_where_an_offset_would_cost_precision():
     offset = SecondMoments().update(centred.astype(np.float32) + 1e4)
     np.testing.assert_allclose(offset.shift.numpy(), centred.mean(0) + 1e4, rtol=1e-6)
     # float32 rows 1e4 away from the origin still give float32-accurate covariances thanks to the shift.
-    np.testing.assert_allclose(offset.covariance().numpy(), np.cov(centred, rowvar=False, bias=True), atol=2e-3)
+    np.testing.assert_allclose(
+        offset.covariance().numpy(), np.cov(centred, rowvar=False, bias=True), atol=2e-3
+    )
 
 
 def test_moments_accumulate_targets_with_growing_width():

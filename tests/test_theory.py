@@ -393,3 +393,13 @@ def test_cifar10_gaussian_never_beneficial_masking_can_help(cifar10_theory):
     masking = subspace_audit(theory, "mask:0.75:4")
     assert not masking.never_beneficial and masking.max_distance > 0.5
     print(f"CIFAR-10 (N=2000, D=3072) audit of one corruption: {seconds:.1f}s")
+
+
+def test_never_beneficial_refuses_to_guess_on_a_flat_spectrum():
+    # Whitened data: every eigenvalue equal, no K has a resolvable gap, so no subspace can be compared.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 16))
+    X = (X - X.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(X, rowvar=False, bias=True))).T
+    with pytest.raises(ValueError, match="cannot decide"):
+        never_beneficial(X, Masking(0.5, 1))
+    assert never_beneficial(X, "none")

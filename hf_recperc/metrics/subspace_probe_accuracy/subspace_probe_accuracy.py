@@ -122,7 +122,10 @@ class SubspaceProbeAccuracy(evaluate.Metric):
         test_size=0.2,
     ):
         features = as_float_tensor(predictions, "predictions")
-        labels = _check_labels(references, "references", len(features))
+        # The evaluated rows may all belong to one class (a per-class report); only training needs two.
+        labels = _check_labels(
+            references, "references", len(features), min_classes=2 if train_references is None else 1
+        )
         if (train_predictions is None) != (train_references is None):
             raise ValueError("train_predictions and train_references: give both or neither")
         if isinstance(subspaces, str):
@@ -147,7 +150,7 @@ class SubspaceProbeAccuracy(evaluate.Metric):
         return estimator.fit(train_features, train_labels).score(features, labels)
 
 
-def _check_labels(labels, name: str, num_rows: int) -> np.ndarray:
+def _check_labels(labels, name: str, num_rows: int, min_classes: int = 2) -> np.ndarray:
     array = np.asarray(labels)
     if array.ndim != 1 or len(array) != num_rows:
         raise ValueError(
@@ -155,6 +158,8 @@ def _check_labels(labels, name: str, num_rows: int) -> np.ndarray:
         )
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name}: expected integer class ids, got dtype {array.dtype}")
-    if len(np.unique(array)) < 2:
-        raise ValueError(f"{name}: need at least 2 classes, got {len(np.unique(array))}")
+    if array.size and array.min() < 0:
+        raise ValueError(f"{name}: class ids must be >= 0, got {array.min()}")
+    if len(np.unique(array)) < min_classes:
+        raise ValueError(f"{name}: need at least {min_classes} classes, got {len(np.unique(array))}")
     return array
