@@ -107,7 +107,11 @@ def test_bad_input_names_the_argument(metric, change, message):
 def test_a_one_class_evaluation_set_is_fine_when_training_data_is_given(metric):
     X, y = make_problem()
     result = metric.compute(
-        predictions=X[y == 1], references=y[y == 1], train_predictions=X, train_references=y, subspaces=["all"]
+        predictions=X[y == 1],
+        references=y[y == 1],
+        train_predictions=X,
+        train_references=y,
+        subspaces=["all"],
     )
     assert 0 <= result["accuracy/all"] <= 1
     with pytest.raises(ValueError, match="references: class ids must be >= 0"):
