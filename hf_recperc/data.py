@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -68,7 +70,6 @@ class ImageData:
 
 def _digits_dataset() -> datasets.DatasetDict:
     """scikit-learn's digits as an image data set (8x8 grayscale, 1,797 images, 10 classes)."""
-    from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -198,15 +199,29 @@ def load_image_dataset(
         parts = train.train_test_split(test_size=train_val_split, seed=seed, stratify_by_column=stratify)
         train, validation = parts["train"], parts["test"]
 
-    if max_train_samples is not None:
-        train = train.select(range(min(max_train_samples, len(train))))
-    if max_eval_samples is not None:
-        validation = validation.select(range(min(max_eval_samples, len(validation))))
-
     if not isinstance(train.features[label_column], datasets.ClassLabel):
         train, validation = _encode_labels(train, validation, label_column)
     label_names = list(train.features[label_column].names)
+    if max_train_samples is not None:
+        train = _first_rows(train, max_train_samples, label_column, len(label_names), "max_train_samples")
+    if max_eval_samples is not None:
+        validation = _first_rows(
+            validation, max_eval_samples, label_column, len(label_names), "max_eval_samples"
+        )
     return ImageData(train, validation, image_column, label_column, label_names, source)
+
+
+def _first_rows(split: datasets.Dataset, count: int, label_column: str, num_labels: int, argument: str):
+    """The first ``count`` rows, with a warning when they miss classes (e.g. a class-sorted imagefolder)."""
+    subset = split.select(range(min(count, len(split))))
+    present = len(subset.unique(label_column))
+    if present < num_labels:
+        warnings.warn(
+            f"{argument}={count} keeps the first rows, which hold {present} of {num_labels} classes: the data "
+            "is probably sorted by class; shuffle it first (e.g. save a shuffled copy) for a representative subset",
+            stacklevel=3,
+        )
+    return subset
 
 
 def _encode_labels(train: datasets.Dataset, validation: datasets.Dataset, label_column: str):
@@ -246,35 +261,41 @@ def images_to_array(
     image_column: str,
     *,
     num_channels: int | None = None,
+    image_size: int | None = None,
     cache: bool = True,
     cache_dir: str | None = None,
 ) -> np.ndarray:
     """Decode a split's images into one float32 array of shape `(N, C, H, W)` with values in ``[0, 1]``.
 
-    All images must share one size (use the model's image processor for resizing). ``num_channels``
-    forces 1 (``L``) or 3 (``RGB``) channels; by default it follows the first image's mode. The decoded
+    All images must share one size, or pass ``image_size`` to resize every image (bilinear) to
+    ``image_size x image_size``. ``num_channels`` forces 1 (``L``) or 3 (``RGB``) channels; by default it
+    follows the first image's mode. The decoded
     array is cached as ``.npy`` under ``~/.cache/hf_recperc`` (or ``HF_RECPERC_CACHE``), keyed by the
     split's fingerprint, since decoding 50,000 JPEGs costs tens of seconds.
     """
     if len(dataset) == 0:
         raise ValueError("dataset: the split is empty")
-    path = _cache_path(dataset, image_column, cache_dir) if cache else None
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size: expected a positive integer or None, got {image_size!r}")
+    path = _cache_path(dataset, f"{image_column}@{image_size}", cache_dir) if cache else None
     if path is not None and path.exists():
         array = np.load(path, mmap_mode=None)
         if num_channels is None or array.shape[1] == num_channels:
             return array
     first = dataset[0][image_column]
     mode = {1: "L", 3: "RGB"}.get(num_channels) or ("L" if first.mode in ("L", "1", "I", "F") else "RGB")
-    width, height = first.size
+    width, height = (image_size, image_size) if image_size else first.size
     channels = 1 if mode == "L" else 3
     array = np.empty((len(dataset), channels, height, width), dtype=np.float32)
     for start in range(0, len(dataset), 1024):
         batch = dataset[start : start + 1024][image_column]
         for offset, image in enumerate(batch):
+            if image_size and image.size != (width, height):
+                image = image.resize((width, height), Image.BILINEAR)
             if image.size != (width, height):
                 raise ValueError(
                     f"dataset: image {start + offset} is {image.size[0]}x{image.size[1]} but the first is "
-                    f"{width}x{height}; resize the images to one size first"
+                    f"{width}x{height}; pass image_size (--image_size N) to resize every image"
                 )
             pixels = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
             array[start + offset] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)

@@ -84,6 +84,9 @@ class RunArguments:
         metadata={"help": "Where decoded pixels and fitted PCAs are cached (default ~/.cache/hf_recperc)."},
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Resize every image to N x N pixels (needed when sizes differ)."}
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -119,13 +122,22 @@ class PixelSplits:
         return tuple(self.train_images.shape[1:])
 
 
-def load_pixel_splits(data_args: DataArguments, seed: int = 0, cache_dir: str | None = None) -> PixelSplits:
-    """Load a data set (see :func:`hf_recperc.data.load_image_dataset`) as preprocessed pixel arrays."""
+def load_pixel_splits(
+    data_args: DataArguments, seed: int = 0, cache_dir: str | None = None, image_size: int | None = None
+) -> PixelSplits:
+    """Load a data set (see :func:`hf_recperc.data.load_image_dataset`) as preprocessed pixel arrays.
+
+    ``image_size`` resizes every image to ``image_size x image_size`` (needed when sizes differ).
+    """
     data = data_args.load(seed=seed)
-    train_images = images_to_array(data.train, data.image_column, cache_dir=cache_dir)
-    # Force the evaluation split to the training split's channel count (a stray grey test image).
+    train_images = images_to_array(data.train, data.image_column, image_size=image_size, cache_dir=cache_dir)
+    # Force the evaluation split to the training split's channel count (a stray grey test image) and size.
     eval_images = images_to_array(
-        data.validation, data.image_column, num_channels=train_images.shape[1], cache_dir=cache_dir
+        data.validation,
+        data.image_column,
+        num_channels=train_images.shape[1],
+        image_size=image_size or train_images.shape[-1],
+        cache_dir=cache_dir,
     )
     train_flat, eval_flat = paper_preprocessing(train_images, eval_images)
     return PixelSplits(

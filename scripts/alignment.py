@@ -58,6 +58,9 @@ class AlignmentArguments:
         default=1e-6, metadata={"help": "Audit: skip K whose relative eigen-gap is below this (degenerate)."}
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Resize every image to N x N pixels (needed when sizes differ)."}
+    )
 
 
 def figure_panels(study: dict, key: str) -> dict:
@@ -99,7 +102,9 @@ def main(argv=None) -> dict:
     corruptions = [parse_corruption(spec) for spec in args.corruptions]  # fail on a typo before loading data
 
     data = data_args.load()
-    images = images_to_array(data.train, data.image_column)  # (N, C, H, W) in [0, 1]
+    images = images_to_array(
+        data.train, data.image_column, image_size=args.image_size
+    )  # (N, C, H, W) in [0, 1]
     X = paper_preprocessing(images)  # (N, D)
     labels = np.asarray(data.train[data.label_column])
     logger.info("%d images of %s, image shape %s", len(X), data.source, images.shape[1:])

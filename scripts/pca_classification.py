@@ -98,7 +98,9 @@ def main(argv=None) -> list[dict]:
     start = time.perf_counter()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_pixel_splits(data_args, seed=run_args.seed, cache_dir=run_args.cache_dir)
+    splits = load_pixel_splits(
+        data_args, seed=run_args.seed, cache_dir=run_args.cache_dir, image_size=run_args.image_size
+    )
     logger.info("data %s: train %s, eval %s", splits.source, splits.train_flat.shape, splits.eval_flat.shape)
     pca = fit_pixel_pca(splits.train_flat, cache_dir=run_args.cache_dir)
 

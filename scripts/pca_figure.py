@@ -51,7 +51,9 @@ def main(argv=None):
     if args.num_images < 1:
         raise ValueError(f"num_images: expected an integer >= 1, got {args.num_images}")
 
-    splits = load_pixel_splits(data_args, seed=run_args.seed, cache_dir=run_args.cache_dir)
+    splits = load_pixel_splits(
+        data_args, seed=run_args.seed, cache_dir=run_args.cache_dir, image_size=run_args.image_size
+    )
     pca = fit_pixel_pca(splits.train_flat, cache_dir=run_args.cache_dir)
     chosen = pick_images(splits.eval_labels, args.num_images)
     rows = {}

@@ -120,3 +120,25 @@ def test_plain_label_columns_become_shared_class_ids(tmp_path, labels, names):
 
     splits = load_pixel_splits(DataArguments(train_file=train, validation_file=valid))
     assert splits.train_labels.tolist() == ids
+
+
+def test_a_class_sorted_subset_warns(tmp_path):
+    train = _write_parquet(tmp_path / "train.parquet", [0] * 10 + [1] * 10)
+    valid = _write_parquet(tmp_path / "valid.parquet", [0, 1])
+    with pytest.warns(
+        UserWarning, match="max_train_samples=5 keeps the first rows, which hold 1 of 2 classes"
+    ):
+        data = load_image_dataset(train_file=train, validation_file=valid, max_train_samples=5)
+    assert len(data.train) == 5
+
+
+def test_images_of_mixed_sizes_need_and_accept_image_size(tmp_path):
+    from hf_recperc.data import images_to_array
+
+    images = [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (12, 10), "blue")]
+    split = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    with pytest.raises(ValueError, match=r"image 1 is 12x10 but the first is 8x8; pass image_size"):
+        images_to_array(split, "image")
+    array = images_to_array(split, "image", image_size=6)
+    assert array.shape == (2, 3, 6, 6)
+    np.testing.assert_allclose(array[1, 2], 1.0)  # blue stays blue after resizing
