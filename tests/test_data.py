@@ -136,7 +136,9 @@ def test_images_of_mixed_sizes_need_and_accept_image_size(tmp_path):
     from hf_recperc.data import images_to_array
 
     images = [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (12, 10), "blue")]
-    split = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    split = datasets.Dataset.from_dict(
+        {"image": images}, features=datasets.Features({"image": datasets.Image()})
+    )
     with pytest.raises(ValueError, match=r"image 1 is 12x10 but the first is 8x8; pass image_size"):
         images_to_array(split, "image")
     array = images_to_array(split, "image", image_size=6)
