@@ -18,3 +18,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+PRETRAINING_FIELDS = (
+    "loss",
+    "reconstruction_loss",
+    "supervised_loss",
+    "logits",
+    "reconstruction",
+    "embeddings",
+    "mask",
+)
+
+
+def assert_same_pretraining_outputs(a, b):
+    """Two ``...ForPreTraining`` outputs hold identical tensors in every field (save/load round trips)."""
+    for field in PRETRAINING_FIELDS:
+        assert torch.equal(a[field], b[field]), field
