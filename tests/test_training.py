@@ -398,6 +398,25 @@ def test_launch_default_command_writes_a_hub_ready_model(launched_runs):
     assert {r.metric_config for r in card.data.eval_results} >= set(SUBSPACES)
 
 
+def test_readme_main_command_with_no_arguments(tmp_path):
+    """README's second command exactly: `accelerate launch scripts/pretrain.py`, default budget and output dir."""
+    completed = subprocess.run(
+        [str(ACCELERATE), "launch", str(REPO / "scripts" / "pretrain.py")],
+        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    output_dir = tmp_path / "outputs" / "recperc"
+    for name in OUTPUT_FILES:
+        assert (output_dir / name).is_file(), name
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["step"] == 660 and results["run"]["dataset"] == "digits"  # 30 epochs of 22 batches
+    assert type(AutoModel.from_pretrained(output_dir)).__name__ == "RecPercAEModel"
+    card = ModelCard.load(output_dir / "README.md")
+    assert {r.metric_config for r in card.data.eval_results} >= set(SUBSPACES)
+    # The default run learns something a probe can read: far above the 10% of chance on 10 digits.
+    assert results["eval/subspace_probe/accuracy/all"] > 0.5
+
+
 def test_sigkill_and_resume_reproduces_the_uninterrupted_run(launched_runs):
     reference, interrupted, killed_at, resumed_log = launched_runs
     assert f"resumed from {interrupted / 'checkpoints'}" in resumed_log
