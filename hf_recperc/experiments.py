@@ -7,8 +7,9 @@ normalised with :func:`hf_recperc.data.paper_preprocessing`, fitted once per dat
 
 Pieces, top to bottom:
 
-* :class:`RunArguments` (and :class:`~hf_recperc.cli.DataArguments`, re-exported): the flags every
-  experiment script shares;
+* :class:`PixelArguments` / :class:`RunArguments` (and :class:`~hf_recperc.cli.DataArguments`,
+  re-exported): the flags the experiment scripts share (``RunArguments`` adds device and precision for
+  scripts that train);
 * :func:`load_pixel_splits`, :func:`fit_pixel_pca`, :func:`project_images`: data -> PCA -> projections;
 * classifiers :class:`ResNet9`, :class:`MLPClassifier`, :class:`SmallCNN` and :func:`build_classifier`;
 * :class:`TrainConfig`, :data:`PRESETS` and :func:`train_classifier`: one readable training loop;
@@ -37,6 +38,7 @@ from .spectral import PCA, parse_subspace
 
 __all__ = [
     "DataArguments",
+    "PixelArguments",
     "RunArguments",
     "PixelSplits",
     "load_pixel_splits",
@@ -69,24 +71,30 @@ _PCA_CACHE_VERSION = "paper_preprocessing-eps1e-6-v1"
 
 
 @dataclass
-class RunArguments:
-    """Seed, device and caching, shared by the experiment scripts."""
+class PixelArguments:
+    """Seed, caching and resizing of the pixel arrays, shared by the experiment scripts."""
 
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, shuffling and augmentation."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where decoded pixels and fitted PCAs are cached (default ~/.cache/hf_recperc)."},
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Resize every image to N x N pixels (needed when sizes differ)."}
+    )
+
+
+@dataclass
+class RunArguments(PixelArguments):
+    """:class:`PixelArguments` plus where and how the experiment's networks train."""
+
     device: str = field(
         default="auto", metadata={"help": "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'."}
     )
     mixed_precision: str = field(
         default="auto", metadata={"help": "'auto' (bf16 autocast on CUDA, none on CPU), 'bf16' or 'no'."}
     )
-    cache_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where decoded pixels and fitted PCAs are cached (default ~/.cache/hf_recperc)."},
-    )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
-    image_size: int | None = field(
-        default=None, metadata={"help": "Resize every image to N x N pixels (needed when sizes differ)."}
-    )
 
 
 # ----------------------------------------------------------------------------------------------------

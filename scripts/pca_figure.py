@@ -21,7 +21,7 @@ from hf_recperc.cli import parse_arguments
 from hf_recperc.experiment_plots import plot_projection_grid
 from hf_recperc.experiments import (
     DataArguments,
-    RunArguments,
+    PixelArguments,
     fit_pixel_pca,
     load_pixel_splits,
     project_images,
@@ -46,7 +46,7 @@ def pick_images(labels: np.ndarray, count: int) -> np.ndarray:
 
 
 def main(argv=None):
-    args, data_args, run_args = parse_arguments((FigureArguments, DataArguments, RunArguments), argv)
+    args, data_args, run_args = parse_arguments((FigureArguments, DataArguments, PixelArguments), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.num_images < 1:
         raise ValueError(f"num_images: expected an integer >= 1, got {args.num_images}")
