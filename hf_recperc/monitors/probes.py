@@ -31,7 +31,8 @@ def score_subspace_probe(probe: SubspaceProbe, X: torch.Tensor, y: torch.Tensor)
         ``accuracy/S``, ``dims/S``, ``explained_variance/S`` for every subspace of ``probe.subspaces``, and
         ``num_train``.
     """
-    requested = list(probe.subspaces)
+    original = probe.subspaces
+    requested = list(original)
     valid = []
     for spec in requested:
         try:
@@ -45,7 +46,7 @@ def score_subspace_probe(probe: SubspaceProbe, X: torch.Tensor, y: torch.Tensor)
         try:
             scores.update(probe.score(X, y))
         finally:
-            probe.subspaces = requested
+            probe.subspaces = original
     for spec in requested:
         scores.setdefault(f"accuracy/{spec}", float("nan"))
         scores.setdefault(f"dims/{spec}", 0)
