@@ -6,9 +6,19 @@ Public entry points validate early and name the argument (see ``docs/design.md``
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
-__all__ = ["check_positive_int", "check_finite_number", "is_finite_number"]
+# A Hub repository id: 'name' or 'namespace/name', letters, digits, '-', '_', '.', no '--' or '..', <= 96 chars.
+HUB_REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
+__all__ = [
+    "check_positive_int",
+    "check_finite_number",
+    "is_finite_number",
+    "check_hub_repo_id",
+    "HUB_REPO_ID",
+]
 
 
 def is_finite_number(value: Any) -> bool:
@@ -30,3 +40,12 @@ def check_finite_number(name: str, value: Any, minimum: float | None = None) -> 
         bound = f" >= {minimum:g}" if minimum is not None else ""
         raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
     return float(value)
+
+
+def check_hub_repo_id(name: str, value: Any) -> str:
+    """Raise ``ValueError`` unless ``value`` is a valid Hub repository id (``user/name``); return it."""
+    if not isinstance(value, str) or not HUB_REPO_ID.match(value) or value.endswith((".git", "-", ".")):
+        raise ValueError(
+            f"{name}: expected a Hub repository id 'user/name' (letters, digits, '-', '_', '.'), got {value!r}"
+        )
+    return value

@@ -13,7 +13,37 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "report_error"]
+
+
+# Wait (at most 10 s) for the launcher process to exit, then print the line.
+_REPRINT = """import os, sys, time
+launcher, line, start = int(sys.argv[1]), sys.argv[2], time.time()
+while time.time() - start < 10:
+    try:
+        os.kill(launcher, 0)
+    except OSError:
+        break
+    time.sleep(0.05)
+sys.stderr.write(line + "\\n")
+"""
+
+
+def report_error(error: BaseException, code: int) -> int:
+    """Print ``error: <message>`` as one line on stderr and return ``code``.
+
+    Under ``accelerate launch`` the launcher answers a non-zero exit with its own ``CalledProcessError`` traceback,
+    printed after ours; a detached process prints the line again once the launcher has exited, so that the user
+    reads it last (main process only).
+    """
+    line = f"error: {' '.join(str(error).split())}"
+    print(line, file=sys.stderr, flush=True)
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by `accelerate launch` for its children
+    if launched and os.environ.get("RANK", "0") == "0":
+        import subprocess  # noqa: PLC0415
+
+        subprocess.Popen([sys.executable, "-c", _REPRINT, str(os.getppid()), line], start_new_session=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,11 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with logging_redirect_tqdm():
             results = train(data_args, model_args, args)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_error(err, 2)
     except (NonFiniteLossError, HubPushError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return report_error(err, 1)
     if os.environ.get("RANK", "0") == "0":
         metrics = {k: v for k, v in results.items() if k.startswith("eval/")}
         print(f"results in {args.output_dir}: {json.dumps(metrics, indent=1)}")

@@ -18,7 +18,7 @@ from ..cli import parse_arguments
 from ..configuration_recperc import RecPercAEConfig, RecPercMAEConfig
 from ..monitors import DEFAULT_BAND_EDGES, POOLINGS
 from ..spectral import parse_subspace
-from ..validation import check_finite_number, check_positive_int
+from ..validation import check_finite_number, check_hub_repo_id, check_positive_int
 from .state import TRAINER_STATE
 
 __all__ = ["DataArguments", "ModelArguments", "PretrainingArguments", "parse_args", "parse_config_overrides"]
@@ -212,6 +212,13 @@ class PretrainingArguments:
     )
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the kNN monitor."})
     knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the weighted kNN vote."})
+    allow_changed_args: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "On resume, argument names allowed to differ from the checkpoint's (anything that changes "
+            "what is trained is refused otherwise; logging, evaluation and output flags may always change)."
+        },
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload output_dir to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository, 'user/name'."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
@@ -267,6 +274,8 @@ class PretrainingArguments:
         self.band_edges = edges
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("hub_model_id: --push_to_hub needs --hub_model_id user/name")
+        if self.hub_model_id is not None:
+            check_hub_repo_id("hub_model_id", self.hub_model_id)
         if self.resume_from_checkpoint is not None and self.resume_from_checkpoint != "latest":
             path = Path(self.resume_from_checkpoint)
             if not (path / TRAINER_STATE).is_file():

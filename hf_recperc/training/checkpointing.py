@@ -19,13 +19,51 @@ from accelerate import Accelerator
 from .state import CHECKPOINT_PREFIX, TRAINER_STATE, TrainerState
 
 __all__ = [
-    "CHECKPOINT_PREFIX",
-    "TRAINER_STATE",
+    "RESUME_SAFE_ARGS",
     "find_checkpoint",
     "save_checkpoint",
-    "publish",
+    "resolve_resume",
+    "check_resume_arguments",
     "write_json_atomic",
 ]
+
+
+# Arguments that may differ between a run and its resumption without changing what is trained: where and how
+# often things are written and reported, how evaluation batches are sized, what the monitors measure.
+RESUME_SAFE_ARGS = frozenset(
+    {
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "allow_changed_args", "logging_steps",
+        "eval_steps", "checkpointing_steps", "checkpoints_total_limit", "report_to", "push_to_hub", "hub_model_id",
+        "hub_private", "dataloader_num_workers", "per_device_eval_batch_size", "monitors", "probe_subspaces",
+        "probe_ridge", "probe_standardize", "probe_max_train_samples", "probe_layers", "probe_pooling", "knn_k",
+        "knn_temperature", "band_edges", "spectral_max_dim",
+    }
+)  # fmt: skip
+
+
+def check_resume_arguments(
+    state: TrainerState, run_args: dict, allowed: list[str], max_steps: int | None, checkpoint: Path
+) -> None:
+    """Refuse to continue a checkpoint with other run-defining arguments (one line listing each difference),
+    unless ``allowed`` names them; refuse a ``max_steps`` the checkpoint has already passed."""
+    if max_steps is not None and max_steps < state.step:
+        raise ValueError(
+            f"max_steps: {max_steps} is below the step of the checkpoint to resume ({state.step}, {checkpoint}); "
+            "pass a larger --max_steps or start a new run"
+        )
+    current = json.loads(json.dumps(run_args, default=str))  # the checkpoint's copy went through JSON too
+    saved = state.run_args
+    changed = sorted(
+        key
+        for key in set(saved) | set(current)
+        if key not in RESUME_SAFE_ARGS and key not in allowed and saved.get(key) != current.get(key)
+    )
+    if saved and changed:
+        differences = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"resume_from_checkpoint: {checkpoint} was trained with other arguments ({differences}); resume with "
+            f"the same ones, or pass --allow_changed_args {' '.join(changed)} to change them knowingly"
+        )
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
@@ -91,24 +129,6 @@ def _prune(checkpoints: Path, total_limit: int | None) -> None:
     )
     for _, path in steps[: max(len(steps) - total_limit, 0)]:
         shutil.rmtree(path)
-
-
-def publish(staging: Path, output_dir: Path) -> None:
-    """Replace ``output_dir`` by the complete ``staging`` directory.
-
-    Two renames on one file system: at no time does ``output_dir`` hold a half-written model. Everything of
-    the previous ``output_dir`` that the new run did not write again (checkpoints, logs, and any file of the
-    user's own) is carried over: publishing a model never deletes what it did not write.
-    """
-    previous = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-    if output_dir.exists():
-        os.replace(output_dir, previous)
-    os.replace(staging, output_dir)
-    if previous.exists():
-        for entry in previous.iterdir():
-            if not (output_dir / entry.name).exists():
-                os.replace(entry, output_dir / entry.name)
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def resolve_resume(

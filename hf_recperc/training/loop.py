@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -42,11 +41,18 @@ from .builders import (
     derived_seed,
     shard_loader,
 )
-from .checkpointing import publish, resolve_resume, save_checkpoint, write_json_atomic
+from .checkpointing import (
+    RESUME_SAFE_ARGS,
+    check_resume_arguments,
+    resolve_resume,
+    save_checkpoint,
+    write_json_atomic,
+)
 from .environment import library_versions, no_accelerator_device, tracker_config
 from .evaluation import run_monitors, summary
 from .figures import history_figures, log_figures, reconstruction_figure, write_figures
-from .state import TrainerState
+from .output_dir import OutputDirectory
+from .state import TRAINER_STATE, TrainerState
 
 __all__ = ["PretrainingRun", "NonFiniteLossError", "train"]
 
@@ -74,15 +80,18 @@ def train(
         hf_recperc.cards.HubPushError: ``--push_to_hub`` failed; the local output is complete.
     """
     run = PretrainingRun(data_args, model_args, args, extra_monitors=monitors)
-    run.setup()
-    while run.state.step < run.max_steps:
-        for batch in run.epoch_batches():
-            if run.train_step(batch):
-                run.after_step()
-            if run.state.step >= run.max_steps:
-                break
-    results = run.publish()
-    run.push()
+    try:
+        run.setup()
+        while run.state.step < run.max_steps:
+            for batch in run.epoch_batches():
+                if run.train_step(batch):
+                    run.after_step()
+                if run.state.step >= run.max_steps:
+                    break
+        results = run.publish()
+        run.push()
+    finally:
+        run.close()
     return results
 
 
@@ -115,13 +124,9 @@ class PretrainingRun:
             ),
         )
         self._check_process_group()
-        resume_dir = resolve_resume(
-            self.accelerator,
-            args.resume_from_checkpoint,
-            args.overwrite_output_dir,
-            self.output_dir,
-            self.info,
-        )
+        self.all_args = {**asdict(self.data_args), **asdict(self.model_args), **asdict(args)}
+        self._on_main_process_first(self._prepare_output_dir)
+        resume_dir = self._checked_resume_dir()
         set_seed(args.seed)  # model initialisation
         self.data = self.data_args.load(seed=args.seed)
         self.model = build_model(self.model_args, self.data)
@@ -130,7 +135,6 @@ class PretrainingRun:
         self._build_optimisation()
         self.monitors = build_monitors(args, self.model, self._pixel_spectrum()) + self.extra_monitors
         self._resume(resume_dir)
-        self.all_args = {**asdict(self.data_args), **asdict(self.model_args), **asdict(args)}
         if self.log_with:
             self.accelerator.init_trackers("recperc", config=tracker_config(self.all_args))
         self.info(
@@ -196,6 +200,12 @@ class PretrainingRun:
             self.model, optimizer, self.train_loader
         )
         self.batches_per_epoch = len(self.train_loader)
+        if args.gradient_accumulation_steps > self.batches_per_epoch:
+            raise ValueError(
+                f"gradient_accumulation_steps: {args.gradient_accumulation_steps} micro-batches per optimiser step "
+                f"is more than the {self.batches_per_epoch} batches of an epoch; use at most {self.batches_per_epoch} "
+                "or a smaller --per_device_train_batch_size"
+            )
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         self.max_steps = args.max_steps or args.num_train_epochs * self.steps_per_epoch
         warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.max_steps)
@@ -219,16 +229,71 @@ class PretrainingRun:
         pixels = (batch["pixel_values"] for batch in self.probe_loader)
         return SpectralBands.from_pixels(pixels, self.args.band_edges, device=self.accelerator.device)
 
+    def _prepare_output_dir(self) -> None:
+        """Main process: check output_dir, lock it, clean up after killed runs (docs/design.md, reliability)."""
+        self.output = OutputDirectory(self.output_dir)
+        self.output.prepare()
+        if self.args.push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":
+            logger.warning(
+                "--push_to_hub with HF_HUB_OFFLINE=1: the push at the end will fail (the run is kept)"
+            )
+
+    def _on_main_process_first(self, work) -> None:
+        """Run ``work`` on the main process; a ``ValueError`` there stops every process with its message."""
+        message = [None]
+        if self.accelerator.is_main_process:
+            try:
+                work()
+            except ValueError as err:
+                message[0] = str(err)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(message)
+        if message[0] is not None:
+            raise ValueError(message[0])
+
+    def _checked_resume_dir(self) -> Path | None:
+        """The checkpoint to resume from, its trainer state read and its arguments compared with ours (before
+        any data or model is built)."""
+        args = self.args
+        resume_dir = resolve_resume(
+            self.accelerator,
+            args.resume_from_checkpoint,
+            args.overwrite_output_dir,
+            self.output_dir,
+            self.info,
+        )
+        self.resumed_state = None
+        if resume_dir is not None:
+            self.resumed_state = TrainerState.load(resume_dir / TRAINER_STATE)
+            run_args = _run_defining(self.all_args)
+            check_resume_arguments(
+                self.resumed_state, run_args, args.allow_changed_args, args.max_steps, resume_dir
+            )
+        return resume_dir
+
     def _resume(self, resume_dir: Path | None) -> None:
         """Weights, optimiser, scheduler and RNG from accelerate; position, history and loss sums from ours."""
-        self.state, self.last_checkpoint = TrainerState(), resume_dir
+        self.state, self.last_checkpoint = TrainerState(run_args=_run_defining(self.all_args)), resume_dir
         if resume_dir is None:
             return
-        self.accelerator.load_state(str(resume_dir))
-        self.state = TrainerState.load(resume_dir / "trainer_state.json")
+        try:
+            self.accelerator.load_state(str(resume_dir))
+        except Exception as err:  # a truncated or corrupt file: name it instead of a deep traceback
+            raise ValueError(
+                f"resume_from_checkpoint: {resume_dir} cannot be loaded ({type(err).__name__}: {err}); "
+                "resume from an earlier checkpoint (--resume_from_checkpoint PATH) or start over"
+            ) from err
+        self.state = self.resumed_state
+        self.state.run_args = _run_defining(self.all_args)  # what was allowed to change is now the run's
         if not self.accelerator.is_main_process:  # the main process owns the summed losses
             self.state.clear_train_sums()
         self.info(f"resumed from {resume_dir} at step {self.state.step}")
+
+    def close(self) -> None:
+        """Release output_dir's lock (also after an error)."""
+        output = getattr(self, "output", None)
+        if output is not None:
+            output.release_lock()
 
     # ------------------------------------------------------------------------------------------------ steps
 
@@ -418,9 +483,7 @@ class PretrainingRun:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            staging = self.output_dir.with_name(f".{self.output_dir.name}.staging-{os.getpid()}")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
+            staging = self.output.staging()
             model = accelerator.unwrap_model(self.prepared_model)
             model.save_pretrained(staging)  # config.json, model.safetensors, preprocessor_config.json, code
             write_json_atomic(staging / "results.json", results)
@@ -431,8 +494,7 @@ class PretrainingRun:
                 log_figures(accelerator, figures, self.state.step)
             card = cards.render_model_card(results, hub_model_id=self.args.hub_model_id, figures=captions)
             card.save(staging / "README.md")
-            self.output_dir.parent.mkdir(parents=True, exist_ok=True)
-            publish(staging, self.output_dir)
+            self.output.publish(staging)
             self.info(f"wrote {self.output_dir}")
         accelerator.wait_for_everyone()
         accelerator.end_training()
@@ -462,3 +524,8 @@ class PretrainingRun:
         """Log on the main process only, through tqdm's writer so the progress bar stays whole."""
         if getattr(self, "accelerator", None) is None or self.accelerator.is_main_process:
             logger.info(message)
+
+
+def _run_defining(all_args: dict) -> dict:
+    """The arguments a resumed run must share with its checkpoint (the others may change, RESUME_SAFE_ARGS)."""
+    return {key: value for key, value in all_args.items() if key not in RESUME_SAFE_ARGS}

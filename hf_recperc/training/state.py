@@ -29,6 +29,7 @@ class TrainerState:
         train_sums: per training loss, the sum over micro-batches since the last evaluation (this process's share;
             the main process holds the merged sums after a checkpoint).
         train_count: micro-batches summed in ``train_sums``.
+        run_args: the arguments the run was started with (JSON-normalised), compared on resume.
     """
 
     step: int = 0
@@ -37,6 +38,7 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TRAIN_LOSSES, 0.0))
     train_count: int = 0
+    run_args: dict[str, Any] = field(default_factory=dict)
 
     def advance(self, batches_per_epoch: int) -> None:
         """One micro-batch consumed: move the data position, rolling over to the next epoch."""
