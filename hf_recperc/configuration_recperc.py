@@ -1,11 +1,11 @@
 """Configurations of the two reconstruction model families.
 
 * :class:`RecPercAEConfig` (``model_type="recperc_ae"``): (denoising) autoencoders with an MLP, a DCAE-style
-  convolutional or any timm CNN encoder (PAPER.md section 5).
+  convolutional or any timm CNN encoder (docs/science.md section 5).
 * :class:`RecPercMAEConfig` (``model_type="recperc_mae"``): transformers' ViTMAE plus a guidance probe; it
   extends :class:`~transformers.ViTMAEConfig`, so every ViTMAE checkpoint config loads into it.
 
-Both carry the hybrid objective of PAPER.md E3: ``loss = reconstruction + guidance * CE(probe(embedding))``.
+Both carry the hybrid objective of docs/science.md, E3: ``loss = reconstruction + guidance * CE(probe(embedding))``.
 
 This module imports no torch (house style: configs stay light and are validated in ``__init__`` with the
 offending value in the message). The corruption string is validated with
@@ -127,7 +127,7 @@ class RecPercAEConfig(_PresetMixin, PreTrainedConfig):
         corruption (`str`, defaults to `"none"`): noise applied to the input during the forward pass, in the
             string form of :func:`~hf_recperc.corruption.parse_corruption` (`"gaussian:0.1"`, `"mask:0.75:4"`).
         guidance (`float`, defaults to 0.0): weight `g` of the supervised probe term in
-            `loss = reconstruction_loss + g * cross_entropy(probe(latent), labels)` (PAPER.md E3).
+            `loss = reconstruction_loss + g * cross_entropy(probe(latent), labels)` (docs/science.md, E3).
         reconstruction_target (`str`, defaults to `"all"`): `"all"` pixels (the theory's setting) or only
             `"masked"` ones (MAE's; needs a masking corruption).
         image_mean, image_std (`list[float]`, *optional*): normalisation the image processor applies; default
@@ -159,7 +159,7 @@ class RecPercAEConfig(_PresetMixin, PreTrainedConfig):
         "digits-mlp": dict(
             encoder="mlp", image_size=8, num_channels=1, latent_dim=16, depth=2, num_labels=10
         ),
-        # The paper's ResNet autoencoder at CIFAR size (PAPER.md section 5).
+        # The paper's ResNet autoencoder at CIFAR size (docs/science.md section 5).
         "cifar-resnet18": dict(
             encoder="timm:resnet18", image_size=32, num_channels=3, latent_dim=256, width=32, num_labels=10
         ),
@@ -223,7 +223,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
 
     The mask is ViTMAE's own: exactly `int(L * (1 - mask_ratio))` of the `L` patches are kept per image. This
     differs from :class:`~hf_recperc.corruption.Masking`, which masks every patch independently (a random
-    number of patches per image), the distribution the linear theory of PAPER.md section 4 describes.
+    number of patches per image), the distribution the linear theory of docs/science.md section 4 describes.
     """
 
     model_type = "recperc_mae"

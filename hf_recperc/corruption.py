@@ -5,7 +5,7 @@ Each corruption is a small object that
 * corrupts a batch of images: ``corruption(pixel_values, generator=g)`` returns a :class:`Corrupted`
   with the corrupted pixels and, for masking, the per-pixel mask;
 * exposes the first and second moments of its corrupted data given the clean data, ``M1 = E[X~]`` and
-  ``M2 = E[X~^T X~]`` (PAPER.md section 4, written here with samples as rows, ``X`` of shape ``(N, D)``),
+  ``M2 = E[X~^T X~]`` (docs/science.md section 4, written here with samples as rows, ``X`` of shape ``(N, D)``),
   which :mod:`hf_recperc.theory` uses for the closed-form optimal linear (denoising) autoencoder.
 
 Sampling and moments live on the same object so that the theory always describes the noise that training
@@ -130,7 +130,7 @@ class NoCorruption(Corruption):
 class GaussianNoise(Corruption):
     """Additive isotropic Gaussian noise ``x~ = x + std * eps``, ``eps ~ N(0, I)``.
 
-    Moments (PAPER.md section 4): ``M1 = X`` and ``M2 = X^T X + N std^2 I``: the same eigenvectors as PCA,
+    Moments (docs/science.md section 4): ``M1 = X`` and ``M2 = X^T X + N std^2 I``: the same eigenvectors as PCA,
     in the same order, so this noise never changes the learned linear subspace.
     """
 
@@ -175,7 +175,7 @@ class Masking(Corruption):
 
     Each patch (spanning all channels) is masked independently with probability ``ratio``; masked pixels
     are set to 0. When the image size is not a multiple of ``patch_size`` the last row/column of patches
-    is cropped. This is the masking of the paper's theory (PAPER.md section 4); MAE's fixed-count masking
+    is cropped. This is the masking of the paper's theory (docs/science.md section 4); MAE's fixed-count masking
     (exactly ``round(ratio * L)`` patches per image, as in ``ViTMAEEmbeddings.random_masking``) is a
     slightly different distribution and is kept by the MAE family.
 

@@ -12,7 +12,7 @@ image column and label column:
 
 :func:`images_to_array` decodes a split into one float32 array `(N, C, H, W)` in ``[0, 1]``, cached on disk
 by the split's fingerprint, for the pixel-space tools (PCA, probes, linear theory, E2 projections);
-:func:`paper_preprocessing` applies PAPER.md section 2's normalisation.
+:func:`paper_preprocessing` applies docs/science.md section 2's normalisation.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def images_to_array(
 
 
 def paper_preprocessing(train: np.ndarray, *others: np.ndarray, eps: float = 1e-6):
-    """PAPER.md section 2: divide each image by its own pixel std (+eps), subtract the train mean image.
+    """docs/science.md section 2: divide each image by its own pixel std (+eps), subtract the train mean image.
 
     Args:
         train: images of shape `(N, ...)` (any trailing shape); the mean is taken over this split.

@@ -1,4 +1,4 @@
-"""Figures of the experiments (PAPER.md section 3): E1 projected images, E2 accuracy vs explained variance,
+"""Figures of the experiments (docs/science.md section 3): E1 projected images, E2 accuracy vs explained variance,
 and E3/E4 run comparisons from ``history.json`` files written by ``scripts/pretrain.py``.
 
 Every function writes one PNG with matplotlib's non-interactive ``Agg`` backend and returns its path.

@@ -1,4 +1,4 @@
-"""The paper's experiments on projected images (PAPER.md section 3, E1 and E2).
+"""The paper's experiments on projected images (docs/science.md section 3, E1 and E2).
 
 E1 shows images next to their projections onto the top and the bottom variance subspaces; E2 trains the
 same classifier on images projected onto ``top:p`` and onto ``bottom:q`` and compares test accuracy. Both
@@ -223,7 +223,7 @@ def fit_pixel_pca(train_flat: np.ndarray, *, cache: bool = True, cache_dir: str 
 def project_images(
     pca: PCA, flat: np.ndarray, spec: str, image_shape: tuple[int, ...], batch_rows: int = 8192
 ) -> np.ndarray:
-    """Project rows onto a subspace in image space: ``x -> U_S U_S^T (x - mean)`` (PAPER.md section 2).
+    """Project rows onto a subspace in image space: ``x -> U_S U_S^T (x - mean)`` (docs/science.md section 2).
 
     Equal to ``pca.project(flat, spec)`` (up to float32 round-off), computed faster: in float32 and
     through whichever of the subspace and its orthogonal complement has fewer components, since
@@ -401,7 +401,7 @@ class TrainConfig:
     """How one classifier is trained on projected images.
 
     ``epochs``, ``lr``, ``weight_decay``, ``batch_size`` and OneCycle follow the authors' recipe
-    (PAPER.md E2); ``max_steps`` caps the total optimiser steps (a smoke run), ``train_subset`` trains on
+    (docs/science.md, E2); ``max_steps`` caps the total optimiser steps (a smoke run), ``train_subset`` trains on
     the first N training images only (the PCA still uses all of them).
     """
 
@@ -439,7 +439,7 @@ class TrainConfig:
             )
 
 
-# `paper`: the authors' recipe (PAPER.md E2) on the full data. `cpu`: tuned so that one top/bottom pair on
+# `paper`: the authors' recipe (docs/science.md, E2) on the full data. `cpu`: tuned so that one top/bottom pair on
 # CIFAR-10 takes a few minutes on 2 CPU cores and still shows the paper's ordering clearly (see
 # the README's Results section for the measured numbers).
 PRESETS: dict[str, dict] = {

@@ -5,12 +5,12 @@ Classes:
 * :class:`RecPercAEModel`: the encoder alone; ``embeddings`` is the latent code `(batch_size, latent_dim)`.
   Works with the ``image-feature-extraction`` pipeline.
 * :class:`RecPercAEForPreTraining`: corruption -> encoder -> decoder, plus a linear probe on the latent, trained
-  with the hybrid objective of PAPER.md E3:
+  with the hybrid objective of docs/science.md, E3:
   ``loss = reconstruction_loss + guidance * cross_entropy(probe(latent), labels)``.
 * :class:`RecPercAEForImageClassification`: encoder + linear classifier (fine-tuning or a frozen probe).
 
 Encoders (``config.encoder``): ``"mlp"``, ``"conv"`` (DCAE) and ``"timm:<name>"`` for any timm CNN, each paired
-with a decoder that maps the latent back to an image of the configured size (PAPER.md section 5).
+with a decoder that maps the latent back to an image of the configured size (docs/science.md section 5).
 
 The module also holds what the MAE family reuses: output dataclasses, label checks and the hybrid loss.
 """
@@ -165,7 +165,7 @@ def check_labels(labels: torch.Tensor, num_labels: int, batch_size: int) -> None
 
 def probe_logits(probe: nn.Module, embeddings: torch.Tensor, guidance: float) -> torch.Tensor:
     """The probe's logits `(B, num_labels)`; with ``guidance == 0`` it reads a detached copy of ``embeddings``,
-    so it measures the features without shaping them (PAPER.md E3)."""
+    so it measures the features without shaping them (docs/science.md, E3)."""
     return probe(embeddings if guidance > 0 else embeddings.detach())
 
 
@@ -215,7 +215,7 @@ def _output_activation(name: str) -> nn.Module:
 
 class MLPEncoder(nn.Module):
     """Flatten -> (Linear, BatchNorm, ReLU) x depth -> Linear to the latent; widths interpolate linearly from the
-    input size to ``latent_dim`` (the authors' MLP autoencoder, PAPER.md section 5)."""
+    input size to ``latent_dim`` (the authors' MLP autoencoder, docs/science.md section 5)."""
 
     def __init__(self, config: RecPercAEConfig):
         super().__init__()
@@ -454,7 +454,7 @@ class RecPercAEModel(RecPercAEPreTrainedModel):
 
 
 class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
-    """(Denoising) autoencoder trained with the hybrid objective of PAPER.md E3.
+    """(Denoising) autoencoder trained with the hybrid objective of docs/science.md, E3.
 
     ``forward`` corrupts the input with ``config.corruption``, encodes it to a latent, decodes an image and scores
     it against the clean input; a linear probe on the latent adds ``guidance * cross_entropy`` when labels are

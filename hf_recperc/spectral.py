@@ -1,4 +1,4 @@
-"""Streaming second moments, PCA and variance subspaces (PAPER.md section 2).
+"""Streaming second moments, PCA and variance subspaces (docs/science.md section 2).
 
 Everything here works on rows: ``X`` has shape `(num_samples, num_features)` (``D = C * H * W`` for
 flattened images). Inputs may be numpy arrays or torch tensors on any device; statistics are summed in
@@ -329,7 +329,7 @@ class SecondMoments:
         return self.shift + self.sum / self.count
 
     def covariance(self) -> torch.Tensor:
-        """`(D, D)` float64 covariance with the ``1/N`` normalisation (PAPER.md: ``C = X^T X / N``)."""
+        """`(D, D)` float64 covariance with the ``1/N`` normalisation (docs/science.md section 2: ``C = X^T X / N``)."""
         self._check_fitted()
         centred_mean = self.sum / self.count
         cov = self.outer / self.count - torch.outer(centred_mean, centred_mean)
@@ -444,7 +444,7 @@ class PCA:
         """Projection onto a subspace in input space: ``U_S U_S^T (x - mean)``, shape `(N, D)` float64.
 
         For images, reshape the result back to `(N, C, H, W)` to look at it or to train a network on it
-        (PAPER.md E1/E2). ``add_mean=True`` adds the mean image back. Projections onto ``top:p`` and
+        (docs/science.md, E1/E2). ``add_mean=True`` adds the mean image back. Projections onto ``top:p`` and
         ``bottom:(1-p)`` sum to the centred input.
         """
         basis = self.basis(spec)  # (D, d)

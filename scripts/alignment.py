@@ -1,4 +1,4 @@
-"""E5 (PAPER.md sections 3-4): which noise can make a linear autoencoder learn features for perception?
+"""E5 (docs/science.md sections 3-4): which noise can make a linear autoencoder learn features for perception?
 
 For every corruption, the closed-form optimal linear (denoising) autoencoder of every latent size K gives
 a task-alignment curve (how much of the label signal its K-dimensional code can reach, in %), a
@@ -14,7 +14,7 @@ Examples::
 
 Writes ``alignment.png`` (alignment vs K), ``denoising_benefit.png`` (benefit vs K, one curve per mask
 ratio, one panel per patch size, as in the paper) and ``alignment.json`` (all curves and audits) to
-``--output_dir``, and prints the audit. Data are preprocessed as in PAPER.md section 2.
+``--output_dir``, and prints the audit. Data are preprocessed as in docs/science.md section 2.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from hf_recperc.theory import alignment_study
 
 logger = logging.getLogger(__name__)
 
-# PAPER.md section 4's grid: mask ratios linspace(0, 0.99, 10) (ratio 0 is "none") at patch sizes 1, 2, 4,
+# docs/science.md section 4's grid: mask ratios linspace(0, 0.99, 10) (ratio 0 is "none") at patch sizes 1, 2, 4,
 # plus Gaussian noise at a few std (in units of the preprocessed pixels, whose per-image std is 1).
 DEFAULT_CORRUPTIONS = ["none", "gaussian:0.1", "gaussian:0.5", "gaussian:2"] + [
     f"mask:{ratio:g}:{patch}" for patch in (1, 2, 4) for ratio in np.linspace(0, 0.99, 10)[1:].round(2)
@@ -47,7 +47,8 @@ class AlignmentArguments:
     corruptions: list[str] = field(
         default_factory=lambda: list(DEFAULT_CORRUPTIONS),
         metadata={
-            "help": "Corruptions: 'none', 'gaussian:STD', 'mask:RATIO:PATCH'. Default: PAPER.md's grid."
+            "help": "Corruptions: 'none', 'gaussian:STD', 'mask:RATIO:PATCH'. "
+            "Default: the paper's grid (docs/science.md section 4)."
         },
     )
     output_dir: str = field(default="alignment", metadata={"help": "Where figures and alignment.json go."})
@@ -147,7 +148,7 @@ def main(argv=None) -> dict:
     partial.write_text(json.dumps(study))
     os.replace(partial, output_dir / "alignment.json")  # never a half-written results file
 
-    print(f"noise audit (PAPER.md section 4) on {name}, rank {study['rank']}:")
+    print(f"noise audit (docs/science.md section 4) on {name}, rank {study['rank']}:")
     print("\n".join(audit_lines(study)))
     print(f"figures: {output_dir / 'alignment.png'}, {output_dir / 'denoising_benefit.png'}")
     print(f"curves: {output_dir / 'alignment.json'}")

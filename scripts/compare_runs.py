@@ -1,4 +1,4 @@
-"""E3 / E4 (PAPER.md section 3): plot pretraining runs side by side from their ``history.json``.
+"""E3 / E4 (docs/science.md section 3): plot pretraining runs side by side from their ``history.json``.
 
 Example::
 

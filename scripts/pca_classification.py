@@ -1,4 +1,4 @@
-"""E2 (PAPER.md section 3): train a classifier on images projected onto top and bottom PCA subspaces.
+"""E2 (docs/science.md section 3): train a classifier on images projected onto top and bottom PCA subspaces.
 
 Examples::
 

@@ -1,4 +1,4 @@
-"""E1 (PAPER.md section 3): images next to their projections onto the top and the bottom PCA subspaces.
+"""E1 (docs/science.md section 3): images next to their projections onto the top and the bottom PCA subspaces.
 
 Example::
 

@@ -1,4 +1,4 @@
-"""Corruption strategies: string form, sampling, and moments that match the sampling (PAPER.md section 4)."""
+"""Corruption strategies: string form, sampling, and moments that match the sampling (docs/science.md section 4)."""
 
 import math
 

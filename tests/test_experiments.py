@@ -1,4 +1,4 @@
-"""Tests of hf_recperc.experiments and the E1/E2 scripts (PAPER.md section 3).
+"""Tests of hf_recperc.experiments and the E1/E2 scripts (docs/science.md section 3).
 
 Everything runs on the embedded 8x8 digits in seconds; the one CIFAR-10 check is marked ``cifar10`` and
 skips when ../shared/data/cifar10 is absent.

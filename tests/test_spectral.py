@@ -1,4 +1,4 @@
-"""Subspace definitions (PAPER.md section 2), streaming moments and PCA."""
+"""Subspace definitions (docs/science.md section 2), streaming moments and PCA."""
 
 import numpy as np
 import pytest
