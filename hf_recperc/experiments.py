@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cli import DataArguments
-from .data import images_to_array, paper_preprocessing
+from .data import images_to_array, paper_preprocessing, random_crop_flip
 from .spectral import PCA, parse_subspace
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "PRESETS",
     "config_from_preset",
     "resolve_device",
-    "random_crop_flip",
     "train_classifier",
     "fraction_grid",
     "run_projection_experiment",
@@ -477,33 +476,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, per image.
-
-    Zero padding is the right filler here: projected images are centred (mean image subtracted), so zero
-    is the data's mean value.
-
-    Args:
-        images (`torch.FloatTensor` of shape `(B, C, H, W)`).
-        padding: pixels of padding on each side (0 skips the crop).
-        generator: a CPU generator, so a run is reproducible on any device.
-
-    Returns:
-        Tensor of shape `(B, C, H, W)` on the input's device.
-    """
-    batch, _, height, width = images.shape
-    flip = torch.rand(batch, generator=generator) < 0.5
-    images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
-    if padding <= 0:
-        return images
-    padded = nn.functional.pad(images, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator).tolist()
-    # A slice per image: on CPU this is 2-3x faster than one advanced-indexing gather of all windows.
-    return torch.stack(
-        [padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)]
-    )
-
-
 def _autocast(device: torch.device, mixed_precision: str):
     enabled = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -582,7 +554,10 @@ def train_classifier(
                 continue
             images, labels = x_train[index], y_train[index]  # (B, C, H, W), (B,)
             if config.augment:
-                images = random_crop_flip(images, config.crop_padding, generator)
+                # Zero padding: projected images are centred, so 0 is the data's mean value.
+                images = random_crop_flip(
+                    images, padding=config.crop_padding, flip=True, generator=generator, padding_mode="zeros"
+                )
             with _autocast(device, config.mixed_precision):
                 logits = model(images.contiguous(memory_format=torch.channels_last))
                 loss = nn.functional.cross_entropy(logits.float(), labels)
