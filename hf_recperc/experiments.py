@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .cli import DataArguments
 from .data import images_to_array, paper_preprocessing, random_crop_flip
+from .layers import conv_bn_relu
 from .spectral import PCA, parse_subspace
 
 __all__ = [
@@ -269,20 +270,12 @@ def project_images(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class _Residual(nn.Module):
     """``x + f(x)`` with ``f`` two conv-BN-ReLU blocks of the same width."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(_conv_bn_relu(channels, channels), _conv_bn_relu(channels, channels))
+        self.body = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -308,13 +301,13 @@ class ResNet9(nn.Module):
         super().__init__()
         pool = lambda: nn.MaxPool2d(2, ceil_mode=True)  # noqa: E731
         self.features = nn.Sequential(
-            _conv_bn_relu(num_channels, width),
-            _conv_bn_relu(width, 2 * width),
+            conv_bn_relu(num_channels, width),
+            conv_bn_relu(width, 2 * width),
             pool(),
             _Residual(2 * width),
-            _conv_bn_relu(2 * width, 4 * width),
+            conv_bn_relu(2 * width, 4 * width),
             pool(),
-            _conv_bn_relu(4 * width, 8 * width),
+            conv_bn_relu(4 * width, 8 * width),
             pool(),
             _Residual(8 * width),
             nn.AdaptiveMaxPool2d(1),
@@ -339,13 +332,13 @@ class SmallCNN(nn.Module):
         super().__init__()
         pool = lambda: nn.MaxPool2d(2, ceil_mode=True)  # noqa: E731
         self.features = nn.Sequential(
-            _conv_bn_relu(num_channels, width),
-            _conv_bn_relu(width, width),
+            conv_bn_relu(num_channels, width),
+            conv_bn_relu(width, width),
             pool(),
-            _conv_bn_relu(width, 2 * width),
-            _conv_bn_relu(2 * width, 2 * width),
+            conv_bn_relu(width, 2 * width),
+            conv_bn_relu(2 * width, 2 * width),
             pool(),
-            _conv_bn_relu(2 * width, 4 * width),
+            conv_bn_relu(2 * width, 4 * width),
             pool(),
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),

@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_recperc import RecPercAEConfig
 from .corruption import Corruption, parse_corruption
+from .layers import conv_bn_relu
 from .processing import image_processor_for
 
 __all__ = [
@@ -254,22 +255,15 @@ def _mlp_widths(config: RecPercAEConfig) -> list[int]:
     return [round(dim + (config.latent_dim - dim) * i / steps) for i in range(steps + 1)]
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    # kernel 3, stride 2, padding 1 maps a side S to ceil(S / 2), so any image size works.
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    )
-
-
 class ConvEncoder(nn.Module):
     """DCAE encoder: ``depth`` stride-2 convolutions (``width * 2**i`` channels), flatten, Linear to the latent."""
 
     def __init__(self, config: RecPercAEConfig):
         super().__init__()
         channels = [config.num_channels] + [config.width * 2**i for i in range(config.depth)]
-        self.stages = nn.Sequential(*[_conv_bn_relu(a, b) for a, b in zip(channels[:-1], channels[1:])])
+        self.stages = nn.Sequential(
+            *[conv_bn_relu(a, b, stride=2) for a, b in zip(channels[:-1], channels[1:])]
+        )
         side = _halved(config.image_size, config.depth)
         self.to_latent = nn.Linear(channels[-1] * side * side, config.latent_dim)
 
