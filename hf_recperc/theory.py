@@ -46,7 +46,7 @@ import scipy.linalg
 import torch
 from tqdm.auto import tqdm
 
-from .corruption import Corruption, GaussianNoise, Masking, NoCorruption, parse_corruption
+from .corruption import Corruption, parse_corruption
 from .spectral import as_float_tensor
 
 __all__ = [
@@ -196,38 +196,18 @@ def _generalized_top_eigh(
 def _moments(
     X: np.ndarray, gram: np.ndarray, corruption: Corruption, image_shape
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(P, M2)`` of docs/science.md section 4 in rows: ``P = X^T E[X~]`` `(D, D)` and ``M2 = E[X~^T X~]`` `(D, D)`.
+    """``(P, M2)`` of docs/science.md section 4 in rows: ``P = X^T E[X~]`` `(D, D)`, ``M2 = E[X~^T X~]`` `(D, D)`.
 
-    The three built-in corruptions have ``E[X~] = c X`` and a second moment that is a function of ``X^T X``
-    (see their docstrings in :mod:`hf_recperc.corruption`), so both come from the cached ``gram = X^T X``
-    instead of one `(N, D) x (N, D)` product per corruption; the masking pattern is the object's own
-    :meth:`Masking.keep_probabilities`. ``tests/test_theory.py`` checks this against ``first_moment`` /
-    ``second_moment`` for every class, so training and theory keep one definition of each noise. Any other
-    :class:`Corruption` subclass goes through its ``first_moment`` / ``second_moment``.
+    The corruption object computes both (:meth:`hf_recperc.corruption.Corruption.linear_moments`), so that
+    training and theory keep one definition of each noise; passing the cached ``gram = X^T X`` lets the
+    built-in corruptions skip an `(N, D) x (N, D)` product per corruption.
     """
-    num_samples, dim = X.shape
-    if isinstance(corruption, NoCorruption):
-        return gram, gram
-    if isinstance(corruption, GaussianNoise):
-        return gram, gram + num_samples * corruption.std**2 * np.eye(dim)
-    if isinstance(corruption, Masking):
-        if image_shape is None:
-            if corruption.patch_size != 1:
-                raise ValueError(
-                    f"image_shape: patch masking with patch_size={corruption.patch_size} needs the image shape "
-                    "(num_channels, height, width) to know which pixels share a patch"
-                )
-            image_shape = (dim, 1, 1)  # pixel masking: every feature is its own patch, as in Masking
-        keep = corruption.keep_probabilities(tuple(image_shape)).numpy()
-        return (1.0 - corruption.ratio) * gram, gram * keep
-    first = corruption.first_moment(X).detach().cpu().numpy().astype(np.float64)  # (N, D)
-    second = corruption.second_moment(X, image_shape).detach().cpu().numpy().astype(np.float64)  # (D, D)
-    if first.shape != X.shape or second.shape != (dim, dim):
-        raise ValueError(
-            f"corruption {corruption}: first_moment must return {X.shape} and second_moment {(dim, dim)}, "
-            f"got {first.shape} and {second.shape}"
-        )
-    return X.T @ first, second
+    P, M2 = corruption.linear_moments(
+        torch.from_numpy(X),
+        gram=torch.from_numpy(gram),
+        image_shape=None if image_shape is None else tuple(int(v) for v in image_shape),
+    )
+    return P.numpy(), M2.numpy()
 
 
 # --------------------------------------------------------------------------------------------------
