@@ -15,11 +15,12 @@ torch.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig, ViTMAEConfig
+
+from .validation import check_finite_number, check_positive_int, is_finite_number
 
 __all__ = ["RecPercAEConfig", "RecPercMAEConfig"]
 
@@ -33,24 +34,9 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-
-
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
-
-
-def _check_guidance(value: Any) -> float:
-    if not _is_number(value) or value < 0:
-        raise ValueError(f"guidance: expected a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _check_num_labels(value: Any) -> None:
@@ -67,7 +53,7 @@ def _normalisation(name: str, value: Any, num_channels: int, default: list[float
     if (
         not isinstance(value, (list, tuple))
         or len(value) != num_channels
-        or not all(_is_number(v) for v in value)
+        or not all(is_finite_number(v) for v in value)
     ):
         raise ValueError(f"{name}: expected {num_channels} numbers (one per channel), got {value!r}")
     if name == "image_std" and any(v <= 0 for v in value):
@@ -176,10 +162,10 @@ class RecPercAEConfig(_PresetMixin, PreTrainedConfig):
         if self.encoder.startswith("timm:"):
             _check_timm_model(self.encoder[5:])
         for name in ("image_size", "num_channels", "latent_dim", "depth", "width"):
-            _check_positive_int(name, getattr(self, name))
+            setattr(self, name, check_positive_int(name, getattr(self, name)))
         _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
         _check_choice("reconstruction_target", self.reconstruction_target, RECONSTRUCTION_TARGETS)
-        self.guidance = _check_guidance(self.guidance)
+        self.guidance = check_finite_number("guidance", self.guidance, minimum=0)
         _check_num_labels(self.num_labels)
 
         from .corruption import Masking, parse_corruption  # noqa: PLC0415  (torch-free module level)
@@ -287,7 +273,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
             "decoder_num_hidden_layers",
             "decoder_num_attention_heads",
         ):
-            _check_positive_int(name, getattr(self, name))
+            setattr(self, name, check_positive_int(name, getattr(self, name)))
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size: {self.image_size} is not a multiple of patch_size={self.patch_size}"
@@ -301,7 +287,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
                 raise ValueError(
                     f"{size}: {getattr(self, size)} must be a multiple of {heads}={getattr(self, heads)} and of 4"
                 )
-        if not _is_number(self.mask_ratio) or not 0 <= self.mask_ratio < 1:
+        if not is_finite_number(self.mask_ratio) or not 0 <= self.mask_ratio < 1:
             raise ValueError(f"mask_ratio: expected a number in [0, 1), got {self.mask_ratio!r}")
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("reconstruction_target", self.reconstruction_target, RECONSTRUCTION_TARGETS)
@@ -310,7 +296,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
                 "reconstruction_target='masked' needs mask_ratio > 0 (nothing would be scored); "
                 "use reconstruction_target='all'"
             )
-        self.guidance = _check_guidance(self.guidance)
+        self.guidance = check_finite_number("guidance", self.guidance, minimum=0)
         _check_num_labels(self.num_labels)
         self.image_mean = _normalisation("image_mean", self.image_mean, self.num_channels, IMAGENET_MEAN)
         self.image_std = _normalisation("image_std", self.image_std, self.num_channels, IMAGENET_STD)

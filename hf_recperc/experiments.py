@@ -36,6 +36,7 @@ from .cli import DataArguments
 from .data import images_to_array, paper_preprocessing, random_crop_flip
 from .layers import conv_bn_relu
 from .spectral import PCA, parse_subspace
+from .validation import check_positive_int, check_positive_number
 
 __all__ = [
     "DataArguments",
@@ -417,14 +418,10 @@ class TrainConfig:
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier: expected one of {CLASSIFIERS}, got {self.classifier!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+            check_positive_int(name, getattr(self, name))
         for name in ("max_steps", "train_subset", "width"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1 or None, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
+            check_positive_int(name, getattr(self, name), allow_none=True)
+        self.lr = check_positive_number("lr", self.lr)
         if self.mixed_precision not in ("auto", "bf16", "no"):
             raise ValueError(
                 f"mixed_precision: expected 'auto', 'bf16' or 'no', got {self.mixed_precision!r}"

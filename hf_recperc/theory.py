@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from .corruption import Corruption, parse_corruption
 from .spectral import as_float_tensor
+from .validation import check_finite_number, check_positive_int
 
 __all__ = [
     "LinearTheory",
@@ -111,9 +112,8 @@ def _targets(labels, num_samples: int, name: str = "labels") -> np.ndarray:
 
 
 def _check_k(k, dim: int, name: str = "k") -> int:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not (1 <= k <= dim):
-        raise ValueError(f"{name}: expected an integer latent size in [1, {dim}] (D), got {k!r}")
-    return int(k)
+    """A latent size in ``[1, D]``."""
+    return check_positive_int(name, k, maximum=dim)
 
 
 def _check_ks(ks, dim: int) -> np.ndarray:
@@ -434,9 +434,10 @@ class LinearTheory:
         With ``Q'`` the code basis in PCA coordinates (PCA: identity), ``||sin Theta_K||_F =
         ||Q'[K:, :K]||_F``, all K at once from cumulative sums.
         """
-        for name, value in (("tol", tol), ("gap_tol", gap_tol)):
-            if not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        tol, gap_tol = (
+            check_finite_number("tol", tol, minimum=0),
+            check_finite_number("gap_tol", gap_tol, minimum=0),
+        )
         corruption = _check_corruption(corruption)
         spectrum = self.spectrum(corruption, image_shape)
         r, dim = self.rank, self.dim
@@ -563,14 +564,7 @@ def optimal_hybrid_linear_model(
     data = _as_data(X.X if isinstance(X, LinearTheory) else X)
     dim = data.shape[1]
     k = _check_k(k, dim)
-    if (
-        not isinstance(reconstruction_weight, (int, float, np.floating))
-        or isinstance(reconstruction_weight, bool)
-        or not (math.isfinite(reconstruction_weight) and reconstruction_weight >= 0)
-    ):
-        raise ValueError(
-            f"reconstruction_weight: expected a finite number >= 0, got {reconstruction_weight!r}"
-        )
+    reconstruction_weight = check_finite_number("reconstruction_weight", reconstruction_weight, minimum=0)
     targets = _targets(Y, data.shape[0], "Y")
     gram = X.gram if isinstance(X, LinearTheory) else data.T @ data  # (D, D)
     XtY = data.T @ targets  # (D, C)
