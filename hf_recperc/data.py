@@ -36,6 +36,7 @@ __all__ = [
     "paper_preprocessing",
     "processor_transform",
     "random_crop_flip",
+    "cache_root",
 ]
 
 DEFAULT_DATASET = "digits"
@@ -246,14 +247,19 @@ def _encode_labels(train: datasets.Dataset, validation: datasets.Dataset, label_
     return train.cast_column(label_column, label), validation.cast_column(label_column, label)
 
 
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where hf_recperc caches decoded pixels and fitted PCAs: ``cache_dir`` when given, else
+    ``$HF_RECPERC_CACHE``, else ``~/.cache/hf_recperc`` (the one place that decides it)."""
+    return Path(cache_dir or os.environ.get("HF_RECPERC_CACHE") or Path.home() / ".cache" / "hf_recperc")
+
+
 def _cache_path(dataset: datasets.Dataset, image_column: str, cache_dir: str | None) -> Path | None:
     fingerprint = getattr(dataset, "_fingerprint", None)
     # In-memory data sets (the embedded digits) get a random fingerprint per process: nothing to reuse.
     if fingerprint is None or not dataset.cache_files:
         return None
-    root = Path(cache_dir or os.environ.get("HF_RECPERC_CACHE", Path.home() / ".cache" / "hf_recperc"))
     key = hashlib.sha1(f"{fingerprint}:{image_column}:v1".encode()).hexdigest()[:16]
-    return root / "pixels" / f"{key}.npy"
+    return cache_root(cache_dir) / "pixels" / f"{key}.npy"
 
 
 def images_to_array(

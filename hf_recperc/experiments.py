@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cli import DataArguments
-from .data import images_to_array, paper_preprocessing, random_crop_flip
+from .data import cache_root, images_to_array, paper_preprocessing, random_crop_flip
 from .layers import conv_bn_relu
 from .spectral import PCA, parse_subspace
 from .validation import check_positive_int, check_positive_number
@@ -169,8 +169,7 @@ def _pca_cache_file(train_flat: np.ndarray, cache_dir: str | None) -> Path:
     """
     digest = hashlib.sha1(f"{_PCA_CACHE_VERSION}:{train_flat.shape}:{train_flat.dtype}".encode())
     digest.update(np.ascontiguousarray(train_flat).data)
-    root = Path(cache_dir or os.environ.get("HF_RECPERC_CACHE", Path.home() / ".cache" / "hf_recperc"))
-    return root / "pca" / f"{digest.hexdigest()[:20]}.npz"
+    return cache_root(cache_dir) / "pca" / f"{digest.hexdigest()[:20]}.npz"
 
 
 def _pca_from_arrays(arrays) -> PCA:

@@ -10,6 +10,7 @@ from hf_recperc import RecPercAEConfig, image_processor_for
 from hf_recperc.data import (
     _gather_windows,
     _slice_windows,
+    cache_root,
     load_image_dataset,
     processor_transform,
     random_crop_flip,
@@ -186,3 +187,13 @@ def test_images_of_mixed_sizes_need_and_accept_image_size(tmp_path):
     array = images_to_array(split, "image", image_size=6)
     assert array.shape == (2, 3, 6, 6)
     np.testing.assert_allclose(array[1, 2], 1.0)  # blue stays blue after resizing
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    # cache_dir beats $HF_RECPERC_CACHE, which beats ~/.cache/hf_recperc (an empty variable counts as unset).
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "env"))
+    assert cache_root(tmp_path / "flag") == tmp_path / "flag"
+    assert cache_root() == tmp_path / "env"
+    monkeypatch.setenv("HF_RECPERC_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "hf_recperc"
