@@ -31,6 +31,7 @@ __all__ = [
     "PCA",
     "as_float_tensor",
     "num_components",
+    "fix_eigenvector_signs",
 ]
 
 SUBSPACE_FORMS = "'top:P' or 'bottom:P' (0 < P <= 1), 'first:K' or 'last:K' (integer K >= 1), or 'all'"
@@ -360,10 +361,19 @@ def _eigh_descending(
     """
     values, vectors = torch.linalg.eigh(matrix.to(dtype))  # ascending; eigenvectors as columns
     components = vectors.T.flip(0)  # (D, D) rows, decreasing; one copy, in the solver's precision
+    return values.flip(0).to(torch.float64).clamp_min(0), fix_eigenvector_signs(components).to(torch.float64)
+
+
+def fix_eigenvector_signs(components: torch.Tensor) -> torch.Tensor:
+    """Flip each row of ``components`` `(k, D)` so that its entry of largest magnitude is positive.
+
+    Eigenvectors are defined up to sign; this convention (sklearn's ``svd_flip``) makes them reproducible
+    across runs, processes and BLAS libraries. Used by :class:`PCA` and by :mod:`hf_recperc.theory`.
+    """
     largest = components.abs().argmax(1)
-    signs = torch.sign(components.gather(1, largest[:, None]))  # (D, 1)
+    signs = torch.sign(components.gather(1, largest[:, None]))  # (k, 1)
     signs[signs == 0] = 1
-    return values.flip(0).to(torch.float64).clamp_min(0), (components * signs).to(torch.float64)
+    return components * signs
 
 
 class PCA:

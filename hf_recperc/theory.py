@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .corruption import Corruption, parse_corruption
-from .spectral import as_float_tensor
+from .spectral import as_float_tensor, fix_eigenvector_signs
 from .validation import check_finite_number, check_positive_int
 
 __all__ = [
@@ -161,11 +161,9 @@ def _check_corruption(corruption) -> Corruption:
 
 
 def _fix_signs(vectors: np.ndarray) -> np.ndarray:
-    """Flip each column so its largest-magnitude entry is positive (as :mod:`hf_recperc.spectral` does)."""
-    largest = np.abs(vectors).argmax(axis=0)
-    signs = np.sign(vectors[largest, np.arange(vectors.shape[1])])
-    signs[signs == 0] = 1
-    return vectors * signs
+    """Eigenvectors as columns `(D, k)` with :func:`hf_recperc.spectral.fix_eigenvector_signs`'s convention."""
+    rows = torch.from_numpy(vectors.T.copy())  # (k, D); a copy: torch refuses negative strides
+    return fix_eigenvector_signs(rows).numpy().T
 
 
 def _top_eigh(matrix: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
