@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-__all__ = ["plot_curve_panels"]
+__all__ = ["plot_curve_panels", "save_figure", "style_axis"]
 
 Curve = tuple[Sequence[float], Sequence[float]]
 
@@ -84,20 +84,34 @@ def plot_curve_panels(
                 ax.set_ylim(middle - min_yspan / 2, middle + min_yspan / 2)
         if logx:
             ax.set_xscale("log")
-        ax.set_title(panel_title, fontsize=10)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if curves:
-            ax.legend(fontsize=7, loc="best")
+        style_axis(ax, panel_title, xlabel, ylabel)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if title:
         figure.suptitle(title, fontsize=11)
+    return save_figure(figure, path)
+
+
+def style_axis(ax, title: str | None, xlabel: str | None, ylabel: str | None) -> None:
+    """The house look of one panel: small title, labels, light grid, a legend when something is labelled."""
+    if title:
+        ax.set_title(title, fontsize=10)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
+def save_figure(figure: Figure, path: str | os.PathLike, dpi: int | None = None) -> Path:
+    """Lay out ``figure`` and write it to ``path`` (format from the suffix, PNG by default), atomically:
+    a temporary sibling renamed into place, so a failed run never leaves half a file. Returns the path."""
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    figure.savefig(partial, format=path.suffix.lstrip(".") or "png")
+    figure.savefig(partial, format=path.suffix.lstrip(".") or "png", dpi=dpi or figure.dpi)
     os.replace(partial, path)
     return path

@@ -6,6 +6,8 @@ skips when ../shared/data/cifar10 is absent.
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -307,3 +309,14 @@ def test_cifar10_subspace_sizes_match_reference():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_experiment_plots_leave_the_matplotlib_backend_alone():
+    # Importing the figure module must not pick a backend for the user (no matplotlib.use at import).
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import hf_recperc.experiment_plots; "
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
