@@ -31,6 +31,7 @@ from .data import ImageData, load_image_dataset
 __all__ = [
     "ArgumentError",
     "ArgumentParser",
+    "check_no_remaining_arguments",
     "DataArguments",
     "DataclassArgumentParser",
     "load_config_file",
@@ -123,8 +124,7 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None 
     *parsed, remaining = parser.parse_args_into_dataclasses(
         args=file_argv + argv, return_remaining_strings=True
     )
-    if remaining:
-        raise ArgumentError(_unknown_arguments_message(parser, remaining))
+    check_no_remaining_arguments(parser, remaining)
     return tuple(parsed)
 
 
@@ -248,15 +248,19 @@ def _as_token(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _unknown_arguments_message(parser: argparse.ArgumentParser, remaining: list[str]) -> str:
+def check_no_remaining_arguments(parser: argparse.ArgumentParser, remaining: Sequence[str]) -> None:
+    """Raise :class:`ArgumentError` for what ``parse_known_args`` left over, naming the first unknown flag
+    and the closest known one."""
+    if not remaining:
+        return
     flags = [arg for arg in remaining if arg.startswith("-")]
     if not flags:
-        return f"unexpected value {remaining[0]!r}: arguments are flags (--name value); see --help"
+        raise ArgumentError(
+            f"unexpected value {remaining[0]!r}: arguments are flags (--name value); see --help"
+        )
     flag = flags[0].partition("=")[0]
-    options = [
-        option for action in parser._actions for option in action.option_strings if option.startswith("--")
-    ]
-    return f"unknown argument {flag!r}{_did_you_mean(flag, options)}"
+    options = [option for action in parser._actions for option in action.option_strings]
+    raise ArgumentError(f"unknown argument {flag!r}{_did_you_mean(flag, options)}")
 
 
 def _did_you_mean(name: str, valid) -> str:
