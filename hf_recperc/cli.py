@@ -236,6 +236,9 @@ def _config_to_argv(parser: DataclassArgumentParser, path: str, values: dict[str
             if any(isinstance(item, (list, dict)) for item in items):
                 raise ArgumentError(f"config {path!r}: {key}: expected a list of plain values, got {value!r}")
             argv += [f"--{key}", *map(_as_token, items)]
+        elif key == "config_overrides" and isinstance(value, dict):
+            # A YAML/JSON mapping is the natural spelling in a file; write it in the flag's key=value form.
+            argv.append(f"--{key}=" + ",".join(f"{name}={json.dumps(item)}" for name, item in value.items()))
         elif isinstance(value, (list, dict)):
             raise ArgumentError(f"config {path!r}: {key}: expected one value, got {value!r}")
         else:

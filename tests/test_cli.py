@@ -60,6 +60,18 @@ def test_file_values_that_start_with_a_dash_and_nulls(tmp_path):
     assert (args.output_dir, args.lr, args.width, data.dataset_name) == ("-weird", -1e-3, None, None)
 
 
+def test_config_overrides_as_a_mapping_in_the_file(tmp_path):
+    @dataclass
+    class ModelArgs:
+        config_overrides: str | None = None
+
+    (tmp_path / "m.yaml").write_text("config_overrides: {depths: [2, 2], act: gelu, tie: true}\n")
+    (args,) = parse_arguments((ModelArgs,), ["-c", str(tmp_path / "m.yaml")])
+    assert parse_config_overrides(args.config_overrides) == {"depths": [2, 2], "act": "gelu", "tie": True}
+    (args,) = parse_arguments((ModelArgs,), ["-c", str(tmp_path / "m.yaml"), "--config_overrides", "x=1"])
+    assert args.config_overrides == "x=1"  # the flag wins, as for every argument
+
+
 @pytest.mark.parametrize(
     "content, suffix, message",
     [
