@@ -1,21 +1,64 @@
-"""Command-line plumbing shared by every script: data flags and argument parsing.
+"""Command-line plumbing shared by every command: data flags, argument parsing, ``--config_overrides``.
 
-Scripts parse ``HfArgumentParser`` dataclasses, from the command line or from one ``.json`` / ``.yaml`` file
-of arguments (``python scripts/pretrain.py my_run.yaml``), and name their data with :class:`DataArguments`,
-the same flags everywhere.
+Commands parse ``HfArgumentParser`` dataclasses from command-line flags, from one ``.json`` / ``.yaml`` file
+of arguments, or both, like timm's ``-c``::
+
+    recperc-pretrain run.yaml                       # every argument from the file
+    recperc-pretrain -c run.yaml --max_steps 10     # the file, then flags on top of it (flags win)
+
+Errors are :class:`ArgumentError` (a ``ValueError``) with a one-line message that names the argument, so
+that :func:`hf_recperc.commands.run_command` can print ``error: <message>`` instead of a traceback
+(docs/design.md, "Errors and bad input").
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
 
+import yaml
 from transformers import HfArgumentParser
 
 from .data import ImageData, load_image_dataset
 
-__all__ = ["DataArguments", "parse_arguments"]
+__all__ = [
+    "ArgumentError",
+    "ArgumentParser",
+    "check_no_remaining_arguments",
+    "DataArguments",
+    "DataclassArgumentParser",
+    "load_config_file",
+    "parse_arguments",
+    "parse_config_overrides",
+]
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+class ArgumentError(ValueError):
+    """A bad command-line argument, argument file or override string; the message names the argument."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that raises :class:`ArgumentError` instead of printing usage and exiting,
+    so every command reports bad arguments the same way (one line, exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentError(message)
+
+
+class DataclassArgumentParser(HfArgumentParser):
+    """``HfArgumentParser`` that raises :class:`ArgumentError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentError(message)
 
 
 @dataclass
@@ -60,14 +103,173 @@ class DataArguments:
 
 
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
-    """Parse the command line, or a single ``.json`` / ``.yaml`` argument file, into the given dataclasses.
+    """Parse flags, one argument file, or a file with flags on top, into the given dataclasses.
 
-    Returns one instance per type, in order. Unknown flags are an error that names them.
+    Accepted forms: ``FLAGS``, ``FILE.yaml [FLAGS]`` (the file first, as a positional) and
+    ``-c FILE.yaml FLAGS`` / ``--config FILE.json FLAGS``. Flags given on the command line override the
+    file's values. Returns one instance per type, in order.
+
+    Raises:
+        ArgumentError: for a missing or malformed file, a key or flag that no dataclass declares (naming the
+            closest valid one), or a value of the wrong type (naming the argument).
     """
-    parser = HfArgumentParser(tuple(dataclass_types))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return tuple(parser.parse_json_file(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return tuple(parser.parse_yaml_file(argv[0]))
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    # No prefix abbreviations: a typo such as --epoch must be an error, not silently --epochs.
+    parser = DataclassArgumentParser(
+        tuple(dataclass_types),
+        epilog="-c/--config FILE.yaml|json: read arguments from a file; flags win.",
+        allow_abbrev=False,
+    )
+    config_path, argv = _split_config_flag(list(sys.argv[1:] if argv is None else argv))
+    file_argv = _config_to_argv(parser, config_path, load_config_file(config_path)) if config_path else []
+    *parsed, remaining = parser.parse_args_into_dataclasses(
+        args=file_argv + argv, return_remaining_strings=True
+    )
+    check_no_remaining_arguments(parser, remaining)
+    return tuple(parsed)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of argument names to values in a ``.json`` / ``.yaml`` / ``.yml`` file.
+
+    Raises:
+        ArgumentError: naming the file when it is missing, not valid JSON / YAML, or not a mapping.
+    """
+    path = Path(path)
+    if path.suffix not in CONFIG_SUFFIXES:
+        raise ArgumentError(f"config: expected a .json, .yaml or .yml file, got {str(path)!r}")
+    if not path.is_file():
+        raise ArgumentError(f"config: file {str(path)!r} not found")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ArgumentError(f"config: {str(path)!r} is not valid {kind}: {_one_line(err)}") from None
+    if values is None:  # an empty YAML file: no arguments
+        return {}
+    if not isinstance(values, dict):
+        raise ArgumentError(
+            f"config: {str(path)!r} must map argument names to values, got a {type(values).__name__}"
+        )
+    return values
+
+
+def parse_config_overrides(text: str | None) -> dict[str, Any]:
+    """``"depths=[2,2],latent_dim=64,act=gelu"`` -> ``{"depths": [2, 2], "latent_dim": 64, "act": "gelu"}``.
+
+    Items are separated by commas outside brackets, braces and quotes; values are parsed as JSON when they
+    can be (numbers, ``true`` / ``false`` / ``null``, lists, objects, quoted strings), else kept as strings.
+
+    Raises:
+        ArgumentError: naming ``config_overrides`` and the bad item (no ``=``, empty key, unbalanced brackets).
+    """
+    if not text:
+        return {}
+    overrides = {}
+    for item in _split_top_level(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ArgumentError(
+                f"config_overrides: expected 'key=value,key=value', got item {item!r} in {text!r}"
+            )
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on the commas that are outside brackets, braces and double quotes."""
+    items, start, quoted, open_brackets = [], 0, False, []
+    pairs = {"]": "[", "}": "{"}
+    for index, char in enumerate(text):
+        if char == '"' and text[index - 1 : index] != "\\":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char in "[{":
+            open_brackets.append(char)
+        elif char in pairs:
+            if not open_brackets or open_brackets.pop() != pairs[char]:
+                raise ArgumentError(f"config_overrides: unbalanced {char!r} at position {index} in {text!r}")
+        elif char == "," and not open_brackets:
+            items.append(text[start:index])
+            start = index + 1
+    if open_brackets or quoted:
+        raise ArgumentError(f"config_overrides: unclosed bracket or quote in {text!r}")
+    return [*items, text[start:]]
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``(config file or None, the other arguments)``: ``-c F``, ``--config F``, ``--config=F``, or a leading
+    positional file name ending in ``.json`` / ``.yaml`` / ``.yml``."""
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        return argv[0], argv[1:]
+    for index, arg in enumerate(argv):
+        if arg in ("-c", "--config"):
+            if index + 1 == len(argv) or argv[index + 1].startswith("-"):
+                raise ArgumentError(f"argument {arg}: expected a .json or .yaml file name after it")
+            return argv[index + 1], argv[:index] + argv[index + 2 :]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2], argv[:index] + argv[index + 1 :]
+    return None, argv
+
+
+def _config_to_argv(parser: DataclassArgumentParser, path: str, values: dict[str, Any]) -> list[str]:
+    """The file's values as flags, placed before the command line's so that argparse's last-wins makes the
+    flags override the file, and so that argparse checks every value's type exactly as it checks a flag's."""
+    fields = {f.name: f for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
+    list_valued = {action.dest for action in parser._actions if action.nargs in ("+", "*")}
+    argv: list[str] = []
+    for key, value in values.items():
+        if key not in fields:
+            raise ArgumentError(f"config {path!r}: unknown key {key!r}{_did_you_mean(key, fields)}")
+        if value is None:
+            if fields[key].default is not None:
+                raise ArgumentError(
+                    f"config {path!r}: {key}: null is not allowed (default {fields[key].default!r})"
+                )
+            continue  # null means the default, which is None
+        if key in list_valued:
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(item, (list, dict)) for item in items):
+                raise ArgumentError(f"config {path!r}: {key}: expected a list of plain values, got {value!r}")
+            argv += [f"--{key}", *map(_as_token, items)]
+        elif key == "config_overrides" and isinstance(value, dict):
+            # A YAML/JSON mapping is the natural spelling in a file; write it in the flag's key=value form.
+            argv.append(f"--{key}=" + ",".join(f"{name}={json.dumps(item)}" for name, item in value.items()))
+        elif isinstance(value, (list, dict)):
+            raise ArgumentError(f"config {path!r}: {key}: expected one value, got {value!r}")
+        else:
+            argv.append(f"--{key}={_as_token(value)}")  # '=': a value may start with '-'
+    return argv
+
+
+def _as_token(value: Any) -> str:
+    # YAML/JSON booleans as the strings HfArgumentParser's string_to_bool reads.
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_no_remaining_arguments(parser: argparse.ArgumentParser, remaining: Sequence[str]) -> None:
+    """Raise :class:`ArgumentError` for what ``parse_known_args`` left over, naming the first unknown flag
+    and the closest known one."""
+    if not remaining:
+        return
+    flags = [arg for arg in remaining if arg.startswith("-")]
+    if not flags:
+        raise ArgumentError(
+            f"unexpected value {remaining[0]!r}: arguments are flags (--name value); see --help"
+        )
+    flag = flags[0].partition("=")[0]
+    options = [option for action in parser._actions for option in action.option_strings]
+    raise ArgumentError(f"unknown argument {flag!r}{_did_you_mean(flag, options)}")
+
+
+def _did_you_mean(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else "; see --help for the valid names"
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())

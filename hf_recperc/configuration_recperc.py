@@ -1,11 +1,11 @@
 """Configurations of the two reconstruction model families.
 
 * :class:`RecPercAEConfig` (``model_type="recperc_ae"``): (denoising) autoencoders with an MLP, a DCAE-style
-  convolutional or any timm CNN encoder (PAPER.md section 5).
+  convolutional or any timm CNN encoder (docs/science.md section 5).
 * :class:`RecPercMAEConfig` (``model_type="recperc_mae"``): transformers' ViTMAE plus a guidance probe; it
   extends :class:`~transformers.ViTMAEConfig`, so every ViTMAE checkpoint config loads into it.
 
-Both carry the hybrid objective of PAPER.md E3: ``loss = reconstruction + guidance * CE(probe(embedding))``.
+Both carry the hybrid objective of docs/science.md, E3: ``loss = reconstruction + guidance * CE(probe(embedding))``.
 
 This module imports no torch (house style: configs stay light and are validated in ``__init__`` with the
 offending value in the message). The corruption string is validated with
@@ -15,11 +15,12 @@ torch.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig, ViTMAEConfig
+
+from .validation import check_finite_number, check_positive_int, is_finite_number
 
 __all__ = ["RecPercAEConfig", "RecPercMAEConfig"]
 
@@ -33,24 +34,9 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-
-
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
-
-
-def _check_guidance(value: Any) -> float:
-    if not _is_number(value) or value < 0:
-        raise ValueError(f"guidance: expected a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _check_num_labels(value: Any) -> None:
@@ -67,7 +53,7 @@ def _normalisation(name: str, value: Any, num_channels: int, default: list[float
     if (
         not isinstance(value, (list, tuple))
         or len(value) != num_channels
-        or not all(_is_number(v) for v in value)
+        or not all(is_finite_number(v) for v in value)
     ):
         raise ValueError(f"{name}: expected {num_channels} numbers (one per channel), got {value!r}")
     if name == "image_std" and any(v <= 0 for v in value):
@@ -127,7 +113,7 @@ class RecPercAEConfig(_PresetMixin, PreTrainedConfig):
         corruption (`str`, defaults to `"none"`): noise applied to the input during the forward pass, in the
             string form of :func:`~hf_recperc.corruption.parse_corruption` (`"gaussian:0.1"`, `"mask:0.75:4"`).
         guidance (`float`, defaults to 0.0): weight `g` of the supervised probe term in
-            `loss = reconstruction_loss + g * cross_entropy(probe(latent), labels)` (PAPER.md E3).
+            `loss = reconstruction_loss + g * cross_entropy(probe(latent), labels)` (docs/science.md, E3).
         reconstruction_target (`str`, defaults to `"all"`): `"all"` pixels (the theory's setting) or only
             `"masked"` ones (MAE's; needs a masking corruption).
         image_mean, image_std (`list[float]`, *optional*): normalisation the image processor applies; default
@@ -159,7 +145,7 @@ class RecPercAEConfig(_PresetMixin, PreTrainedConfig):
         "digits-mlp": dict(
             encoder="mlp", image_size=8, num_channels=1, latent_dim=16, depth=2, num_labels=10
         ),
-        # The paper's ResNet autoencoder at CIFAR size (PAPER.md section 5).
+        # The paper's ResNet autoencoder at CIFAR size (docs/science.md section 5).
         "cifar-resnet18": dict(
             encoder="timm:resnet18", image_size=32, num_channels=3, latent_dim=256, width=32, num_labels=10
         ),
@@ -176,10 +162,10 @@ class RecPercAEConfig(_PresetMixin, PreTrainedConfig):
         if self.encoder.startswith("timm:"):
             _check_timm_model(self.encoder[5:])
         for name in ("image_size", "num_channels", "latent_dim", "depth", "width"):
-            _check_positive_int(name, getattr(self, name))
+            setattr(self, name, check_positive_int(name, getattr(self, name)))
         _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
         _check_choice("reconstruction_target", self.reconstruction_target, RECONSTRUCTION_TARGETS)
-        self.guidance = _check_guidance(self.guidance)
+        self.guidance = check_finite_number("guidance", self.guidance, minimum=0)
         _check_num_labels(self.num_labels)
 
         from .corruption import Masking, parse_corruption  # noqa: PLC0415  (torch-free module level)
@@ -223,7 +209,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
 
     The mask is ViTMAE's own: exactly `int(L * (1 - mask_ratio))` of the `L` patches are kept per image. This
     differs from :class:`~hf_recperc.corruption.Masking`, which masks every patch independently (a random
-    number of patches per image), the distribution the linear theory of PAPER.md section 4 describes.
+    number of patches per image), the distribution the linear theory of docs/science.md section 4 describes.
     """
 
     model_type = "recperc_mae"
@@ -287,7 +273,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
             "decoder_num_hidden_layers",
             "decoder_num_attention_heads",
         ):
-            _check_positive_int(name, getattr(self, name))
+            setattr(self, name, check_positive_int(name, getattr(self, name)))
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size: {self.image_size} is not a multiple of patch_size={self.patch_size}"
@@ -301,7 +287,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
                 raise ValueError(
                     f"{size}: {getattr(self, size)} must be a multiple of {heads}={getattr(self, heads)} and of 4"
                 )
-        if not _is_number(self.mask_ratio) or not 0 <= self.mask_ratio < 1:
+        if not is_finite_number(self.mask_ratio) or not 0 <= self.mask_ratio < 1:
             raise ValueError(f"mask_ratio: expected a number in [0, 1), got {self.mask_ratio!r}")
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("reconstruction_target", self.reconstruction_target, RECONSTRUCTION_TARGETS)
@@ -310,7 +296,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
                 "reconstruction_target='masked' needs mask_ratio > 0 (nothing would be scored); "
                 "use reconstruction_target='all'"
             )
-        self.guidance = _check_guidance(self.guidance)
+        self.guidance = check_finite_number("guidance", self.guidance, minimum=0)
         _check_num_labels(self.num_labels)
         self.image_mean = _normalisation("image_mean", self.image_mean, self.num_channels, IMAGENET_MEAN)
         self.image_std = _normalisation("image_std", self.image_std, self.num_channels, IMAGENET_STD)

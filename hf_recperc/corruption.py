@@ -5,7 +5,7 @@ Each corruption is a small object that
 * corrupts a batch of images: ``corruption(pixel_values, generator=g)`` returns a :class:`Corrupted`
   with the corrupted pixels and, for masking, the per-pixel mask;
 * exposes the first and second moments of its corrupted data given the clean data, ``M1 = E[X~]`` and
-  ``M2 = E[X~^T X~]`` (PAPER.md section 4, written here with samples as rows, ``X`` of shape ``(N, D)``),
+  ``M2 = E[X~^T X~]`` (docs/science.md section 4, written here with samples as rows, ``X`` of shape ``(N, D)``),
   which :mod:`hf_recperc.theory` uses for the closed-form optimal linear (denoising) autoencoder.
 
 Sampling and moments live on the same object so that the theory always describes the noise that training
@@ -73,7 +73,11 @@ def _as_rows(X) -> torch.Tensor:
 
 
 class Corruption:
-    """Base class: a noise strategy with a sampler and closed-form moments."""
+    """Base class: a noise strategy with a sampler and closed-form moments.
+
+    Subclasses are frozen dataclasses: a corruption is a value (compared, hashed, stored in configs by its
+    string form), never mutated after validation.
+    """
 
     def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> Corrupted:
         raise NotImplementedError
@@ -90,6 +94,26 @@ class Corruption:
         """
         raise NotImplementedError
 
+    def linear_moments(
+        self, X, gram: torch.Tensor | None = None, image_shape: tuple[int, int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P, M2)`` for the closed-form linear theory (docs/science.md section 4, samples as rows).
+
+        ``P = X^T E[X~]`` `(D, D)` and ``M2 = E[X~^T X~]`` `(D, D)`, float64. ``gram`` is ``X^T X`` `(D, D)`
+        when the caller already has it (:class:`hf_recperc.theory.LinearTheory` caches it): the built-in
+        corruptions derive both moments from it instead of one `(N, D) x (N, D)` product per corruption.
+        This default goes through :meth:`first_moment` and :meth:`second_moment`, for any subclass.
+        """
+        X = _as_rows(X)
+        first, second = self.first_moment(X), self.second_moment(X, image_shape)  # (N, D), (D, D)
+        dim = X.shape[1]
+        if first.shape != X.shape or second.shape != (dim, dim):
+            raise ValueError(
+                f"corruption {self}: first_moment must return {tuple(X.shape)} and second_moment "
+                f"{(dim, dim)}, got {tuple(first.shape)} and {tuple(second.shape)}"
+            )
+        return X.T @ first.to(torch.float64), second.to(torch.float64)
+
     @property
     def is_identity(self) -> bool:
         """True when the corruption leaves every input unchanged."""
@@ -99,6 +123,13 @@ class Corruption:
         return f"{type(self).__name__}({self!s})"
 
 
+def _gram(X, gram: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """``(X^T X`` float64 `(D, D)`, ``N)``, reusing ``gram`` when given."""
+    X = _as_rows(X)
+    return (X.T @ X if gram is None else torch.as_tensor(gram, dtype=torch.float64)), X.shape[0]
+
+
+@dataclass(frozen=True, repr=False)
 class NoCorruption(Corruption):
     """Plain autoencoding: the input is the clean image."""
 
@@ -110,8 +141,12 @@ class NoCorruption(Corruption):
         return _as_rows(X)
 
     def second_moment(self, X, image_shape=None):
-        X = _as_rows(X)
-        return X.T @ X
+        return self.linear_moments(X, image_shape=image_shape)[1]
+
+    def linear_moments(self, X, gram=None, image_shape=None):
+        # M1 = X, M2 = X^T X: both moments are the Gram matrix.
+        gram, _ = _gram(X, gram)
+        return gram, gram
 
     @property
     def is_identity(self):
@@ -120,24 +155,22 @@ class NoCorruption(Corruption):
     def __str__(self):
         return "none"
 
-    def __eq__(self, other):
-        return isinstance(other, NoCorruption)
 
-    def __hash__(self):
-        return hash("none")
-
-
+@dataclass(frozen=True, repr=False)
 class GaussianNoise(Corruption):
     """Additive isotropic Gaussian noise ``x~ = x + std * eps``, ``eps ~ N(0, I)``.
 
-    Moments (PAPER.md section 4): ``M1 = X`` and ``M2 = X^T X + N std^2 I``: the same eigenvectors as PCA,
-    in the same order, so this noise never changes the learned linear subspace.
+    Moments (docs/science.md section 4): ``M1 = X`` and ``M2 = X^T X + N std^2 I``: the same eigenvectors as
+    PCA, in the same order, so this noise never changes the learned linear subspace.
     """
 
-    def __init__(self, std: float):
+    std: float
+
+    def __post_init__(self):
+        std = self.std
         if not isinstance(std, numbers.Real) or isinstance(std, bool) or not math.isfinite(std) or std < 0:
             raise ValueError(f"GaussianNoise std: expected a finite number >= 0, got {std!r}")
-        self.std = float(std)
+        object.__setattr__(self, "std", float(std))  # frozen: the one write, at construction
 
     def __call__(self, pixel_values, generator=None):
         _check_images(pixel_values)
@@ -152,9 +185,12 @@ class GaussianNoise(Corruption):
         return _as_rows(X)
 
     def second_moment(self, X, image_shape=None):
-        X = _as_rows(X)
-        num_samples, dim = X.shape
-        return X.T @ X + num_samples * self.std**2 * torch.eye(dim, dtype=torch.float64)
+        return self.linear_moments(X, image_shape=image_shape)[1]
+
+    def linear_moments(self, X, gram=None, image_shape=None):
+        gram, num_samples = _gram(X, gram)
+        noise = num_samples * self.std**2 * torch.eye(gram.shape[0], dtype=torch.float64)  # E[eps^T eps]
+        return gram, gram + noise
 
     @property
     def is_identity(self):
@@ -163,33 +199,31 @@ class GaussianNoise(Corruption):
     def __str__(self):
         return f"gaussian:{self.std:g}"
 
-    def __eq__(self, other):
-        return isinstance(other, GaussianNoise) and other.std == self.std
 
-    def __hash__(self):
-        return hash(("gaussian", self.std))
-
-
+@dataclass(frozen=True, repr=False)
 class Masking(Corruption):
     """Random masking of non-overlapping ``patch_size x patch_size`` patches.
 
     Each patch (spanning all channels) is masked independently with probability ``ratio``; masked pixels
     are set to 0. When the image size is not a multiple of ``patch_size`` the last row/column of patches
-    is cropped. This is the masking of the paper's theory (PAPER.md section 4); MAE's fixed-count masking
-    (exactly ``round(ratio * L)`` patches per image, as in ``ViTMAEEmbeddings.random_masking``) is a
+    is cropped. This is the masking of the paper's theory (docs/science.md section 4); MAE's fixed-count
+    masking (exactly ``round(ratio * L)`` patches per image, as in ``ViTMAEEmbeddings.random_masking``) is a
     slightly different distribution and is kept by the MAE family.
 
     Moments: ``M1 = (1 - ratio) X`` and ``M2 = (X^T X) * M`` (entrywise) with ``M_ij = 1 - ratio`` when
     pixels ``i`` and ``j`` fall in the same patch (``i == j`` included) and ``(1 - ratio)^2`` otherwise.
     """
 
-    def __init__(self, ratio: float, patch_size: int = 1):
+    ratio: float
+    patch_size: int = 1
+
+    def __post_init__(self):
+        ratio, patch_size = self.ratio, self.patch_size
         if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool) or not (0 <= ratio < 1):
             raise ValueError(f"Masking ratio: expected a number in [0, 1), got {ratio!r}")
         if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1:
             raise ValueError(f"Masking patch_size: expected an integer >= 1, got {patch_size!r}")
-        self.ratio = float(ratio)
-        self.patch_size = patch_size
+        object.__setattr__(self, "ratio", float(ratio))  # frozen: the one write, at construction
 
     def sample_mask(
         self, batch_size: int, height: int, width: int, generator=None, device=None
@@ -227,7 +261,11 @@ class Masking(Corruption):
         return (1.0 - self.ratio) * _as_rows(X)
 
     def second_moment(self, X, image_shape=None):
-        X = _as_rows(X)
+        return self.linear_moments(X, image_shape=image_shape)[1]
+
+    def linear_moments(self, X, gram=None, image_shape=None):
+        gram, _ = _gram(X, gram)
+        dim = gram.shape[0]
         if image_shape is None:
             if self.patch_size != 1:
                 raise ValueError(
@@ -235,13 +273,13 @@ class Masking(Corruption):
                     "(num_channels, height, width) to know which pixels share a patch"
                 )
             # Pixel masking masks every feature on its own; treat them as (D, 1, 1) "images".
-            image_shape = (X.shape[1], 1, 1)
-        if math.prod(image_shape) != X.shape[1]:
+            image_shape = (dim, 1, 1)
+        if math.prod(image_shape) != dim:
             raise ValueError(
                 f"image_shape: {tuple(image_shape)} holds {math.prod(image_shape)} values but X has "
-                f"{X.shape[1]} features per sample"
+                f"{dim} features per sample"
             )
-        return (X.T @ X) * self.keep_probabilities(image_shape)
+        return (1.0 - self.ratio) * gram, gram * self.keep_probabilities(tuple(image_shape))
 
     @property
     def is_identity(self):
@@ -249,12 +287,6 @@ class Masking(Corruption):
 
     def __str__(self):
         return f"mask:{self.ratio:g}:{self.patch_size}"
-
-    def __eq__(self, other):
-        return isinstance(other, Masking) and (other.ratio, other.patch_size) == (self.ratio, self.patch_size)
-
-    def __hash__(self):
-        return hash(("mask", self.ratio, self.patch_size))
 
 
 def _check_image_shape(image_shape) -> tuple[int, int, int]:

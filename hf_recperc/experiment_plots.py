@@ -1,7 +1,9 @@
-"""Figures of the experiments (PAPER.md section 3): E1 projected images, E2 accuracy vs explained variance,
+"""Figures of the experiments (docs/science.md section 3): E1 projected images, E2 accuracy vs explained variance,
 and E3/E4 run comparisons from ``history.json`` files written by ``scripts/pretrain.py``.
 
-Every function writes one PNG with matplotlib's non-interactive ``Agg`` backend and returns its path.
+Every function draws on a :class:`matplotlib.figure.Figure` (no ``pyplot`` state, no backend chosen at import,
+so the user's backend is left alone), in :mod:`hf_recperc.plotting`'s style, writes one PNG atomically and
+returns its path.
 
 The ``history.json`` format read by :func:`load_run`: a JSON list of evaluation records, each a flat dict
 with ``"step"`` (int), ``"epoch"`` (float) and metric keys such as ``"eval/reconstruction_mse"``,
@@ -19,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are files; never open a window (CI, headless GPU machines)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .plotting import save_figure, style_axis
 
 __all__ = [
     "contrast_stretch",
@@ -79,9 +81,8 @@ def plot_projection_grid(
     for label, projected in rows.items():
         if projected.shape != images.shape:
             raise ValueError(f"rows[{label!r}]: expected shape {images.shape}, got {projected.shape}")
-    fig, axes = plt.subplots(
-        1 + len(rows), count, figsize=(0.3 + 1.2 * count, 1.3 * (1 + len(rows))), squeeze=False
-    )
+    fig = Figure(figsize=(0.3 + 1.2 * count, 1.3 * (1 + len(rows))))
+    axes = fig.subplots(1 + len(rows), count, squeeze=False)
     labelled = [("original", None)] + list(rows.items())
     for row, (label, projected) in enumerate(labelled):
         for column in range(count):
@@ -99,9 +100,8 @@ def plot_projection_grid(
             if row == 0 and column_titles is not None:
                 axis.set_title(str(column_titles[column]), fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, output, dpi=110)
+        fig.suptitle(title, fontsize=11)
+    return save_figure(fig, output, dpi=110)
 
 
 def plot_accuracy_vs_variance(records: list[dict], output: str | Path, *, title: str | None = None) -> Path:
@@ -114,7 +114,8 @@ def plot_accuracy_vs_variance(records: list[dict], output: str | Path, *, title:
     """
     if not records:
         raise ValueError("records: nothing to plot (empty list)")
-    fig, axis = plt.subplots(figsize=(5, 3.6))
+    fig = Figure(figsize=(5, 3.6))
+    axis = fig.subplots()
     styles = {"top": ("tab:blue", "o"), "bottom": ("tab:red", "s")}
     for kind in sorted({r["kind"] for r in records}, key=lambda k: (k not in styles, k)):
         chosen = sorted((r for r in records if r["kind"] == kind), key=lambda r: r["explained_variance"])
@@ -125,15 +126,9 @@ def plot_accuracy_vs_variance(records: list[dict], output: str | Path, *, title:
         for r in chosen:
             axis.annotate(f"{r['dims']}d", (r["explained_variance"], r["accuracy"]), fontsize=7,
                           xytext=(3, -9), textcoords="offset points")  # fmt: skip
-    axis.set_xlabel("explained variance of the subspace")
-    axis.set_ylabel("test accuracy")
     axis.set_xlim(0, 1.02)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    if title:
-        axis.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, output, dpi=120)
+    style_axis(axis, title, "explained variance of the subspace", "test accuracy")
+    return save_figure(fig, output, dpi=120)
 
 
 @dataclass
@@ -248,8 +243,9 @@ def plot_runs(run_dirs, output: str | Path, *, title: str | None = None) -> Path
 
     columns = min(4, len(panels))
     panel_rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(panel_rows, columns, figsize=(3.6 * columns, 2.8 * panel_rows), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(3.6 * columns, 2.8 * panel_rows))
+    axes = fig.subplots(panel_rows, columns, squeeze=False)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     linestyles = ["-", "--", ":", "-."]
     for axis, (panel_title, ylabel, entries) in zip(axes.flat, panels):
         for run_index, run in enumerate(runs):
@@ -261,24 +257,10 @@ def plot_runs(run_dirs, output: str | Path, *, title: str | None = None) -> Path
                 axis.plot(epochs, values, color=colors[run_index % len(colors)],
                           linestyle=linestyles[entry_index % len(linestyles)], marker="." if len(epochs) < 30 else None,
                           label=label)  # fmt: skip
-        axis.set_title(panel_title, fontsize=9)
-        axis.set_xlabel("epoch", fontsize=8)
-        axis.set_ylabel(ylabel, fontsize=8)
         axis.tick_params(labelsize=7)
-        axis.grid(alpha=0.3)
-        if axis.has_data():
-            axis.legend(fontsize=6)
+        style_axis(axis, panel_title, "epoch", ylabel)
     for axis in list(axes.flat)[len(panels) :]:
         axis.set_visible(False)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, output, dpi=100)
-
-
-def _save(fig, output: str | Path, dpi: int) -> Path:
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=dpi)
-    plt.close(fig)
-    return output
+        fig.suptitle(title, fontsize=11)
+    return save_figure(fig, output, dpi=100)

@@ -1,4 +1,4 @@
-"""The paper's experiments on projected images (PAPER.md section 3, E1 and E2).
+"""The paper's experiments on projected images (docs/science.md section 3, E1 and E2).
 
 E1 shows images next to their projections onto the top and the bottom variance subspaces; E2 trains the
 same classifier on images projected onto ``top:p`` and onto ``bottom:q`` and compares test accuracy. Both
@@ -33,8 +33,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cli import DataArguments
-from .data import images_to_array, paper_preprocessing
+from .data import cache_root, images_to_array, paper_preprocessing, random_crop_flip
+from .layers import conv_bn_relu
 from .spectral import PCA, parse_subspace
+from .validation import check_positive_int, check_positive_number
 
 __all__ = [
     "DataArguments",
@@ -53,7 +55,6 @@ __all__ = [
     "PRESETS",
     "config_from_preset",
     "resolve_device",
-    "random_crop_flip",
     "train_classifier",
     "fraction_grid",
     "run_projection_experiment",
@@ -168,8 +169,7 @@ def _pca_cache_file(train_flat: np.ndarray, cache_dir: str | None) -> Path:
     """
     digest = hashlib.sha1(f"{_PCA_CACHE_VERSION}:{train_flat.shape}:{train_flat.dtype}".encode())
     digest.update(np.ascontiguousarray(train_flat).data)
-    root = Path(cache_dir or os.environ.get("HF_RECPERC_CACHE", Path.home() / ".cache" / "hf_recperc"))
-    return root / "pca" / f"{digest.hexdigest()[:20]}.npz"
+    return cache_root(cache_dir) / "pca" / f"{digest.hexdigest()[:20]}.npz"
 
 
 def _pca_from_arrays(arrays) -> PCA:
@@ -223,7 +223,7 @@ def fit_pixel_pca(train_flat: np.ndarray, *, cache: bool = True, cache_dir: str 
 def project_images(
     pca: PCA, flat: np.ndarray, spec: str, image_shape: tuple[int, ...], batch_rows: int = 8192
 ) -> np.ndarray:
-    """Project rows onto a subspace in image space: ``x -> U_S U_S^T (x - mean)`` (PAPER.md section 2).
+    """Project rows onto a subspace in image space: ``x -> U_S U_S^T (x - mean)`` (docs/science.md section 2).
 
     Equal to ``pca.project(flat, spec)`` (up to float32 round-off), computed faster: in float32 and
     through whichever of the subspace and its orthogonal complement has fewer components, since
@@ -270,20 +270,12 @@ def project_images(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class _Residual(nn.Module):
     """``x + f(x)`` with ``f`` two conv-BN-ReLU blocks of the same width."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(_conv_bn_relu(channels, channels), _conv_bn_relu(channels, channels))
+        self.body = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -309,13 +301,13 @@ class ResNet9(nn.Module):
         super().__init__()
         pool = lambda: nn.MaxPool2d(2, ceil_mode=True)  # noqa: E731
         self.features = nn.Sequential(
-            _conv_bn_relu(num_channels, width),
-            _conv_bn_relu(width, 2 * width),
+            conv_bn_relu(num_channels, width),
+            conv_bn_relu(width, 2 * width),
             pool(),
             _Residual(2 * width),
-            _conv_bn_relu(2 * width, 4 * width),
+            conv_bn_relu(2 * width, 4 * width),
             pool(),
-            _conv_bn_relu(4 * width, 8 * width),
+            conv_bn_relu(4 * width, 8 * width),
             pool(),
             _Residual(8 * width),
             nn.AdaptiveMaxPool2d(1),
@@ -340,13 +332,13 @@ class SmallCNN(nn.Module):
         super().__init__()
         pool = lambda: nn.MaxPool2d(2, ceil_mode=True)  # noqa: E731
         self.features = nn.Sequential(
-            _conv_bn_relu(num_channels, width),
-            _conv_bn_relu(width, width),
+            conv_bn_relu(num_channels, width),
+            conv_bn_relu(width, width),
             pool(),
-            _conv_bn_relu(width, 2 * width),
-            _conv_bn_relu(2 * width, 2 * width),
+            conv_bn_relu(width, 2 * width),
+            conv_bn_relu(2 * width, 2 * width),
             pool(),
-            _conv_bn_relu(2 * width, 4 * width),
+            conv_bn_relu(2 * width, 4 * width),
             pool(),
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),
@@ -401,7 +393,7 @@ class TrainConfig:
     """How one classifier is trained on projected images.
 
     ``epochs``, ``lr``, ``weight_decay``, ``batch_size`` and OneCycle follow the authors' recipe
-    (PAPER.md E2); ``max_steps`` caps the total optimiser steps (a smoke run), ``train_subset`` trains on
+    (docs/science.md, E2); ``max_steps`` caps the total optimiser steps (a smoke run), ``train_subset`` trains on
     the first N training images only (the PCA still uses all of them).
     """
 
@@ -425,21 +417,17 @@ class TrainConfig:
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier: expected one of {CLASSIFIERS}, got {self.classifier!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+            check_positive_int(name, getattr(self, name))
         for name in ("max_steps", "train_subset", "width"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1 or None, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
+            check_positive_int(name, getattr(self, name), allow_none=True)
+        self.lr = check_positive_number("lr", self.lr)
         if self.mixed_precision not in ("auto", "bf16", "no"):
             raise ValueError(
                 f"mixed_precision: expected 'auto', 'bf16' or 'no', got {self.mixed_precision!r}"
             )
 
 
-# `paper`: the authors' recipe (PAPER.md E2) on the full data. `cpu`: tuned so that one top/bottom pair on
+# `paper`: the authors' recipe (docs/science.md, E2) on the full data. `cpu`: tuned so that one top/bottom pair on
 # CIFAR-10 takes a few minutes on 2 CPU cores and still shows the paper's ordering clearly (see
 # the README's Results section for the measured numbers).
 PRESETS: dict[str, dict] = {
@@ -475,33 +463,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return resolved
-
-
-def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, per image.
-
-    Zero padding is the right filler here: projected images are centred (mean image subtracted), so zero
-    is the data's mean value.
-
-    Args:
-        images (`torch.FloatTensor` of shape `(B, C, H, W)`).
-        padding: pixels of padding on each side (0 skips the crop).
-        generator: a CPU generator, so a run is reproducible on any device.
-
-    Returns:
-        Tensor of shape `(B, C, H, W)` on the input's device.
-    """
-    batch, _, height, width = images.shape
-    flip = torch.rand(batch, generator=generator) < 0.5
-    images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
-    if padding <= 0:
-        return images
-    padded = nn.functional.pad(images, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator).tolist()
-    # A slice per image: on CPU this is 2-3x faster than one advanced-indexing gather of all windows.
-    return torch.stack(
-        [padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)]
-    )
 
 
 def _autocast(device: torch.device, mixed_precision: str):
@@ -582,7 +543,10 @@ def train_classifier(
                 continue
             images, labels = x_train[index], y_train[index]  # (B, C, H, W), (B,)
             if config.augment:
-                images = random_crop_flip(images, config.crop_padding, generator)
+                # Zero padding: projected images are centred, so 0 is the data's mean value.
+                images = random_crop_flip(
+                    images, padding=config.crop_padding, flip=True, generator=generator, padding_mode="zeros"
+                )
             with _autocast(device, config.mixed_precision):
                 logits = model(images.contiguous(memory_format=torch.channels_last))
                 loss = nn.functional.cross_entropy(logits.float(), labels)

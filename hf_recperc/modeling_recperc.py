@@ -5,12 +5,12 @@ Classes:
 * :class:`RecPercAEModel`: the encoder alone; ``embeddings`` is the latent code `(batch_size, latent_dim)`.
   Works with the ``image-feature-extraction`` pipeline.
 * :class:`RecPercAEForPreTraining`: corruption -> encoder -> decoder, plus a linear probe on the latent, trained
-  with the hybrid objective of PAPER.md E3:
+  with the hybrid objective of docs/science.md, E3:
   ``loss = reconstruction_loss + guidance * cross_entropy(probe(latent), labels)``.
 * :class:`RecPercAEForImageClassification`: encoder + linear classifier (fine-tuning or a frozen probe).
 
 Encoders (``config.encoder``): ``"mlp"``, ``"conv"`` (DCAE) and ``"timm:<name>"`` for any timm CNN, each paired
-with a decoder that maps the latent back to an image of the configured size (PAPER.md section 5).
+with a decoder that maps the latent back to an image of the configured size (docs/science.md section 5).
 
 The module also holds what the MAE family reuses: output dataclasses, label checks and the hybrid loss.
 """
@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_recperc import RecPercAEConfig
 from .corruption import Corruption, parse_corruption
+from .layers import conv_bn_relu
 from .processing import image_processor_for
 
 __all__ = [
@@ -172,7 +173,7 @@ def check_labels(labels: torch.Tensor, num_labels: int, batch_size: int) -> None
 
 def probe_logits(probe: nn.Module, embeddings: torch.Tensor, guidance: float) -> torch.Tensor:
     """The probe's logits `(B, num_labels)`; with ``guidance == 0`` it reads a detached copy of ``embeddings``,
-    so it measures the features without shaping them (PAPER.md E3)."""
+    so it measures the features without shaping them (docs/science.md, E3)."""
     return probe(embeddings if guidance > 0 else embeddings.detach())
 
 
@@ -222,7 +223,7 @@ def _output_activation(name: str) -> nn.Module:
 
 class MLPEncoder(nn.Module):
     """Flatten -> (Linear, BatchNorm, ReLU) x depth -> Linear to the latent; widths interpolate linearly from the
-    input size to ``latent_dim`` (the authors' MLP autoencoder, PAPER.md section 5)."""
+    input size to ``latent_dim`` (the authors' MLP autoencoder, docs/science.md section 5)."""
 
     def __init__(self, config: RecPercAEConfig):
         super().__init__()
@@ -274,22 +275,15 @@ def _mlp_widths(config: RecPercAEConfig) -> list[int]:
     return [round(dim + (config.latent_dim - dim) * i / steps) for i in range(steps + 1)]
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    # kernel 3, stride 2, padding 1 maps a side S to ceil(S / 2), so any image size works.
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    )
-
-
 class ConvEncoder(nn.Module):
     """DCAE encoder: ``depth`` stride-2 convolutions (``width * 2**i`` channels), flatten, Linear to the latent."""
 
     def __init__(self, config: RecPercAEConfig):
         super().__init__()
         channels = [config.num_channels] + [config.width * 2**i for i in range(config.depth)]
-        self.stages = nn.Sequential(*[_conv_bn_relu(a, b) for a, b in zip(channels[:-1], channels[1:])])
+        self.stages = nn.Sequential(
+            *[conv_bn_relu(a, b, stride=2) for a, b in zip(channels[:-1], channels[1:])]
+        )
         side = _halved(config.image_size, config.depth)
         self.to_latent = nn.Linear(channels[-1] * side * side, config.latent_dim)
 
@@ -515,7 +509,7 @@ class RecPercAEModel(RecPercAEPreTrainedModel):
 
 
 class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
-    """(Denoising) autoencoder trained with the hybrid objective of PAPER.md E3.
+    """(Denoising) autoencoder trained with the hybrid objective of docs/science.md, E3.
 
     ``forward`` corrupts the input with ``config.corruption``, encodes it to a latent, decodes an image and scores
     it against the clean input; a linear probe on the latent adds ``guidance * cross_entropy`` when labels are

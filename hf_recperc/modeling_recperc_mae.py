@@ -8,7 +8,7 @@ The parameter layout is ViTMAE's (``vit.embeddings``, ``vit.layers``, ``vit.laye
   extraction and probing; ``embeddings`` is the CLS token or the mean patch token (``config.pooling``).
   ``forward_masked`` is ViTMAE's own masked forward.
 * :class:`RecPercMAEForPreTraining`: ViTMAE pre-training plus a linear probe on the pooled encoder output, with
-  the hybrid objective ``reconstruction_loss + guidance * cross_entropy`` (PAPER.md E3).
+  the hybrid objective ``reconstruction_loss + guidance * cross_entropy`` (docs/science.md, E3).
 * :class:`RecPercMAEForImageClassification`: unmasked encoder + linear classifier.
 
 Masking is ViTMAE's: exactly ``int(L * (1 - mask_ratio))`` patches are kept per image, chosen by ``argsort`` of
@@ -196,7 +196,7 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
 
 
 class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
-    """ViTMAE pre-training with a guidance probe: the hybrid objective of PAPER.md E3 on a masked autoencoder.
+    """ViTMAE pre-training with a guidance probe: the hybrid objective of docs/science.md, E3 on a masked autoencoder.
 
     ``loss = reconstruction_loss + guidance * cross_entropy(probe(pooled encoder output), labels)``, where the
     reconstruction loss is ViTMAE's (per-patch MSE, ``norm_pix_loss`` optional) on the masked patches or on all

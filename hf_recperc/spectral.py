@@ -1,4 +1,4 @@
-"""Streaming second moments, PCA and variance subspaces (PAPER.md section 2).
+"""Streaming second moments, PCA and variance subspaces (docs/science.md section 2).
 
 Everything here works on rows: ``X`` has shape `(num_samples, num_features)` (``D = C * H * W`` for
 flattened images). Inputs may be numpy arrays or torch tensors on any device; statistics are summed in
@@ -31,6 +31,7 @@ __all__ = [
     "PCA",
     "as_float_tensor",
     "num_components",
+    "fix_eigenvector_signs",
 ]
 
 SUBSPACE_FORMS = "'top:P' or 'bottom:P' (0 < P <= 1), 'first:K' or 'last:K' (integer K >= 1), or 'all'"
@@ -329,7 +330,7 @@ class SecondMoments:
         return self.shift + self.sum / self.count
 
     def covariance(self) -> torch.Tensor:
-        """`(D, D)` float64 covariance with the ``1/N`` normalisation (PAPER.md: ``C = X^T X / N``)."""
+        """`(D, D)` float64 covariance with the ``1/N`` normalisation (docs/science.md section 2: ``C = X^T X / N``)."""
         self._check_fitted()
         centred_mean = self.sum / self.count
         cov = self.outer / self.count - torch.outer(centred_mean, centred_mean)
@@ -360,10 +361,19 @@ def _eigh_descending(
     """
     values, vectors = torch.linalg.eigh(matrix.to(dtype))  # ascending; eigenvectors as columns
     components = vectors.T.flip(0)  # (D, D) rows, decreasing; one copy, in the solver's precision
+    return values.flip(0).to(torch.float64).clamp_min(0), fix_eigenvector_signs(components).to(torch.float64)
+
+
+def fix_eigenvector_signs(components: torch.Tensor) -> torch.Tensor:
+    """Flip each row of ``components`` `(k, D)` so that its entry of largest magnitude is positive.
+
+    Eigenvectors are defined up to sign; this convention (sklearn's ``svd_flip``) makes them reproducible
+    across runs, processes and BLAS libraries. Used by :class:`PCA` and by :mod:`hf_recperc.theory`.
+    """
     largest = components.abs().argmax(1)
-    signs = torch.sign(components.gather(1, largest[:, None]))  # (D, 1)
+    signs = torch.sign(components.gather(1, largest[:, None]))  # (k, 1)
     signs[signs == 0] = 1
-    return values.flip(0).to(torch.float64).clamp_min(0), (components * signs).to(torch.float64)
+    return components * signs
 
 
 class PCA:
@@ -444,7 +454,7 @@ class PCA:
         """Projection onto a subspace in input space: ``U_S U_S^T (x - mean)``, shape `(N, D)` float64.
 
         For images, reshape the result back to `(N, C, H, W)` to look at it or to train a network on it
-        (PAPER.md E1/E2). ``add_mean=True`` adds the mean image back. Projections onto ``top:p`` and
+        (docs/science.md, E1/E2). ``add_mean=True`` adds the mean image back. Projections onto ``top:p`` and
         ``bottom:(1-p)`` sum to the centred input.
         """
         basis = self.basis(spec)  # (D, d)

@@ -1,10 +1,10 @@
-"""Closed-form linear theory of learning by reconstruction and denoising (PAPER.md section 4).
+"""Closed-form linear theory of learning by reconstruction and denoising (docs/science.md section 4).
 
-Everything here uses samples as rows, like the rest of the package: ``X`` has shape `(N, D)`. PAPER.md
-section 4 writes the same formulas with samples as columns (``X_paper = X^T``); the translation is
+Everything here uses samples as rows, like the rest of the package: ``X`` has shape `(N, D)`. The paper
+(docs/science.md section 4) writes the same formulas with samples as columns (``X_paper = X^T``); the translation is
 
 ================================  ======================================================================
-PAPER.md (columns)                here (rows)
+paper (columns)                   here (rows)
 ================================  ======================================================================
 ``X`` `(D, N)`                    ``X.T``; ``X`` is `(N, D)`
 ``M1 = E[X~]`` `(D, N)`           ``M1.T`` with ``M1 = corruption.first_moment(X)`` `(N, D)`
@@ -14,7 +14,7 @@ PAPER.md (columns)                here (rows)
 ``M1 X^T X M1^T``                 ``P.T @ P`` with ``P = X.T @ M1`` `(D, D)`
 ================================  ======================================================================
 
-so the denoising objective is ``E ||X - X~ @ V @ W||_F^2`` and its optimum (PAPER.md section 4) is
+so the denoising objective is ``E ||X - X~ @ V @ W||_F^2`` and its optimum (docs/science.md section 4) is
 
 * ``V*`` = top-K generalized eigenvectors of the symmetric pencil ``(P^T P) v = lambda M2 v``,
 * ``W* = (V*^T M2 V*)^{-1} V*^T M1^T X = (V*^T M2 V*)^{-1} V*^T P^T``.
@@ -22,7 +22,7 @@ so the denoising objective is ``E ||X - X~ @ V @ W||_F^2`` and its optimum (PAPE
 Numerics. Everything runs in float64 with :func:`scipy.linalg.eigh` on the symmetric pencil. ``M2`` is
 singular when ``X`` is rank deficient (digits has constant-zero pixels; any ``N < D``), and LAPACK's
 generalized solver needs a positive definite right-hand side, so we add ``jitter * trace(M2) * I``
-(``_JITTER = 1e-10``). An isotropic jitter is itself Gaussian noise (PAPER.md section 4: it shares PCA's
+(``_JITTER = 1e-10``). An isotropic jitter is itself Gaussian noise (docs/science.md section 4: it shares PCA's
 eigenbasis without reordering it), so it cannot change the no-noise or Gaussian answers; directions the
 data never reaches (``X~ v = 0``) get ``lambda = 0`` and sort last, where they belong.
 
@@ -46,8 +46,9 @@ import scipy.linalg
 import torch
 from tqdm.auto import tqdm
 
-from .corruption import Corruption, GaussianNoise, Masking, NoCorruption, parse_corruption
-from .spectral import as_float_tensor
+from .corruption import Corruption, parse_corruption
+from .spectral import as_float_tensor, fix_eigenvector_signs
+from .validation import check_finite_number, check_positive_int
 
 __all__ = [
     "LinearTheory",
@@ -102,7 +103,7 @@ def _targets(labels, num_samples: int, name: str = "labels") -> np.ndarray:
     if array.shape[0] != num_samples:
         raise ValueError(f"{name}: got {array.shape[0]} rows but X has {num_samples} samples")
     if array.ndim == 1:
-        # One-hot over the classes present (PAPER.md section 4: Y one-hot); label order is irrelevant.
+        # One-hot over the classes present (docs/science.md section 4: Y one-hot); label order is irrelevant.
         _, inverse = np.unique(array, return_inverse=True)
         return np.eye(inverse.max() + 1)[inverse]
     if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
@@ -111,9 +112,8 @@ def _targets(labels, num_samples: int, name: str = "labels") -> np.ndarray:
 
 
 def _check_k(k, dim: int, name: str = "k") -> int:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not (1 <= k <= dim):
-        raise ValueError(f"{name}: expected an integer latent size in [1, {dim}] (D), got {k!r}")
-    return int(k)
+    """A latent size in ``[1, D]``."""
+    return check_positive_int(name, k, maximum=dim)
 
 
 def _check_ks(ks, dim: int) -> np.ndarray:
@@ -161,11 +161,9 @@ def _check_corruption(corruption) -> Corruption:
 
 
 def _fix_signs(vectors: np.ndarray) -> np.ndarray:
-    """Flip each column so its largest-magnitude entry is positive (as :mod:`hf_recperc.spectral` does)."""
-    largest = np.abs(vectors).argmax(axis=0)
-    signs = np.sign(vectors[largest, np.arange(vectors.shape[1])])
-    signs[signs == 0] = 1
-    return vectors * signs
+    """Eigenvectors as columns `(D, k)` with :func:`hf_recperc.spectral.fix_eigenvector_signs`'s convention."""
+    rows = torch.from_numpy(vectors.T.copy())  # (k, D); a copy: torch refuses negative strides
+    return fix_eigenvector_signs(rows).numpy().T
 
 
 def _top_eigh(matrix: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -196,38 +194,18 @@ def _generalized_top_eigh(
 def _moments(
     X: np.ndarray, gram: np.ndarray, corruption: Corruption, image_shape
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(P, M2)`` of PAPER.md section 4 in rows: ``P = X^T E[X~]`` `(D, D)` and ``M2 = E[X~^T X~]`` `(D, D)`.
+    """``(P, M2)`` of docs/science.md section 4 in rows: ``P = X^T E[X~]`` `(D, D)`, ``M2 = E[X~^T X~]`` `(D, D)`.
 
-    The three built-in corruptions have ``E[X~] = c X`` and a second moment that is a function of ``X^T X``
-    (see their docstrings in :mod:`hf_recperc.corruption`), so both come from the cached ``gram = X^T X``
-    instead of one `(N, D) x (N, D)` product per corruption; the masking pattern is the object's own
-    :meth:`Masking.keep_probabilities`. ``tests/test_theory.py`` checks this against ``first_moment`` /
-    ``second_moment`` for every class, so training and theory keep one definition of each noise. Any other
-    :class:`Corruption` subclass goes through its ``first_moment`` / ``second_moment``.
+    The corruption object computes both (:meth:`hf_recperc.corruption.Corruption.linear_moments`), so that
+    training and theory keep one definition of each noise; passing the cached ``gram = X^T X`` lets the
+    built-in corruptions skip an `(N, D) x (N, D)` product per corruption.
     """
-    num_samples, dim = X.shape
-    if isinstance(corruption, NoCorruption):
-        return gram, gram
-    if isinstance(corruption, GaussianNoise):
-        return gram, gram + num_samples * corruption.std**2 * np.eye(dim)
-    if isinstance(corruption, Masking):
-        if image_shape is None:
-            if corruption.patch_size != 1:
-                raise ValueError(
-                    f"image_shape: patch masking with patch_size={corruption.patch_size} needs the image shape "
-                    "(num_channels, height, width) to know which pixels share a patch"
-                )
-            image_shape = (dim, 1, 1)  # pixel masking: every feature is its own patch, as in Masking
-        keep = corruption.keep_probabilities(tuple(image_shape)).numpy()
-        return (1.0 - corruption.ratio) * gram, gram * keep
-    first = corruption.first_moment(X).detach().cpu().numpy().astype(np.float64)  # (N, D)
-    second = corruption.second_moment(X, image_shape).detach().cpu().numpy().astype(np.float64)  # (D, D)
-    if first.shape != X.shape or second.shape != (dim, dim):
-        raise ValueError(
-            f"corruption {corruption}: first_moment must return {X.shape} and second_moment {(dim, dim)}, "
-            f"got {first.shape} and {second.shape}"
-        )
-    return X.T @ first, second
+    P, M2 = corruption.linear_moments(
+        torch.from_numpy(X),
+        gram=torch.from_numpy(gram),
+        image_shape=None if image_shape is None else tuple(int(v) for v in image_shape),
+    )
+    return P.numpy(), M2.numpy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,7 +264,7 @@ class SubspaceAudit:
 
 
 class LinearTheory:
-    """One data matrix's shared quantities for the closed forms of PAPER.md section 4, computed once.
+    """One data matrix's shared quantities for the closed forms of docs/science.md section 4, computed once.
 
     Holds ``X^T X`` and its PCA (the no-noise solution), so that alignment curves, denoising benefits and
     audits for many corruptions reuse them; the last few corruptions' spectra are cached too. Every public
@@ -342,7 +320,7 @@ class LinearTheory:
         return self.image_shape if image_shape is None else _check_image_shape(image_shape, self.dim)
 
     def moments(self, corruption=None, image_shape=None) -> tuple[np.ndarray, np.ndarray]:
-        """``(P, M2)``: ``P = X^T E[X~]`` `(D, D)` and ``M2 = E[X~^T X~]`` `(D, D)` (PAPER.md section 4, rows)."""
+        """``(P, M2)``: ``P = X^T E[X~]`` `(D, D)` and ``M2 = E[X~^T X~]`` `(D, D)` (docs/science.md section 4, rows)."""
         return _moments(self.X, self.gram, _check_corruption(corruption), self._shape(image_shape))
 
     def spectrum(self, corruption=None, image_shape=None) -> _Spectrum:
@@ -356,7 +334,7 @@ class LinearTheory:
         r = self.rank
         if corruption.is_identity:
             # No noise (or std 0 / ratio 0): the pencil (G^2, G) has G's eigenvectors and eigenvalues l
-            # (PAPER.md section 4, "V* spans the top-K PCA subspace"); use the well-conditioned PCA.
+            # (docs/science.md section 4, "V* spans the top-K PCA subspace"); use the well-conditioned PCA.
             result = _Spectrum(self.pca_eigenvalues.copy(), np.eye(r))
         else:
             result = self._generalized_spectrum(*self.moments(corruption, shape))
@@ -390,8 +368,8 @@ class LinearTheory:
         eigenvalues = np.zeros(dim)
         eigenvalues[:r] = np.clip(values, 0.0, None)
         # The code X V_r in R^N, isometrically in PCA coordinates: X v = O diag(sqrt l) U^T v with O
-        # orthonormal `(N, r)`. An in-order QR gives the nested orthonormal codes of PAPER.md's alignment;
-        # column scales of V (its normalisation) do not change the spans.
+        # orthonormal `(N, r)`. An in-order QR gives the nested orthonormal codes of the alignment
+        # (docs/science.md section 4); column scales of V (its normalisation) do not change the spans.
         coded = np.sqrt(self.pca_eigenvalues[:r])[:, None] * ((U_r.T @ solved) @ W)  # (r, r)
         q, upper = scipy.linalg.qr(coded)
         q *= np.where(np.diag(upper) < 0, -1.0, 1.0)  # make R's diagonal >= 0: a unique QR
@@ -405,7 +383,7 @@ class LinearTheory:
         return H, Y.T @ Y
 
     def alignment(self, labels, corruption=None, ks=None, image_shape=None) -> np.ndarray:
-        """Task alignment in percent (PAPER.md section 4) of the optimal K-dimensional code.
+        """Task alignment in percent (docs/science.md section 4) of the optimal K-dimensional code.
 
         ``align(K) = ||Y Y^T Q[:, :K]||_F / ||Y Y^T Q||_F`` with ``Q`` the in-order orthonormal basis of
         ``X V*``. Computed without `(N, N)` matrices: ``||Y Y^T q||^2 = t^T (Y^T Y) t`` with ``t = Y^T q``.
@@ -434,7 +412,7 @@ class LinearTheory:
         return 100.0 * curve[ks - 1]
 
     def benefit(self, labels, corruption, ks=None, image_shape=None) -> np.ndarray:
-        """Denoising benefit ``100 (align_noise - align_clean) / align_clean`` per K (PAPER.md section 4).
+        """Denoising benefit ``100 (align_noise - align_clean) / align_clean`` per K (docs/science.md section 4).
 
         Returns `np.ndarray` float64 `(len(ks),)`; NaN where the clean alignment is 0.
         """
@@ -447,16 +425,17 @@ class LinearTheory:
     def audit(
         self, corruption, image_shape=None, tol: float = _AUDIT_TOL, gap_tol: float = _AUDIT_GAP_TOL
     ) -> SubspaceAudit:
-        """Compare the corruption's nested top-K subspaces with PCA's for every K (PAPER.md section 4's test).
+        """Compare the corruption's nested top-K subspaces with PCA's for every K (docs/science.md section 4's test).
 
         The comparison is between codes ``X V_K`` and ``X U_K`` (in ``R^N``), which is what any labelling
         sees; for ``X`` of full column rank it is the same as comparing ``span V_K`` with ``span U_K``.
         With ``Q'`` the code basis in PCA coordinates (PCA: identity), ``||sin Theta_K||_F =
         ||Q'[K:, :K]||_F``, all K at once from cumulative sums.
         """
-        for name, value in (("tol", tol), ("gap_tol", gap_tol)):
-            if not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        tol, gap_tol = (
+            check_finite_number("tol", tol, minimum=0),
+            check_finite_number("gap_tol", gap_tol, minimum=0),
+        )
         corruption = _check_corruption(corruption)
         spectrum = self.spectrum(corruption, image_shape)
         r, dim = self.rank, self.dim
@@ -492,7 +471,7 @@ def _theory(X, image_shape) -> LinearTheory:
 def optimal_linear_autoencoder(
     X, k: int, corruption=None, image_shape: tuple[int, int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Closed-form optimal linear (denoising) autoencoder, PAPER.md section 4.
+    """Closed-form optimal linear (denoising) autoencoder, docs/science.md section 4.
 
     Minimises ``E ||X - X~ @ encoder @ decoder||_F^2`` over ``encoder`` `(D, K)` and ``decoder`` `(K, D)`,
     where ``X~`` is a corrupted copy of ``X``:
@@ -522,7 +501,7 @@ def optimal_linear_autoencoder(
     gram = theory.gram if theory else data.T @ data  # (D, D)
     P, M2 = _moments(data, gram, corruption, shape)  # (D, D) each
     if corruption.is_identity:
-        # PCA (PAPER.md section 4, no noise): the pencil (G^2, G) has G's eigenvectors; the standard
+        # PCA (docs/science.md section 4, no noise): the pencil (G^2, G) has G's eigenvectors; the standard
         # symmetric problem is better conditioned than the generalized one with a singular G.
         encoder = theory.pca_components[:, :k].copy() if theory else _top_eigh(gram, k)[1]
     else:
@@ -537,7 +516,7 @@ def denoising_objective(
     """Expected denoising loss ``E ||X - X~ @ encoder @ decoder||_F^2`` of any linear autoencoder, exactly.
 
     ``= ||X||^2 - 2 tr(W^T V^T P^T) + tr(W^T V^T M2 V W)`` with ``V = encoder`` `(D, K)`, ``W = decoder``
-    `(K, D)`, ``P = X^T E[X~]``, ``M2 = E[X~^T X~]`` (PAPER.md section 4). Returns a Python float (a sum
+    `(K, D)`, ``P = X^T E[X~]``, ``M2 = E[X~^T X~]`` (docs/science.md section 4). Returns a Python float (a sum
     over the N samples, not a mean).
     """
     corruption = _check_corruption(corruption)
@@ -559,7 +538,7 @@ def denoising_objective(
 def optimal_hybrid_linear_model(
     X, Y, k: int, reconstruction_weight: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Closed-form supervised + reconstruction linear model (PAPER.md section 4, "Hybrid").
+    """Closed-form supervised + reconstruction linear model (docs/science.md section 4, "Hybrid").
 
     Minimises ``||Y - X V W||_F^2 + lambda ||X - X V Z||_F^2`` (rows form of the paper's objective) over
     the encoder ``V`` `(D, K)`, classifier head ``W`` `(K, C)` and decoder ``Z`` `(K, D)`:
@@ -583,14 +562,7 @@ def optimal_hybrid_linear_model(
     data = _as_data(X.X if isinstance(X, LinearTheory) else X)
     dim = data.shape[1]
     k = _check_k(k, dim)
-    if (
-        not isinstance(reconstruction_weight, (int, float, np.floating))
-        or isinstance(reconstruction_weight, bool)
-        or not (math.isfinite(reconstruction_weight) and reconstruction_weight >= 0)
-    ):
-        raise ValueError(
-            f"reconstruction_weight: expected a finite number >= 0, got {reconstruction_weight!r}"
-        )
+    reconstruction_weight = check_finite_number("reconstruction_weight", reconstruction_weight, minimum=0)
     targets = _targets(Y, data.shape[0], "Y")
     gram = X.gram if isinstance(X, LinearTheory) else data.T @ data  # (D, D)
     XtY = data.T @ targets  # (D, C)
@@ -605,7 +577,7 @@ def optimal_hybrid_linear_model(
 def task_alignment(
     X, labels, corruption=None, image_shape: tuple[int, int, int] | None = None, ks=None
 ) -> np.ndarray:
-    """Task alignment curve in percent (PAPER.md section 4) of the optimal linear (denoising) autoencoder.
+    """Task alignment curve in percent (docs/science.md section 4) of the optimal linear (denoising) autoencoder.
 
     ``align(K) = 100 ||Y Y^T Q[:, :K]||_F / ||Y Y^T Q||_F`` where ``Q`` is the in-order orthonormal basis of
     the code ``X V*`` of all generalized eigenvectors. See :meth:`LinearTheory.alignment`.
@@ -627,7 +599,7 @@ def task_alignment(
 def denoising_benefit(
     X, labels, corruption, image_shape: tuple[int, int, int] | None = None, ks=None
 ) -> np.ndarray:
-    """``100 (align_noise(K) - align_clean(K)) / align_clean(K)`` for each K (PAPER.md section 4).
+    """``100 (align_noise(K) - align_clean(K)) / align_clean(K)`` for each K (docs/science.md section 4).
 
     Same arguments as :func:`task_alignment`; returns `np.ndarray` float64 `(len(ks),)` (NaN where the
     clean alignment is 0). The clean curve comes from the cached PCA of a :class:`LinearTheory`.
@@ -653,7 +625,7 @@ def never_beneficial(
     tol: float = _AUDIT_TOL,
     gap_tol: float = _AUDIT_GAP_TOL,
 ) -> bool:
-    """PAPER.md section 4's noise audit: can this corruption ever change what a linear AE learns?
+    """docs/science.md section 4's noise audit: can this corruption ever change what a linear AE learns?
 
     True when the corruption's nested top-K generalized eigen-subspaces equal PCA's for every K, so the
     task alignment is unchanged whatever the labels (isotropic Gaussian noise is the canonical case); False
@@ -690,7 +662,7 @@ def alignment_study(
     gap_tol: float = _AUDIT_GAP_TOL,
     progress: bool = False,
 ) -> dict:
-    """Alignment curves, denoising benefits and the noise audit for a list of corruptions (PAPER.md E5).
+    """Alignment curves, denoising benefits and the noise audit for a list of corruptions (docs/science.md, E5).
 
     One :class:`LinearTheory` (one ``X^T X``, one PCA) serves every corruption; each corruption costs one
     generalized eigenproblem.

@@ -6,6 +6,7 @@ Public entry points validate early and name the argument (see ``docs/design.md``
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Any
 
@@ -15,6 +16,7 @@ HUB_REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][
 __all__ = [
     "check_positive_int",
     "check_finite_number",
+    "check_positive_number",
     "is_finite_number",
     "check_hub_repo_id",
     "HUB_REPO_ID",
@@ -22,16 +24,22 @@ __all__ = [
 
 
 def is_finite_number(value: Any) -> bool:
-    """A real, finite int or float (``bool`` excluded: ``True`` is not a learning rate)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A real, finite number: Python or NumPy int/float (``bool`` excluded: ``True`` is not a learning rate)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer >= 1 (or ``None`` when allowed)."""
+def check_positive_int(
+    name: str, value: Any, allow_none: bool = False, maximum: int | None = None
+) -> int | None:
+    """Raise ``ValueError`` unless ``value`` is an integer >= 1 (and <= ``maximum`` when given), or ``None``
+    when allowed; return it as a Python ``int`` (NumPy integers are accepted and converted)."""
     if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1{' or None' if allow_none else ''}, got {value!r}")
+        return None
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not is_int or value < 1 or (maximum is not None and value > maximum):
+        expected = f"an integer in [1, {maximum}]" if maximum is not None else "an integer >= 1"
+        raise ValueError(f"{name}: expected {expected}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
 
 
 def check_finite_number(name: str, value: Any, minimum: float | None = None) -> float:
@@ -49,3 +57,10 @@ def check_hub_repo_id(name: str, value: Any) -> str:
             f"{name}: expected a Hub repository id 'user/name' (letters, digits, '-', '_', '.'), got {value!r}"
         )
     return value
+
+
+def check_positive_number(name: str, value: Any) -> float:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (a learning rate, a scale); return a float."""
+    if not is_finite_number(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)

@@ -1,19 +1,7 @@
-"""E2 (PAPER.md section 3): train a classifier on images projected onto top and bottom PCA subspaces.
+"""E2 (docs/science.md section 3): classifiers on images projected onto top and bottom PCA subspaces.
 
-Examples::
-
-    # a few minutes on 2 CPU cores: the headline pair on CIFAR-10 with a small CNN on a training subset
-    python scripts/pca_classification.py --preset cpu --dataset_name ../shared/data/cifar10 \\
-        --subspaces top:0.9 bottom:0.2 --output_dir runs/e2_cpu
-
-    # the authors' recipe (ResNet-9, AdamW 1e-3, wd 1e-3, OneCycle, batch 512, 50 epochs, crop + flip),
-    # full data, fractions 0.1 .. 0.9 (empty top subspaces are skipped with a warning), bf16 on GPU
-    python scripts/pca_classification.py --preset paper --dataset_name ../shared/data/cifar10 \\
-        --device cuda --output_dir runs/e2_paper
-    # GPU smoke run of the same: --max_steps 50 --subspaces top:0.9 bottom:0.2
-
-Writes ``OUTPUT_DIR/results.json`` (one record per subspace, saved after each one) and
-``OUTPUT_DIR/accuracy_vs_variance.png``. Arguments can also come from one JSON or YAML file.
+A thin shell over :mod:`hf_recperc.commands.pca_classification` (installed as ``recperc-pca-classification``);
+``python scripts/pca_classification.py --help`` lists the arguments.
 """
 
 import os
@@ -23,122 +11,9 @@ import os
 # Must be set before torch is imported; an explicit setting by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys  # noqa: E402
 
-from hf_recperc.cli import parse_arguments  # noqa: E402
-from hf_recperc.experiment_plots import plot_accuracy_vs_variance  # noqa: E402
-from hf_recperc.experiments import (  # noqa: E402
-    PRESETS,
-    DataArguments,
-    RunArguments,
-    config_from_preset,
-    fit_pixel_pca,
-    fraction_grid,
-    load_pixel_splits,
-    run_projection_experiment,
-)
-
-logger = logging.getLogger("pca_classification")
-
-
-@dataclass
-class ExperimentArguments:
-    """What to train; unset values come from the preset."""
-
-    output_dir: str = field(metadata={"help": "Where results.json and the figure go."})
-    preset: str = field(default="cpu", metadata={"help": f"One of {sorted(PRESETS)}."})
-    subspaces: list[str] | None = field(
-        default=None,
-        metadata={"help": "Subspaces to train on, e.g. top:0.9 bottom:0.2 (empty ones are errors)."},
-    )
-    fractions: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "A grid: top:f and bottom:f for each f (empty ones are skipped). Not with --subspaces."
-        },
-    )
-    classifier: str | None = field(default=None, metadata={"help": "resnet9, small_cnn or mlp."})
-    width: int | None = field(default=None, metadata={"help": "Classifier width (channels / hidden units)."})
-    epochs: int | None = field(default=None, metadata={"help": "Training epochs."})
-    max_steps: int | None = field(default=None, metadata={"help": "Cap on optimiser steps (smoke runs)."})
-    batch_size: int | None = field(default=None, metadata={"help": "Training batch size."})
-    lr: float | None = field(default=None, metadata={"help": "Peak (OneCycle) learning rate of AdamW."})
-    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay."})
-    augment: bool | None = field(default=None, metadata={"help": "Random crop (pad 4) + horizontal flip."})
-    train_subset: int | None = field(
-        default=None, metadata={"help": "Train the classifier on the first N training images (PCA uses all)."}
-    )
-
-
-def main(argv=None) -> list[dict]:
-    args, data_args, run_args = parse_arguments((ExperimentArguments, DataArguments, RunArguments), argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.subspaces and args.fractions:
-        raise ValueError("subspaces / fractions: give one of them, not both")
-
-    overrides = {
-        k: v for k, v in asdict(args).items() if k not in ("output_dir", "preset", "subspaces", "fractions")
-    }
-    overrides.update(seed=run_args.seed, device=run_args.device, mixed_precision=run_args.mixed_precision,
-                     disable_tqdm=run_args.disable_tqdm)  # fmt: skip
-    config, preset_extras = config_from_preset(args.preset, overrides)
-    if args.subspaces:
-        subspaces, skip_empty = args.subspaces, False
-    elif args.fractions:
-        subspaces, skip_empty = fraction_grid(args.fractions), True
-    elif "subspaces" in preset_extras:
-        subspaces, skip_empty = preset_extras["subspaces"], False
-    else:
-        subspaces, skip_empty = fraction_grid(preset_extras["fractions"]), True
-
-    start = time.perf_counter()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_pixel_splits(
-        data_args, seed=run_args.seed, cache_dir=run_args.cache_dir, image_size=run_args.image_size
-    )
-    logger.info("data %s: train %s, eval %s", splits.source, splits.train_flat.shape, splits.eval_flat.shape)
-    pca = fit_pixel_pca(splits.train_flat, cache_dir=run_args.cache_dir)
-
-    records: list[dict] = []
-    results_file = output_dir / "results.json"
-
-    def save(record: dict) -> None:
-        # Rewrite after every subspace so a long paper-scale run keeps what it has finished.
-        records.append(record)
-        partial = results_file.with_suffix(".json.tmp")
-        partial.write_text(json.dumps(records, indent=2))
-        os.replace(partial, results_file)
-
-    run_projection_experiment(
-        splits,
-        subspaces,
-        config,
-        pca=pca,
-        skip_empty=skip_empty,
-        cache_dir=run_args.cache_dir,
-        on_record=save,
-    )
-    if not records:
-        raise ValueError(f"subspaces: every requested subspace was empty on this data: {subspaces}")
-    figure = plot_accuracy_vs_variance(
-        records,
-        output_dir / "accuracy_vs_variance.png",
-        title=f"{Path(splits.source).name}: {config.classifier}, {len(splits.train_flat[: config.train_subset])} "
-        f"train images, {records[0]['epochs']:g} epochs",
-    )
-    for record in records:
-        print(
-            f"{record['subspace']:>12}  dims {record['dims']:5d}  explained variance {record['explained_variance']:.3f}"
-            f"  accuracy {record['accuracy']:.4f}  ({record['seconds']:.0f} s)"
-        )
-    print(f"results: {results_file}\nfigure: {figure}\ntotal wall time: {time.perf_counter() - start:.0f} s")
-    return records
-
+from hf_recperc.commands.pca_classification import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,34 +1,20 @@
-"""End to end: scripts/alignment.py on the embedded digits, offline, into a temporary directory."""
+"""End to end: the alignment command (scripts/alignment.py) on the embedded digits, offline, into a temporary directory."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from hf_recperc.commands import alignment
 from hf_recperc.corruption import parse_corruption
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "alignment.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("alignment_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve the script's (postponed) annotations through sys.modules[module.__name__].
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_alignment_script_on_digits(tmp_path, capsys):
-    script = load_script()
     corruptions = ["none", "gaussian:0.5", "mask:0.5:1", "mask:0.75:2"]
-    study = script.main(
+    study = alignment.run(
         [
             "--corruptions",
             *corruptions,
@@ -62,8 +48,7 @@ def test_alignment_script_on_digits(tmp_path, capsys):
 
 
 def test_default_grid_is_paper_grid():
-    script = load_script()
-    parsed = [parse_corruption(spec) for spec in script.DEFAULT_CORRUPTIONS]
+    parsed = [parse_corruption(spec) for spec in alignment.DEFAULT_CORRUPTIONS]
     masks = [c for c in parsed if type(c).__name__ == "Masking"]
     assert {c.patch_size for c in masks} == {1, 2, 4}
     assert sorted({c.ratio for c in masks}) == pytest.approx(list(np.linspace(0, 0.99, 10)[1:]))
@@ -71,7 +56,6 @@ def test_default_grid_is_paper_grid():
 
 
 def test_alignment_script_rejects_bad_corruption_before_loading(tmp_path):
-    script = load_script()
     with pytest.raises(ValueError, match="corruption 'blur:1'"):
-        script.main(["--corruptions", "none", "blur:1", "--output_dir", str(tmp_path)])
+        alignment.run(["--corruptions", "none", "blur:1", "--output_dir", str(tmp_path)])
     assert not (tmp_path / "alignment.json").exists()

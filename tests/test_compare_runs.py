@@ -1,15 +1,14 @@
 """Tests of the history.json reader and the run-comparison figure (E3 / E4), on synthetic runs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hf_recperc.commands import compare_runs
 from hf_recperc.experiment_plots import load_run, plot_accuracy_vs_variance, plot_runs
 
-REPO = Path(__file__).resolve().parents[1]
 BANDS = ["0.00-0.50", "0.50-0.80", "0.80-0.95", "0.95-1.00"]
 
 
@@ -70,11 +69,8 @@ def test_load_run_errors_name_the_directory(tmp_path):
 
 def test_compare_runs_script_two_runs_one_figure(tmp_path):
     runs = [_write_run(tmp_path, "g0", 0.0), _write_run(tmp_path, "g001", 0.01, subspaces=False)]
-    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "scripts" / "compare_runs.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     output = tmp_path / "figures" / "compare.png"
-    figure = script.main([str(runs[0]), str(runs[1]), "--output", str(output), "--title", "E3"])
+    figure = compare_runs.run([str(runs[0]), str(runs[1]), "--output", str(output), "--title", "E3"])
     assert Path(figure) == output and output.stat().st_size > 5000
     from matplotlib.image import imread
 

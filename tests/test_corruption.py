@@ -1,11 +1,12 @@
-"""Corruption strategies: string form, sampling, and moments that match the sampling (PAPER.md section 4)."""
+"""Corruption strategies: string form, sampling, and moments that match the sampling (docs/science.md section 4)."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from hf_recperc.corruption import GaussianNoise, Masking, NoCorruption, parse_corruption
+from hf_recperc.corruption import Corruption, GaussianNoise, Masking, NoCorruption, parse_corruption
 
 IMAGE_SHAPE = (2, 4, 5)  # (C, H, W); 5 is not a multiple of 4, so patch 4 exercises the cropped last patches
 NUM_IMAGES = 3
@@ -160,3 +161,43 @@ def test_constructor_validation_and_moment_arguments():
     assert torch.allclose(Masking(0.5, 1).second_moment(X), expected)
     with pytest.raises(ValueError, match="pixel_values"):
         GaussianNoise(0.1)(torch.randn(3, 4))
+
+
+def test_corruptions_are_frozen_values():
+    masking = Masking(0.5, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        masking.ratio = 0.1
+    assert masking == parse_corruption("mask:0.5:2") and len({masking, Masking(0.5, 2)}) == 1
+    assert GaussianNoise(1) == GaussianNoise(1.0) and isinstance(GaussianNoise(1).std, float)
+    assert NoCorruption() == NoCorruption() and NoCorruption() != GaussianNoise(0)
+    assert repr(masking) == "Masking(mask:0.5:2)"
+
+
+@pytest.mark.parametrize(
+    "spec, image_shape",
+    [("none", None), ("gaussian:0.7", None), ("mask:0.3", None), ("mask:0.6:2", (2, 2, 4))],
+)
+def test_linear_moments_agree_with_the_moments(spec, image_shape):
+    # The theory's (P, M2) from a cached X^T X must equal X^T E[X~] and E[X~^T X~] (whose sampling
+    # test_moments_match_sampling checks), and the base class's generic path must give the same.
+    corruption = parse_corruption(spec)
+    X = torch.randn(9, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = (X.T @ corruption.first_moment(X), corruption.second_moment(X, image_shape))
+    for got in (
+        corruption.linear_moments(X, gram=X.T @ X, image_shape=image_shape),
+        Corruption.linear_moments(corruption, X, image_shape=image_shape),
+    ):
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-12, atol=1e-12)
+
+
+def test_linear_moments_check_a_subclass_shapes():
+    class Broken(NoCorruption):
+        def linear_moments(self, X, gram=None, image_shape=None):
+            return Corruption.linear_moments(self, X, gram, image_shape)
+
+        def second_moment(self, X, image_shape=None):
+            return torch.zeros(2, 2, dtype=torch.float64)
+
+    with pytest.raises(ValueError, match="second_moment"):
+        Broken().linear_moments(torch.zeros(3, 4))

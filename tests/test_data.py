@@ -7,7 +7,14 @@ import torch
 from PIL import Image
 
 from hf_recperc import RecPercAEConfig, image_processor_for
-from hf_recperc.data import load_image_dataset, processor_transform, random_crop_flip
+from hf_recperc.data import (
+    _gather_windows,
+    _slice_windows,
+    cache_root,
+    load_image_dataset,
+    processor_transform,
+    random_crop_flip,
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +96,42 @@ def test_random_crop_flip_rejects_bad_padding(padding):
         random_crop_flip(torch.zeros(1, 1, 8, 8), padding=padding)
 
 
+def test_random_crop_flip_zeros_is_a_shift_or_flip_of_each_image():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 2, 6, 6)
+    out = random_crop_flip(images, padding=2, flip=True, generator=generator, padding_mode="zeros")
+    assert out.shape == images.shape
+    for original, augmented in zip(images, out):
+        padded = torch.nn.functional.pad(original, (2, 2, 2, 2))
+        candidates = [padded[:, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
+        candidates += [padded.flip(-1)[:, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(augmented, c) for c in candidates)
+    # seeded: the same generator state gives the same batch
+    again = random_crop_flip(
+        images, padding=2, flip=True, generator=torch.Generator().manual_seed(0), padding_mode="zeros"
+    )
+    assert torch.equal(out, again)
+
+
+def test_crop_windows_slices_and_gather_agree():
+    # CPU crops by slicing, accelerators by one gather: both must cut the same windows.
+    padded = torch.randn(5, 3, 10, 12)
+    offsets = torch.randint(0, 5, (2, 5), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_slice_windows(padded, offsets, 6, 8), _gather_windows(padded, offsets, 6, 8))
+
+
+def test_random_crop_flip_zeros_allows_padding_beyond_the_image():
+    out = random_crop_flip(
+        torch.ones(3, 1, 4, 4), padding=4, padding_mode="zeros", generator=torch.Generator()
+    )
+    assert out.shape == (3, 1, 4, 4)
+
+
+def test_random_crop_flip_rejects_unknown_padding_mode():
+    with pytest.raises(ValueError, match="padding_mode: expected one of"):
+        random_crop_flip(torch.zeros(1, 1, 8, 8), padding=1, padding_mode="circular")
+
+
 def _write_parquet(path, labels):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in labels]
@@ -144,3 +187,13 @@ def test_images_of_mixed_sizes_need_and_accept_image_size(tmp_path):
     array = images_to_array(split, "image", image_size=6)
     assert array.shape == (2, 3, 6, 6)
     np.testing.assert_allclose(array[1, 2], 1.0)  # blue stays blue after resizing
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    # cache_dir beats $HF_RECPERC_CACHE, which beats ~/.cache/hf_recperc (an empty variable counts as unset).
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "env"))
+    assert cache_root(tmp_path / "flag") == tmp_path / "flag"
+    assert cache_root() == tmp_path / "env"
+    monkeypatch.setenv("HF_RECPERC_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "hf_recperc"

@@ -1,11 +1,12 @@
-"""Tests of hf_recperc.experiments and the E1/E2 scripts (PAPER.md section 3).
+"""Tests of hf_recperc.experiments and the E1/E2 scripts (docs/science.md section 3).
 
 Everything runs on the embedded 8x8 digits in seconds; the one CIFAR-10 check is marked ``cifar10`` and
 skips when ../shared/data/cifar10 is absent.
 """
 
-import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_recperc.commands import pca_classification, pca_figure
 from hf_recperc.experiments import (
     CLASSIFIERS,
     PRESETS,
@@ -24,7 +26,6 @@ from hf_recperc.experiments import (
     fraction_grid,
     load_pixel_splits,
     project_images,
-    random_crop_flip,
     run_projection_experiment,
     train_classifier,
 )
@@ -32,13 +33,6 @@ from hf_recperc.spectral import PCA
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -157,21 +151,6 @@ def test_build_classifier_rejects_unknown_name():
         build_classifier("vgg", (3, 8, 8), 10)
 
 
-def test_random_crop_flip_is_a_shift_or_flip_of_each_image():
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(16, 2, 6, 6)
-    out = random_crop_flip(images, 2, generator)
-    assert out.shape == images.shape
-    for original, augmented in zip(images, out):
-        padded = torch.nn.functional.pad(original, (2, 2, 2, 2))
-        candidates = [padded[:, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
-        candidates += [padded.flip(-1)[:, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
-        assert any(torch.equal(augmented, c) for c in candidates)
-    # seeded: the same generator state gives the same batch
-    again = random_crop_flip(images, 2, torch.Generator().manual_seed(0))
-    assert torch.equal(out, again)
-
-
 def test_train_classifier_learns_digits(digits):
     config = TrainConfig(classifier="small_cnn", width=8, epochs=4, batch_size=64, lr=1e-2, augment=False,
                          disable_tqdm=True)  # fmt: skip
@@ -248,9 +227,8 @@ def test_run_projection_experiment_empty_subspace(digits, digits_pca):
 
 
 def test_pca_classification_script_on_digits(tmp_path, monkeypatch):
-    script = _load_script("pca_classification")
     out = tmp_path / "e2"
-    records = script.main(
+    records = pca_classification.run(
         ["--preset", "cpu", "--output_dir", str(out), "--subspaces", "top:0.8", "bottom:0.2", "--epochs", "1",
          "--width", "8", "--train_subset", "300", "--disable_tqdm", "--cache_dir", str(tmp_path / "cache")]
     )  # fmt: skip
@@ -273,12 +251,11 @@ def test_pca_classification_script_on_digits(tmp_path, monkeypatch):
 
 
 def test_pca_classification_script_paper_preset_smoke_from_json(tmp_path):
-    script = _load_script("pca_classification")
     config = {"preset": "paper", "output_dir": str(tmp_path / "e2"), "max_steps": 2, "width": 4,
               "fractions": [0.5, 0.9], "disable_tqdm": True, "max_train_samples": 400, "max_eval_samples": 100,
               "cache_dir": str(tmp_path / "cache")}  # fmt: skip
     (tmp_path / "args.json").write_text(json.dumps(config))
-    records = script.main([str(tmp_path / "args.json")])
+    records = pca_classification.run([str(tmp_path / "args.json")])
     assert {r["classifier"] for r in records} == {"resnet9"}
     assert {r["steps"] for r in records} == {2}
     assert {r["subspace"] for r in records} <= {"top:0.5", "bottom:0.5", "top:0.9", "bottom:0.9"}
@@ -286,25 +263,22 @@ def test_pca_classification_script_paper_preset_smoke_from_json(tmp_path):
 
 
 def test_pca_classification_script_rejects_both_grids(tmp_path):
-    script = _load_script("pca_classification")
     with pytest.raises(ValueError, match="not both"):
-        script.main(["--output_dir", str(tmp_path), "--subspaces", "all", "--fractions", "0.5"])
+        pca_classification.run(["--output_dir", str(tmp_path), "--subspaces", "all", "--fractions", "0.5"])
 
 
 def test_pca_figure_script_on_digits(tmp_path):
-    script = _load_script("pca_figure")
-    figure = script.main(["--output", str(tmp_path / "e1.png"), "--num_images", "5", "--subspaces", "top:0.8",
+    figure = pca_figure.run(["--output", str(tmp_path / "e1.png"), "--num_images", "5", "--subspaces", "top:0.8",
                           "bottom:0.2", "last:3", "--cache_dir", str(tmp_path / "cache")])  # fmt: skip
     assert Path(figure).stat().st_size > 1000
     # an empty top subspace fails with spectral's message
     with pytest.raises(ValueError, match="is empty"):
-        script.main(["--output", str(tmp_path / "e1b.png"), "--subspaces", "top:0.01"])
+        pca_figure.run(["--output", str(tmp_path / "e1b.png"), "--subspaces", "top:0.01"])
 
 
 def test_pick_images_one_per_class_first():
-    script = _load_script("pca_figure")
     labels = np.array([3, 3, 1, 2, 1, 3])
-    assert script.pick_images(labels, 4).tolist() == [2, 3, 0, 1]
+    assert pca_figure.pick_images(labels, 4).tolist() == [2, 3, 0, 1]
 
 
 @pytest.mark.cifar10
@@ -323,3 +297,14 @@ def test_cifar10_subspace_sizes_match_reference():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_experiment_plots_leave_the_matplotlib_backend_alone():
+    # Importing the figure module must not pick a backend for the user (no matplotlib.use at import).
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import hf_recperc.experiment_plots; "
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )

@@ -121,7 +121,8 @@ def test_push_rejects_unfinished_runs_and_bad_repo_ids(tmp_path, capsys):
     main = runpy.run_path(str(REPO / "scripts" / "push_to_hub.py"))["main"]
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    assert main([str(tmp_path / "half"), "--hub_model_id", "someone/x"]) == 1
-    assert "not a finished run" in capsys.readouterr().err
+    assert main([str(tmp_path / "half"), "--hub_model_id", "someone/x"]) == 2  # bad input, not a Hub failure
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not a finished run" in err
     with pytest.raises(ValueError, match="hub_model_id"):
         push_to_hub(tmp_path / "half", "not a repo id")

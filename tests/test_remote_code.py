@@ -97,7 +97,14 @@ def test_trust_remote_code_without_the_package(tmp_path):
         model_dir = tmp_path / family
         expected = save(model_dir)
         saved = set(os.listdir(model_dir))
-        assert {"configuration_recperc.py", "modeling_recperc.py", "corruption.py", "processing.py"} <= saved
+        assert {
+            "configuration_recperc.py",
+            "modeling_recperc.py",
+            "corruption.py",
+            "processing.py",
+            "layers.py",
+            "validation.py",
+        } <= saved
         expected_file = tmp_path / f"{family}_expected.pt"
         torch.save({k: v for k, v in expected.items() if isinstance(v, torch.Tensor)}, expected_file)
         args += [str(model_dir), str(expected_file), family]

@@ -1,10 +1,10 @@
-"""Subspace definitions (PAPER.md section 2), streaming moments and PCA."""
+"""Subspace definitions (docs/science.md section 2), streaming moments and PCA."""
 
 import numpy as np
 import pytest
 import torch
 
-from hf_recperc.spectral import PCA, SecondMoments, parse_subspace, subspace_indices
+from hf_recperc.spectral import PCA, SecondMoments, fix_eigenvector_signs, parse_subspace, subspace_indices
 
 RATIOS = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=torch.float64)  # cumulative 0.5 .7 .85 .95 1
 
@@ -143,3 +143,12 @@ def test_inputs_are_validated():
         SecondMoments().update([[1.0, 2.0], [3.0]])
     with pytest.raises(ValueError, match="X: expected 3 features per row"):
         SecondMoments().update(np.ones((2, 3))).update(np.ones((2, 4)))
+
+
+def test_fix_eigenvector_signs_is_sign_invariant():
+    # Each row's largest-magnitude entry ends positive, whatever sign the solver returned.
+    rows = torch.randn(5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0], dtype=torch.float64)[:, None]
+    fixed = fix_eigenvector_signs(rows)
+    assert torch.equal(fix_eigenvector_signs(rows * signs), fixed)
+    assert (fixed.gather(1, fixed.abs().argmax(1, keepdim=True)) > 0).all()

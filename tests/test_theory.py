@@ -1,4 +1,4 @@
-"""Closed-form linear theory (hf_recperc.theory) against gradient descent, Monte Carlo and PAPER.md section 4."""
+"""Closed-form linear theory (hf_recperc.theory) against gradient descent, Monte Carlo and docs/science.md section 4."""
 
 from __future__ import annotations
 
@@ -297,7 +297,7 @@ def test_task_alignment_is_monotone_and_reaches_100_at_rank(spec, image_shape, n
     "spec, image_shape", [("none", None), ("gaussian:0.5", None), ("mask:0.6:2", (1, 4, 3))]
 )
 def test_task_alignment_matches_paper_definition(spec, image_shape):
-    """Brute force of PAPER.md section 4: all generalized eigenvectors, Z = X V, in-order QR, Y Y^T explicit."""
+    """Brute force of docs/science.md section 4: all generalized eigenvectors, Z = X V, in-order QR, Y Y^T explicit."""
     X = random_data(40, 12, seed=9)
     labels = np.random.default_rng(2).integers(0, 3, 40)
     Y = np.eye(3)[labels]

@@ -6,15 +6,13 @@ command line, from one JSON / YAML file, or both (:func:`hf_recperc.cli.parse_ar
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..cli import DataArguments as SharedDataArguments
-from ..cli import parse_arguments
+from ..cli import parse_arguments, parse_config_overrides
 from ..configuration_recperc import RecPercAEConfig, RecPercMAEConfig
 from ..monitors import DEFAULT_BAND_EDGES, POOLINGS
 from ..spectral import parse_subspace
@@ -283,24 +281,6 @@ class PretrainingArguments:
                     f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a checkpoint directory "
                     f"(no {TRAINER_STATE}); pass 'latest' or a path like output_dir/checkpoints/checkpoint-100"
                 )
-
-
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """``"a=1,b=x,c=true"`` -> ``{"a": 1, "b": "x", "c": True}`` (values parsed as JSON when they can be)."""
-    if not text:
-        return {}
-    overrides = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(
-                f"config_overrides: expected 'key=value,key=value', got item {item!r} in {text!r}"
-            )
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value.strip()
-    return overrides
 
 
 def parse_args(

@@ -111,7 +111,7 @@ def write_figures(directory: Path, figures: dict) -> dict[str, str]:
     """Save each figure as ``<name>.png``; returns ``{caption: file name}`` for the model card."""
     written = {}
     for name, figure in figures.items():
-        save_figure(figure, directory / f"{name}.png", dpi=100)
+        save_figure(figure, directory / f"{name}.png", dpi=100, tight=False)
         written[CAPTIONS.get(name, name.replace("_", " "))] = f"{name}.png"
     return written
 

@@ -1,7 +1,7 @@
 """Subspace-restricted probe accuracy: an `evaluate` metric over features and labels.
 
 A thin shell over :class:`hf_recperc.probing.SubspaceProbe`; see the metric card (README.md beside this
-file) and PAPER.md section 2 for the definitions.
+file) and docs/science.md section 2 for the definitions.
 """
 
 import datasets

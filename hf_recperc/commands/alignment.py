@@ -1,0 +1,163 @@
+"""E5 (docs/science.md sections 3-4): which noise can make a linear autoencoder learn features for perception?
+
+For every corruption, the closed-form optimal linear (denoising) autoencoder of every latent size K gives
+a task-alignment curve (how much of the label signal its K-dimensional code can reach, in %), a
+denoising benefit against no noise, and the noise audit: ``never beneficial`` (the learned subspaces are
+PCA's for every K, whatever the labels; isotropic Gaussian noise) or ``can help``.
+
+Examples::
+
+    recperc-alignment                                   # embedded digits, default grid
+    recperc-alignment --dataset_name ../shared/data/cifar10 --max_train_samples 5000 \\
+        --output_dir alignment_cifar10
+    recperc-alignment --corruptions none gaussian:0.1 mask:0.25:1 mask:0.75:4
+
+Writes ``alignment.png`` (alignment vs K), ``denoising_benefit.png`` (benefit vs K, one curve per mask
+ratio, one panel per patch size, as in the paper) and ``alignment.json`` (all curves and audits) to
+``--output_dir``, and prints the audit. Data are preprocessed as in docs/science.md section 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..cli import DataArguments, parse_arguments
+from ..corruption import GaussianNoise, Masking, parse_corruption
+from ..data import images_to_array, paper_preprocessing
+from ..plotting import plot_curve_panels
+from ..theory import alignment_study
+from . import run_command
+
+logger = logging.getLogger(__name__)
+
+# docs/science.md section 4's grid: mask ratios linspace(0, 0.99, 10) (ratio 0 is "none") at patch sizes 1, 2, 4,
+# plus Gaussian noise at a few std (in units of the preprocessed pixels, whose per-image std is 1).
+DEFAULT_CORRUPTIONS = ["none", "gaussian:0.1", "gaussian:0.5", "gaussian:2"] + [
+    f"mask:{ratio:g}:{patch}" for patch in (1, 2, 4) for ratio in np.linspace(0, 0.99, 10)[1:].round(2)
+]
+
+
+@dataclass
+class AlignmentArguments:
+    corruptions: list[str] = field(
+        default_factory=lambda: list(DEFAULT_CORRUPTIONS),
+        metadata={
+            "help": "Corruptions: 'none', 'gaussian:STD', 'mask:RATIO:PATCH'. "
+            "Default: the paper's grid (docs/science.md section 4)."
+        },
+    )
+    output_dir: str = field(default="alignment", metadata={"help": "Where figures and alignment.json go."})
+    tol: float = field(
+        default=1e-4, metadata={"help": "Audit: largest ||sin Theta_K||_F counted as 'same as PCA'."}
+    )
+    gap_tol: float = field(
+        default=1e-6, metadata={"help": "Audit: skip K whose relative eigen-gap is below this (degenerate)."}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Resize every image to N x N pixels (needed when sizes differ)."}
+    )
+
+
+def figure_panels(study: dict, key: str) -> dict:
+    """``{panel: {label: (ks, curve)}}``: no noise + Gaussian in one panel, masking by patch size."""
+    ks = np.array(study["ks"][: study["rank"]])  # beyond the rank every curve is flat (100% / 0)
+    panels: dict = {"no noise / Gaussian": {}}
+    for spec, result in study["corruptions"].items():
+        corruption = parse_corruption(spec)
+        curve = np.array(result[key][: study["rank"]], dtype=float)
+        if isinstance(corruption, Masking) and not corruption.is_identity:
+            title = f"masking, {corruption.patch_size}x{corruption.patch_size} patches"
+            panels.setdefault(title, {})[f"ratio {corruption.ratio:g}"] = (ks, curve)
+        elif isinstance(corruption, GaussianNoise) and not corruption.is_identity:
+            panels["no noise / Gaussian"][f"std {corruption.std:g}"] = (ks, curve)
+        else:
+            panels["no noise / Gaussian"].setdefault("no noise", (ks, curve))
+    return {title: curves for title, curves in panels.items() if curves}
+
+
+def audit_lines(study: dict) -> list[str]:
+    width = max(len(spec) for spec in study["corruptions"])
+    lines = []
+    for spec, result in study["corruptions"].items():
+        verdict = "never beneficial" if result["never_beneficial"] else "can help"
+        # Beyond the rank every code spans all of X: benefit 0, nothing to report there.
+        benefits = np.array([np.nan if b is None else b for b in result["benefit"][: study["rank"]]])
+        best = int(np.nanargmax(benefits)) if np.isfinite(benefits).any() else 0
+        detail = f"max ||sin Theta_K||_F {result['max_subspace_distance']:.2g}"
+        if not result["never_beneficial"]:
+            detail += f" at K={result['worst_k']}"
+        detail += f" ({result['checked_ks']} K compared); best benefit {benefits[best]:+.2f}% at K={best + 1}"
+        lines.append(f"  {spec:<{width}}  {verdict:<16}  {detail}")
+    return lines
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+    """Parse ``argv``, solve every corruption in closed form, write figures and curves; returns the study."""
+    data_args, args = parse_arguments((DataArguments, AlignmentArguments), argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    corruptions = [parse_corruption(spec) for spec in args.corruptions]  # fail on a typo before loading data
+
+    data = data_args.load()
+    images = images_to_array(
+        data.train, data.image_column, image_size=args.image_size
+    )  # (N, C, H, W) in [0, 1]
+    X = paper_preprocessing(images)  # (N, D)
+    labels = np.asarray(data.train[data.label_column])
+    logger.info("%d images of %s, image shape %s", len(X), data.source, images.shape[1:])
+
+    study = alignment_study(
+        X,
+        labels,
+        corruptions,
+        image_shape=tuple(images.shape[1:]),
+        tol=args.tol,
+        gap_tol=args.gap_tol,
+        progress=not args.disable_tqdm,
+    )
+    study = {"dataset": data.source, "image_shape": list(images.shape[1:]), **study}
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{Path(data.source).name} ({len(X)} images, D={study['dim']})"
+    plot_curve_panels(
+        figure_panels(study, "alignment"),
+        output_dir / "alignment.png",
+        xlabel="latent size K",
+        ylabel="task alignment (%)",
+        title=f"Optimal linear (denoising) autoencoders: task alignment, {name}",
+        logx=True,
+        colormap="viridis",
+    )
+    plot_curve_panels(
+        figure_panels(study, "benefit"),
+        output_dir / "denoising_benefit.png",
+        xlabel="latent size K",
+        ylabel="denoising benefit (%)",
+        title=f"Alignment gained over no noise, {name}",
+        logx=True,
+        colormap="viridis",
+        reference=0.0,
+        min_yspan=1.0,  # Gaussian benefits are 0 up to round-off: show them as flat, not as 1e-12 wiggles
+    )
+    partial = output_dir / f".alignment.{os.getpid()}.tmp.json"
+    partial.write_text(json.dumps(study))
+    os.replace(partial, output_dir / "alignment.json")  # never a half-written results file
+
+    print(f"noise audit (docs/science.md section 4) on {name}, rank {study['rank']}:")
+    print("\n".join(audit_lines(study)))
+    print(f"figures: {output_dir / 'alignment.png'}, {output_dir / 'denoising_benefit.png'}")
+    print(f"curves: {output_dir / 'alignment.json'}")
+    return study
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``recperc-alignment``: exit code 0, or 2 with ``error: ...`` for bad input."""
+    return run_command(run, argv)
