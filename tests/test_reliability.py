@@ -39,3 +39,42 @@ def test_preset_follows_the_data_or_names_the_presets_that_fit():
         preset_for_data("ae", 64, 3)
     with pytest.raises(ValueError, match=r"family: expected one of \('ae', 'mae'\), got 'vae'"):
         preset_for_data("vae", 32, 3)
+
+
+# Row 14: loading the encoder of our own pre-training checkpoint printed a LOAD REPORT of UNEXPECTED keys.
+@pytest.mark.parametrize("family", ["ae", "mae"])
+def test_loading_the_encoder_of_a_pretraining_checkpoint_is_quiet(tmp_path, family, one_thread):
+    import logging
+
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from hf_recperc import RecPercAEForPreTraining, RecPercMAEForPreTraining
+
+    if family == "ae":
+        model = RecPercAEForPreTraining(RecPercAEConfig.preset("digits-mlp"))
+    else:
+        model = RecPercMAEForPreTraining(RecPercMAEConfig.preset("digits-vit-tiny"))
+    model.save_pretrained(tmp_path)
+
+    records: list[logging.LogRecord] = []
+    collector = logging.Handler(logging.WARNING)
+    collector.emit = records.append
+    library_logger = logging.getLogger("transformers")  # transformers' own root logger (no propagation)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # the level at which transformers prints its LOAD REPORT
+    library_logger.addHandler(collector)
+    try:
+        encoder = AutoModel.from_pretrained(tmp_path)
+    finally:
+        library_logger.removeHandler(collector)
+        hf_logging.set_verbosity(verbosity)
+    printed = "\n".join(record.getMessage() for record in records)
+    assert "LOAD REPORT" not in printed and "UNEXPECTED" not in printed, printed
+    assert type(encoder) is type(model.base_model)
+    expected = model.base_model.state_dict()
+    loaded = encoder.state_dict()
+    assert loaded.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
