@@ -220,3 +220,31 @@ def test_unsigned_integer_labels_are_accepted(tmp_path, dtype):
     data = load_image_dataset(train_file=train, validation_file=valid)
     assert data.label_names == ["0", "2", "7"]
     assert data.train["label"][:] == [1, 0, 2, 1, 0, 2] and data.validation["label"][:] == [2, 0]
+
+
+# Row 15: `import hf_recperc` imported torch, transformers' modelling code, datasets and timm (seconds per --help).
+def test_import_is_light_and_auto_classes_still_find_our_models(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from hf_recperc import RecPercAEConfig, RecPercAEForPreTraining
+
+    RecPercAEForPreTraining(RecPercAEConfig.preset("digits-mlp")).save_pretrained(tmp_path)
+    check = (
+        "import sys\n"
+        "import hf_recperc\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'timm', 'sklearn') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert 'SubspaceProbe' in dir(hf_recperc) and 'SubspaceProbe' in hf_recperc.__all__\n"
+        "from transformers import AutoModel\n"  # our classes register on its first use, not at import
+        "assert 'hf_recperc.modeling_recperc' not in sys.modules\n"
+        f"model = AutoModel.from_pretrained({str(tmp_path)!r})\n"
+        "assert type(model) is hf_recperc.RecPercAEModel, type(model)\n"
+        "assert hf_recperc.data.DEFAULT_DATASET == 'digits'\n"  # submodules load on access too
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
