@@ -46,6 +46,7 @@ DEFAULT_DATASET = "digits"
 _IMAGE_COLUMNS = ("img", "image", "pixel_values", "images")
 _LABEL_COLUMNS = ("label", "labels", "fine_label", "coarse_label")
 _TRAIN_SPLITS = ("train",)
+_GRAY_MODES = ("L", "1", "I", "F")
 _VALIDATION_SPLITS = ("validation", "valid", "val", "test")
 
 
@@ -70,6 +71,18 @@ class ImageData:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def first_image_shape(self) -> tuple[int, int, int]:
+        """`(num_channels, height, width)` of the first training image, channels as the models see them.
+
+        Grayscale modes (``L``, ``1``, ``I``, ``F``) count as 1 channel, every other mode as 3 (images are
+        converted to ``L`` or ``RGB``). With :func:`hf_recperc.configuration_recperc.preset_for_data`, this picks
+        the preset that fits the data.
+        """
+        undecoded, decoder = _undecoded(self.train, self.image_column)
+        image = decode_image(undecoded[0][self.image_column], 0, self.image_column, decoder)
+        channels = 1 if image.mode in _GRAY_MODES else 3
+        return channels, image.size[1], image.size[0]
 
 
 def _digits_dataset() -> datasets.DatasetDict:
@@ -451,7 +464,7 @@ def images_to_array(
             return array
     undecoded, decoder = _undecoded(dataset, image_column)
     first = decode_image(undecoded[0][image_column], 0, image_column, decoder)
-    mode = {1: "L", 3: "RGB"}.get(num_channels) or ("L" if first.mode in ("L", "1", "I", "F") else "RGB")
+    mode = {1: "L", 3: "RGB"}.get(num_channels) or ("L" if first.mode in _GRAY_MODES else "RGB")
     width, height = (image_size, image_size) if image_size else first.size
     channels = 1 if mode == "L" else 3
     array = np.empty((len(dataset), channels, height, width), dtype=np.float32)
@@ -522,7 +535,8 @@ def processor_transform(
         A callable mapping a batch dict to ``pixel_values`` (`torch.FloatTensor` of shape
         `(batch_size, num_channels, height, width)`) and ``labels`` (`torch.LongTensor` of shape `(batch_size,)`).
         ``datasets`` fetches a whole data-loader batch in one call (``Dataset.__getitems__``), so the processor
-        runs once per batch, not once per image.
+        runs once per batch, not once per image. Wrap the split in :class:`ProcessedImages` (rather than
+        ``split.with_transform``) so that an unreadable image file names its row and file.
     """
     if num_channels not in (1, 3):
         raise ValueError(

@@ -26,7 +26,19 @@ def test_unknown_config_override_is_an_error_naming_the_closest_field():
 
 
 # Row 4: a CIFAR-10 directory with no --preset trained the 8x8 grayscale digits-mlp on downscaled images.
-def test_preset_follows_the_data_or_names_the_presets_that_fit():
+def test_preset_follows_the_data_or_names_the_presets_that_fit(tmp_path):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from hf_recperc.data import load_image_dataset
+
+    assert load_image_dataset().first_image_shape() == (1, 8, 8)
+    images = [Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))] * 4
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    rows = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=features)
+    rows.to_parquet(str(tmp_path / "train.parquet"))
+    assert load_image_dataset(str(tmp_path), train_val_split=0.5).first_image_shape() == (3, 32, 32)
     assert preset_for_data("ae", 32, 3) == "cifar-conv-small"
     assert preset_for_data("ae", 8, 1) == "digits-mlp"
     assert preset_for_data("mae", 32, 3) == "cifar-vit-tiny"
