@@ -22,6 +22,18 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .results import (
+    KNN_ACCURACY,
+    KNN_WEIGHTED_ACCURACY,
+    LAYERS,
+    ONLINE_PROBE_ACCURACY,
+    RECONSTRUCTION_MSE,
+    eval_key,
+    layer_key,
+    spectrum_key,
+    subspace_key,
+)
+
 __all__ = [
     "DEFAULT_TEMPLATE",
     "CITATION",
@@ -89,10 +101,11 @@ def model_index_results(results: Mapping[str, Any]) -> list[EvalResult]:
     task = {"task_type": "image-feature-extraction", "task_name": "Linear probes on the embeddings"}
     entries = []
     for spec in results["args"]["probe_subspaces"]:
-        if not math.isfinite(results[f"eval/subspace_probe/accuracy/{spec}"]):
-            continue  # an empty subspace (degenerate embeddings): nothing was measured
-        dims = results[f"eval/subspace_probe/dims/{spec}"]
-        variance = results[f"eval/subspace_probe/explained_variance/{spec}"]
+        accuracy = results.get(eval_key(subspace_key("accuracy", spec)))
+        if accuracy is None or not math.isfinite(accuracy):
+            continue  # monitor off, or an empty subspace (degenerate embeddings): nothing was measured
+        dims = results[eval_key(subspace_key("dims", spec))]
+        variance = results[eval_key(subspace_key("explained_variance", spec))]
         entries.append(
             EvalResult(
                 **task,
@@ -100,29 +113,99 @@ def model_index_results(results: Mapping[str, Any]) -> list[EvalResult]:
                 metric_type="accuracy",
                 metric_name=f"Subspace probe accuracy ({spec}: {dims} dims, {variance:.1%} of the variance)",
                 metric_config=spec,
-                metric_value=round(float(results[f"eval/subspace_probe/accuracy/{spec}"]), 4),
+                metric_value=round(float(accuracy), 4),
             )
         )
-    entries.append(
-        EvalResult(
-            **task,
-            **dataset,
-            metric_type="accuracy",
-            metric_name="Online probe accuracy",
-            metric_config="online",
-            metric_value=round(float(results["eval/online_probe_accuracy"]), 4),
-        )
+    others = (
+        ("accuracy", "Online probe accuracy", "online", ONLINE_PROBE_ACCURACY, 4),
+        ("accuracy", "kNN accuracy (k=20, cosine, majority vote)", "knn", KNN_ACCURACY, 4),
+        ("accuracy", "kNN accuracy (k=20, cosine, weighted vote)", "knn-weighted", KNN_WEIGHTED_ACCURACY, 4),
+        (
+            "effective_rank",
+            "Effective rank of the embeddings (RankMe)",
+            "rankme",
+            spectrum_key("effective_rank"),
+            2,
+        ),
+        ("mse", "Validation reconstruction MSE (normalised pixels)", None, RECONSTRUCTION_MSE, 6),
     )
-    entries.append(
-        EvalResult(
-            **task,
-            **dataset,
-            metric_type="mse",
-            metric_name="Validation reconstruction MSE (normalised pixels)",
-            metric_value=round(float(results["eval/reconstruction_mse"]), 6),
+    for metric_type, name, config, key, digits in others:
+        value = results.get(eval_key(key))
+        if value is None or not math.isfinite(value):
+            continue  # not measured (monitor off) or not measurable
+        entries.append(
+            EvalResult(
+                **task,
+                **dataset,
+                metric_type=metric_type,
+                metric_name=name,
+                metric_config=config,
+                metric_value=round(float(value), digits),
+            )
         )
-    )
     return entries
+
+
+def cell(value: Any, spec: str = ".4f") -> str:
+    """A table cell: the number formatted, or "not measured" for a missing or NaN value (never "nan")."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "not measured"
+    return format(value, spec)
+
+
+def _measurement_rows(results: Mapping[str, Any], subspaces: list[str]) -> list[tuple[str, str]]:
+    """``(metric, value)`` rows of the card's results table, for whatever the run's monitors measured."""
+    get = results.get
+    rows = [
+        (label, cell(get(eval_key(key)), spec))
+        for label, key, spec in (
+            ("reconstruction MSE (normalised pixels)", RECONSTRUCTION_MSE, ".5f"),
+            ("online probe accuracy", ONLINE_PROBE_ACCURACY, ".4f"),
+        )
+        if eval_key(key) in results
+    ]
+    for spec in subspaces:
+        if eval_key(subspace_key("accuracy", spec)) not in results:
+            continue  # the subspace monitor was off
+        dims = get(eval_key(subspace_key("dims", spec)))
+        variance = get(eval_key(subspace_key("explained_variance", spec))) or 0.0
+        label = f"subspace probe accuracy, `{spec}` ({dims} dims, {100 * variance:.1f}% of the embedding variance)"
+        rows.append((label, cell(get(eval_key(subspace_key("accuracy", spec))))))
+    optional = (
+        ("kNN accuracy (k=20, cosine): majority vote", KNN_ACCURACY, ".4f"),
+        ("kNN accuracy (k=20, cosine): temperature-weighted vote", KNN_WEIGHTED_ACCURACY, ".4f"),
+        ("effective rank of the embeddings (RankMe)", spectrum_key("effective_rank"), ".2f"),
+        ("eigenvalue decay exponent alpha (l_i ~ i^-alpha)", spectrum_key("alpha"), ".3f"),
+        ("participation ratio", spectrum_key("participation_ratio"), ".2f"),
+        ("components holding 90% of the variance", spectrum_key("components_90"), "d"),
+    )
+    for label, key, spec in optional:
+        if eval_key(key) in results:
+            rows.append((label, cell(results[eval_key(key)], spec)))
+    return rows
+
+
+def _layer_rows(results: Mapping[str, Any], subspaces: list[str]) -> list[dict[str, str]]:
+    """One row per probed layer feature (``layers/<feature>/...``): accuracy per subspace and effective rank."""
+    prefix = eval_key(f"{LAYERS}/")
+    features = sorted(
+        {
+            k.removeprefix(prefix).rsplit("/", 2)[0]
+            for k in results
+            if k.startswith(prefix) and "/accuracy/" in k
+        },
+        key=lambda name: (int(name.split("/")[0].removeprefix("layer_")), name),
+    )
+    return [
+        {
+            "feature": feature,
+            "accuracies": [
+                cell(results.get(eval_key(layer_key(feature, "accuracy", spec)))) for spec in subspaces
+            ],
+            "effective_rank": cell(results.get(f"{prefix}{feature}/spectrum/effective_rank"), ".2f"),
+        }
+        for feature in features
+    ]
 
 
 def render_model_card(
@@ -167,20 +250,17 @@ def render_model_card(
         metrics=["accuracy", "mse"],
         eval_results=model_index_results(results),
     )
-    subspaces = [
-        {
-            "name": spec,
-            "accuracy": results[f"eval/subspace_probe/accuracy/{spec}"],
-            "dims": results[f"eval/subspace_probe/dims/{spec}"],
-            "explained_variance": results[f"eval/subspace_probe/explained_variance/{spec}"],
-        }
-        for spec in args["probe_subspaces"]
-    ]
     bands = {
-        k.removeprefix("eval/band_error/"): v for k, v in results.items() if k.startswith("eval/band_error/")
+        k.removeprefix("eval/band_error/"): cell(v)
+        for k, v in results.items()
+        if k.startswith("eval/band_error/")
     }
+    if all(value == "not measured" for value in bands.values()):
+        bands = {}
+    preset = run.get("preset") or args.get("model_name_or_path") or f"{family} default"
     hyperparameters = {
-        "model family / preset": f"{family} / {args.get('preset') or args.get('model_name_or_path') or 'default'}",
+        "model family / preset": f"{family} / {preset}",
+        "monitors": ", ".join(run.get("monitors") or []) or "default",
         "parameters": f"{run['num_parameters']:,}",
         "corruption": run["corruption"],
         "guidance g": run["guidance"],
@@ -222,9 +302,9 @@ def render_model_card(
         corruption=run["corruption"],
         guidance=run["guidance"],
         hyperparameters=hyperparameters,
-        reconstruction_mse=results["eval/reconstruction_mse"],
-        online_probe_accuracy=results["eval/online_probe_accuracy"],
-        subspaces=subspaces,
+        measurements=_measurement_rows(results, args["probe_subspaces"]),
+        layer_subspaces=args["probe_subspaces"],
+        layers=_layer_rows(results, args["probe_subspaces"]),
         probe=f"closed-form ridge (penalty {args['probe_ridge']:g} x mean eigenvalue)"
         + (", standardised features" if args["probe_standardize"] else ""),
         bands=bands,

@@ -68,11 +68,16 @@ class RecPercModelOutput(ModelOutput):
             `pool=True`.
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, hidden_size)`, *optional*):
             MAE only: every token of the last encoder layer (CLS first).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            index 0 the embedding stage (AE: the input images), index `i` the output of encoder block `i`:
+            `(batch_size, 1 + num_patches, hidden_size)` tokens (MAE), `(batch_size, C_i, H_i, W_i)` feature maps
+            (conv / timm AE) or `(batch_size, width_i)` vectors (MLP AE).
     """
 
     embeddings: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -92,9 +97,10 @@ class RecPercForPreTrainingOutput(ModelOutput):
             with each target patch's mean and std).
         embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): what the probe read (the latent of
             the corrupted input for AE, the pooled encoder output of the visible patches for MAE).
-        mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)` for AE or `torch.FloatTensor` of shape
-            `(batch_size, num_patches)` for MAE, *optional*): where the input was masked (`True` / 1). AE: the
-            pixel mask of a masking corruption, `None` otherwise. MAE: ViTMAE's patch mask, 1 = masked.
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*): MAE only: ViTMAE's patch
+            mask, 1 = masked (`None` for AE).
+        pixel_mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)`, *optional*): which pixels of
+            the input were masked (`True`), in both families; `None` when nothing was masked.
     """
 
     loss: torch.FloatTensor | None = None
@@ -104,6 +110,7 @@ class RecPercForPreTrainingOutput(ModelOutput):
     reconstruction: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
     mask: torch.Tensor | None = None
+    pixel_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -229,6 +236,19 @@ class MLPEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.layers(pixel_values.flatten(1))  # (B, C*H*W) -> (B, K)
 
+    def hidden_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """`(B, width_i)` after each hidden (Linear, BatchNorm, ReLU) block."""
+        states, hidden = [], pixel_values.flatten(1)
+        for layer in self.layers[:-1]:
+            hidden = layer(hidden)
+            if isinstance(layer, nn.ReLU):
+                states.append(hidden)
+        return states
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(isinstance(layer, nn.ReLU) for layer in self.layers)
+
 
 class MLPDecoder(nn.Module):
     """The mirror of :class:`MLPEncoder`, ending in the configured output activation."""
@@ -276,6 +296,18 @@ class ConvEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = self.stages(pixel_values)  # (B, C', s, s)
         return self.to_latent(features.flatten(1))  # (B, C'*s*s) -> (B, K)
+
+    def hidden_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """`(B, C_i, H_i, W_i)` after each stride-2 stage."""
+        states, hidden = [], pixel_values
+        for stage in self.stages:
+            hidden = stage(hidden)
+            states.append(hidden)
+        return states
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.stages)
 
 
 def _halved(size: int, times: int) -> int:
@@ -339,6 +371,14 @@ class TimmEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.backbone(pixel_values))  # (B, F) -> (B, K)
+
+    def hidden_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """`(B, C_i, H_i, W_i)` of each feature stage (timm's ``forward_intermediates``)."""
+        return list(self.backbone.forward_intermediates(pixel_values, intermediates_only=True))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.backbone.feature_info)
 
     def total_stride(self) -> int:
         """Downsampling factor of the backbone's last feature map (32 for ResNets)."""
@@ -422,12 +462,25 @@ class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm1d, nn.BatchNorm2d)):
             module.reset_parameters()
 
+    # Layer probes (hf_recperc.monitors.layers): feature maps and vectors are mean-pooled; there is no CLS token.
+    num_prefix_tokens = 0
+    default_poolings = ("mean",)
+
     def get_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The latent `(batch_size, latent_dim)` of clean (uncorrupted) images `(batch_size, C, H, W)`.
 
         Call ``model.eval()`` first: BatchNorm layers would otherwise use batch statistics.
         """
         return self.base_model(pixel_values=pixel_values).embeddings
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """Encoder blocks whose outputs :meth:`hidden_states` returns (index 0 is the input)."""
+        return self.base_model.encoder.num_blocks
+
+    def hidden_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Clean images `(B, C, H, W)` -> `(input, block_1, ..., block_L)` hidden states (unpooled)."""
+        return self.base_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
 
 
 class RecPercAEModel(RecPercAEPreTrainedModel):
@@ -442,18 +495,26 @@ class RecPercAEModel(RecPercAEPreTrainedModel):
         self.encoder, _ = build_encoder_decoder(config, with_decoder=False)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor | None = None, **kwargs) -> RecPercModelOutput:
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, output_hidden_states: bool = False, **kwargs
+    ) -> RecPercModelOutput:
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
                 Images, normalised by the saved image processor. No corruption is applied.
+            output_hidden_states (`bool`): also return every block's output (`hidden_states`).
 
         Returns:
             :class:`RecPercModelOutput` with `embeddings` (and `pooler_output`) of shape `(batch_size, latent_dim)`.
         """
         check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = (pixel_values, *self.encoder.hidden_states(pixel_values))
         embeddings = self.encoder(pixel_values)  # (B, K)
-        return RecPercModelOutput(embeddings=embeddings, pooler_output=embeddings)
+        return RecPercModelOutput(
+            embeddings=embeddings, pooler_output=embeddings, hidden_states=hidden_states
+        )
 
 
 class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
@@ -514,8 +575,24 @@ class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
             logits=logits,
             reconstruction=reconstruction,
             embeddings=embeddings,
-            mask=corrupted.mask,
+            pixel_mask=corrupted.mask,
         )
+
+    def sample_forward_randomness(self, pixel_values: torch.Tensor, generator: torch.Generator) -> dict:
+        """The keyword arguments that make ``forward`` deterministic: the corruption's generator."""
+        return {"generator": generator}
+
+    def reconstruction_for_metrics(
+        self, pixel_values: torch.Tensor, outputs: RecPercForPreTrainingOutput
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the reconstruction metrics score: ``decoder(encoder(x))`` of the *clean* image, on every pixel.
+
+        Returns:
+            ``(reconstruction, weight)``: `(B, C, H, W)` and ``None`` (every pixel scored).
+        """
+        if self.corruption.is_identity:
+            return outputs.reconstruction, None  # the forward already encoded the clean image
+        return self.decoder(self.get_embeddings(pixel_values)), None
 
     def forward_loss(
         self,

@@ -101,6 +101,22 @@ class RecPercMAEPreTrainedModel(SavesImageProcessorMixin, ViTMAEPreTrainedModel)
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
         ).embeddings
 
+    # Layer probes (hf_recperc.monitors.layers): one CLS token leads every token sequence.
+    num_prefix_tokens = 1
+
+    @property
+    def default_poolings(self) -> tuple[str, ...]:
+        """The pooling the model's own embeddings use (``config.pooling``)."""
+        return (self.config.pooling,)
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    def hidden_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Full, unmasked images -> `(embeddings, block_1, ..., block_L)`, each `(B, 1 + num_patches, D)`."""
+        return self.base_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+
 
 class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
     """ViTMAE's encoder with masking switched off in ``forward``: every patch, in place, for feature extraction.
@@ -116,6 +132,7 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
         self,
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
+        output_hidden_states: bool = False,
         **kwargs,
     ) -> RecPercModelOutput:
         """
@@ -123,6 +140,8 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
             interpolate_pos_encoding (`bool`, *optional*): accept other image sizes by interpolating the
                 position embeddings.
+            output_hidden_states (`bool`): also return the embedding output and every block's output
+                (`hidden_states`, each `(batch_size, 1 + num_patches, hidden_size)`, before the final layer norm).
 
         Returns:
             :class:`~hf_recperc.modeling_recperc.RecPercModelOutput` with `embeddings` / `pooler_output`
@@ -147,12 +166,17 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
             patches.shape[0], -1, -1
         )  # (B, 1, D)
         hidden_states = torch.cat([cls_token, patches + position[:, 1:]], dim=1)  # (B, 1 + L, D)
+        all_hidden_states = [hidden_states]
         for layer in self.layers:
             hidden_states = layer(hidden_states)  # no attention mask: every token sees every token
+            all_hidden_states.append(hidden_states)
         last_hidden_state = self.layernorm(hidden_states)  # (B, 1 + L, D)
         embeddings = self.pool(last_hidden_state)  # (B, D)
         return RecPercModelOutput(
-            embeddings=embeddings, pooler_output=embeddings, last_hidden_state=last_hidden_state
+            embeddings=embeddings,
+            pooler_output=embeddings,
+            last_hidden_state=last_hidden_state,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
         )
 
     def forward_masked(
@@ -256,7 +280,33 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
             reconstruction=self.to_image(predictions, pixel_values, interpolate_pos_encoding),
             embeddings=embeddings,
             mask=outputs.mask,
+            pixel_mask=self.pixel_mask(outputs.mask, pixel_values.shape[-2:]),
         )
+
+    def pixel_mask(self, mask: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """ViTMAE's patch mask `(B, L)` (1 = masked) -> `(B, 1, H, W)` booleans, True on masked pixels."""
+        patch = self.config.patch_size
+        height, width = image_size
+        grid = mask.reshape(mask.shape[0], 1, height // patch, width // patch)  # (B, 1, h, w)
+        return grid.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3).bool()  # (B, 1, H, W)
+
+    def sample_forward_randomness(self, pixel_values: torch.Tensor, generator: torch.Generator) -> dict:
+        """The keyword arguments that make ``forward`` deterministic: ViTMAE's masking noise `(B, L)`."""
+        batch_size, _, height, width = pixel_values.shape
+        num_patches = (height // self.config.patch_size) * (width // self.config.patch_size)
+        return {"noise": torch.rand(batch_size, num_patches, generator=generator, device=pixel_values.device)}
+
+    def reconstruction_for_metrics(
+        self, pixel_values: torch.Tensor, outputs: RecPercForPreTrainingOutput
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked patches predicted, visible patches copied from the input, scored on the masked patches only (a
+        ViT MAE is never asked to reconstruct unmasked images).
+
+        Returns:
+            ``(reconstruction, weight)``: `(B, C, H, W)` and `(B, 1, H, W)` with 1 on the masked pixels.
+        """
+        masked = outputs.pixel_mask
+        return torch.where(masked, outputs.reconstruction, pixel_values), masked.to(pixel_values.dtype)
 
     def patch_targets(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None):
         """`(target, mean, std)`: patchified pixels `(B, L, p*p*C)`, normalised per patch when

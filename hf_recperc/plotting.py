@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-__all__ = ["plot_curve_panels"]
+__all__ = ["plot_curve_panels", "new_figure", "save_figure"]
 
 Curve = tuple[Sequence[float], Sequence[float]]
 
@@ -95,9 +95,23 @@ def plot_curve_panels(
     if title:
         figure.suptitle(title, fontsize=11)
     figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def new_figure(size: tuple[float, float] = (6.0, 4.0)) -> tuple[Figure, object]:
+    """A one-axes :class:`~matplotlib.figure.Figure` (no pyplot state), margins set without ``tight_layout``
+    (slow); returns ``(figure, axes)``."""
+    figure = Figure(figsize=size)
+    axis = figure.subplots()
+    figure.subplots_adjust(left=0.13, right=0.97, top=0.91, bottom=0.13)
+    return figure, axis
+
+
+def save_figure(figure: Figure, path: str | os.PathLike, dpi: int | None = None) -> Path:
+    """Write ``figure`` to ``path`` (format from the suffix) through a temporary sibling and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    figure.savefig(partial, format=path.suffix.lstrip(".") or "png")
+    figure.savefig(partial, format=path.suffix.lstrip(".") or "png", dpi=dpi)
     os.replace(partial, path)
     return path

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+# A Hub repository id: 'name' or 'namespace/name', letters, digits, '-', '_', '.', no '--' or '..', <= 96 chars.
+HUB_REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
 __all__ = [
+    "HUB_REPO_ID",
     "check_finite_number",
+    "check_hub_repo_id",
     "check_model_path",
     "check_name_or_path",
     "check_positive_int",
@@ -39,6 +45,15 @@ def check_finite_number(name: str, value: Any, minimum: float | None = None) -> 
         bound = f" >= {minimum:g}" if minimum is not None else ""
         raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
     return float(value)
+
+
+def check_hub_repo_id(name: str, value: Any) -> str:
+    """Raise ``ValueError`` unless ``value`` is a valid Hub repository id (``user/name``); return it."""
+    if not isinstance(value, str) or not HUB_REPO_ID.match(value) or value.endswith((".git", "-", ".")):
+        raise ValueError(
+            f"{name}: expected a Hub repository id 'user/name' (letters, digits, '-', '_', '.'), got {value!r}"
+        )
+    return value
 
 
 # ------------------------------------------------------------------------------------------ names and paths

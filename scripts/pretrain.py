@@ -5,12 +5,12 @@
     accelerate launch scripts/pretrain.py config.yaml          # every argument from a JSON or YAML file
     accelerate launch --multi_gpu --num_processes 2 scripts/pretrain.py   # two processes (GPUs, or gloo on CPU)
 
-`python scripts/pretrain.py --help` lists the arguments; see hf_recperc/training.py for what is written.
+`python scripts/pretrain.py --help` lists the arguments; see docs/design.md ("training") for what is written.
 """
 
 import sys
 
-from hf_recperc.training import main
+from hf_recperc.commands.pretrain import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -64,9 +64,9 @@ def test_pretraining_forward_backward(variant, corruption):
     assert out.reconstruction.shape == pixels.shape
     assert out.embeddings.shape == (batch, config.latent_dim)
     assert out.logits.shape == (batch, NUM_LABELS)
-    assert (out.mask is None) == (corruption != "mask:0.5:2")
-    if out.mask is not None:
-        assert out.mask.shape == (batch, 1, side, side)
+    assert (out.pixel_mask is None) == (corruption != "mask:0.5:2")
+    if out.pixel_mask is not None:
+        assert out.pixel_mask.shape == (batch, 1, side, side)
     assert torch.isfinite(out.loss)
     torch.testing.assert_close(out.loss, out.reconstruction_loss + 0.01 * out.supervised_loss)
     out.loss.backward()
@@ -193,7 +193,7 @@ def test_reconstruction_target(target):
     if target == "all":
         expected = error.mean()
     else:
-        mask = out.mask.expand_as(error)
+        mask = out.pixel_mask.expand_as(error)
         expected = error[mask].mean()
     torch.testing.assert_close(out.reconstruction_loss, expected)
 

@@ -23,6 +23,16 @@ from transformers import AutoImageProcessor, AutoModel, ViTMAEConfig, ViTMAEForP
 
 import hf_recperc
 from hf_recperc import RecPercAEForPreTraining, SubspaceProbe
+from hf_recperc.results import (
+    ONLINE_PROBE_ACCURACY,
+    RECONSTRUCTION_MSE,
+    SUBSPACE_FIELDS,
+    TRAIN_LOSSES,
+    band_key,
+    eval_key,
+    subspace_key,
+    train_key,
+)
 from hf_recperc.spectral import PCA
 from hf_recperc.training import (
     EpochShuffleSampler,
@@ -40,16 +50,12 @@ ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 SUBSPACES = ("top:0.9", "bottom:0.2", "all")
 BANDS = ("0.00-0.50", "0.50-0.80", "0.80-0.90", "0.90-0.97", "0.97-1.00")
-# The history.json format another engineer's compare_runs.py reads: exactly these keys must be present.
+# The history.json format compare_runs.py and the cards read (hf_recperc.results): these keys must be present.
 HISTORY_KEYS = (
-    {"step", "epoch", "eval/reconstruction_mse", "eval/online_probe_accuracy"}
-    | {
-        f"eval/subspace_probe/{kind}/{s}"
-        for kind in ("accuracy", "dims", "explained_variance")
-        for s in SUBSPACES
-    }
-    | {f"eval/band_error/{band}" for band in BANDS}
-    | {"train/loss", "train/reconstruction_loss", "train/supervised_loss"}
+    {"step", "epoch", eval_key(RECONSTRUCTION_MSE), eval_key(ONLINE_PROBE_ACCURACY)}
+    | {eval_key(subspace_key(kind, s)) for kind in SUBSPACE_FIELDS for s in SUBSPACES}
+    | {eval_key(band_key(band)) for band in BANDS}
+    | {train_key(loss) for loss in TRAIN_LOSSES}
 )
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 OUTPUT_FILES = MODEL_FILES + (
@@ -187,7 +193,7 @@ def test_spectral_bands_partition_the_energy():
     # The bands partition an orthonormal basis: their energies add up to the squared norms.
     torch.testing.assert_close(error.sum(1), ((r - x) ** 2).flatten(1).sum(1))
     torch.testing.assert_close(signal.sum(1), ((x.flatten(1) - pca.mean_) ** 2).sum(1))
-    # The first band is exactly the top:0.5 subspace of PAPER.md section 2.
+    # The first band is exactly the top:0.5 subspace of docs/science.md section 2.
     top = pca.basis("top:0.5")
     torch.testing.assert_close(error[:, 0], (((r - x).flatten(1) @ top) ** 2).sum(1))
 
@@ -344,7 +350,9 @@ def test_start_from_a_vit_mae_checkpoint(tmp_path):
 
 def launch_command(output_dir, *extra, num_processes=None):
     command = [str(ACCELERATE), "launch"]
-    if num_processes:  # DESIGN.md: --cpu --num_processes 2 silently runs one process; --multi_gpu runs gloo.
+    if (
+        num_processes
+    ):  # docs/design.md: --cpu --num_processes 2 silently runs one process; --multi_gpu runs gloo.
         command += ["--multi_gpu", "--num_processes", str(num_processes)]
     return command + ["scripts/pretrain.py", "--output_dir", str(output_dir), *extra]
 

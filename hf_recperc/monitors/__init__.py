@@ -1,0 +1,52 @@
+"""The measurement layer: one :class:`Monitor` per measurement, used by the trainer, the perception report and
+users alike (docs/design.md, "monitors").
+
+>>> from hf_recperc.monitors import KNNMonitor, MonitorBatch
+>>> monitor = KNNMonitor(k=20)
+>>> monitor.update(MonitorBatch("train", labels=y_train, features={"embedding": X_train}))
+>>> monitor.update(MonitorBatch("eval", labels=y_val, features={"embedding": X_val}))
+>>> monitor.all_reduce(); monitor.compute()
+{'knn/accuracy': ..., 'knn/weighted_accuracy': ...}
+"""
+
+from .base import EVAL, TRAIN, Monitor, MonitorBatch, distributed_sum, gather_rows, is_distributed
+from .knn import KNNMonitor, knn_predict
+from .layers import POOLINGS, LayerProbeMonitor, layer_feature, parse_layers, pool_hidden_state
+from .probes import DEFAULT_SUBSPACES, OnlineProbeMonitor, SubspaceProbeMonitor, score_subspace_probe
+from .reconstruction import (
+    DEFAULT_BAND_EDGES,
+    BandErrorMonitor,
+    ReconstructionMonitor,
+    SpectralBands,
+    band_names,
+)
+from .spectrum import SpectrumMonitor, spectrum_figure, spectrum_statistics
+
+__all__ = [
+    "Monitor",
+    "MonitorBatch",
+    "TRAIN",
+    "EVAL",
+    "gather_rows",
+    "distributed_sum",
+    "is_distributed",
+    "KNNMonitor",
+    "knn_predict",
+    "LayerProbeMonitor",
+    "parse_layers",
+    "pool_hidden_state",
+    "layer_feature",
+    "POOLINGS",
+    "SubspaceProbeMonitor",
+    "OnlineProbeMonitor",
+    "score_subspace_probe",
+    "DEFAULT_SUBSPACES",
+    "ReconstructionMonitor",
+    "BandErrorMonitor",
+    "SpectralBands",
+    "DEFAULT_BAND_EDGES",
+    "band_names",
+    "SpectrumMonitor",
+    "spectrum_statistics",
+    "spectrum_figure",
+]

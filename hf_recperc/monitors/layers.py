@@ -1,0 +1,178 @@
+"""Probes at several depths: at which layer does perception live?
+
+A model's hidden states (``output_hidden_states``: index 0 is the embedding/input stage, index ``i`` the output
+of block ``i``) are pooled to one vector per image and probed like the final embedding. Feature names are
+``layer_<i>/<pooling>``. Poolings: ``cls`` (the first token of a token sequence), ``mean`` (the mean of the
+patch tokens, or of a feature map's positions; the identity on vectors), ``pooler`` (reserved for the model's
+own pooled output, supplied by the caller).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..results import LAYERS
+from .base import MonitorBatch
+from .probes import DEFAULT_SUBSPACES, SubspaceProbeMonitor
+from .spectrum import spectrum_figure, spectrum_statistics
+
+__all__ = ["LayerProbeMonitor", "parse_layers", "pool_hidden_state", "layer_feature", "POOLINGS"]
+
+POOLINGS = ("cls", "mean", "pooler")
+
+
+def layer_feature(layer: int, pooling: str) -> str:
+    """The feature name of a pooled hidden state: ``(3, "cls")`` -> ``"layer_3/cls"``."""
+    return f"layer_{layer}/{pooling}"
+
+
+def parse_layers(
+    spec: str | Sequence[int | str], num_layers: int, argument: str = "probe_layers"
+) -> list[int]:
+    """``"last"``, ``"all"`` or layer indices (negative counts from the end) -> sorted indices in ``[0, num_layers]``.
+
+    ``num_layers`` is the number of blocks; index 0 is the embedding (or input) stage, ``"all"`` means blocks
+    ``1..num_layers``.
+    """
+    items = [spec] if isinstance(spec, (str, int)) else list(spec)
+    if len(items) == 1 and str(items[0]) == "last":
+        return [num_layers]
+    if len(items) == 1 and str(items[0]) == "all":
+        return list(range(1, num_layers + 1))
+    layers = set()
+    for item in items:
+        try:
+            index = int(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{argument}: expected 'last', 'all' or layer indices, got {item!r}") from None
+        resolved = index + num_layers + 1 if index < 0 else index
+        if not 0 <= resolved <= num_layers:
+            raise ValueError(
+                f"{argument}: layer {index} is out of range; this model has layers 0..{num_layers} "
+                f"(0 = embeddings, {num_layers} = last block; negative indices count from the end)"
+            )
+        layers.add(resolved)
+    return sorted(layers)
+
+
+def pool_hidden_state(hidden: torch.Tensor, pooling: str, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """One vector per image from a hidden state.
+
+    Args:
+        hidden: `(B, D)` vectors, `(B, T, D)` tokens (the first ``num_prefix_tokens`` are CLS/register tokens),
+            or `(B, C, H, W)` feature maps.
+        pooling: ``"cls"`` or ``"mean"``.
+        num_prefix_tokens: leading non-patch tokens of a token sequence (1 for ViT's CLS, 0 for Swin).
+
+    Returns:
+        `(B, D)` (`(B, C)` for feature maps).
+    """
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"pooling: expected 'cls' or 'mean' for a hidden state, got {pooling!r}")
+    if hidden.ndim == 2:
+        if pooling == "cls":
+            raise ValueError(
+                "pooling: 'cls' needs a token sequence, but this layer gives one vector per image"
+            )
+        return hidden
+    if hidden.ndim == 4:
+        if pooling == "cls":
+            raise ValueError(
+                "pooling: 'cls' needs a token sequence, but this layer is a (C, H, W) feature map"
+            )
+        return hidden.mean(dim=(2, 3))  # (B, C)
+    if hidden.ndim == 3:
+        if pooling == "cls":
+            if num_prefix_tokens < 1:
+                raise ValueError(
+                    "pooling: 'cls' needs a CLS token, and this model's tokens have none; use mean"
+                )
+            return hidden[:, 0]  # (B, D)
+        return hidden[:, num_prefix_tokens:].mean(dim=1)  # (B, D): patch tokens only
+    raise ValueError(f"hidden state: expected 2, 3 or 4 dimensions, got shape {tuple(hidden.shape)}")
+
+
+class LayerProbeMonitor:
+    """The subspace probe on the pooled hidden states of several layers, plus each layer's spectrum statistics.
+
+    Reports ``layers/<feature>/{accuracy,dims,explained_variance}/<S>``, ``layers/<feature>/num_train`` and
+    ``layers/<feature>/spectrum/<statistic>`` for every feature ``layer_<i>/<pooling>``; figures: accuracy per
+    layer, eigenvalue spectrum per layer.
+
+    Args:
+        layers: resolved layer indices (:func:`parse_layers`).
+        poolings: e.g. ``("cls", "mean")``.
+        subspaces, ridge, standardize: see :class:`~hf_recperc.probing.SubspaceProbe`.
+    """
+
+    name = "layers"
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        poolings: Sequence[str] = ("mean",),
+        subspaces: Sequence[str] = DEFAULT_SUBSPACES,
+        ridge: float = 1e-3,
+        standardize: bool = False,
+    ):
+        if not layers:
+            raise ValueError("layers: expected at least one layer index")
+        for pooling in poolings:
+            if pooling not in POOLINGS:
+                raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+        self.layers, self.poolings, self.subspaces = list(layers), list(poolings), list(subspaces)
+        self.features = tuple(layer_feature(i, p) for i in self.layers for p in self.poolings)
+        self.probes = {
+            feature: SubspaceProbeMonitor(
+                feature, subspaces, ridge, standardize, prefix=f"{LAYERS}/{feature}/"
+            )
+            for feature in self.features
+        }
+        self._results: dict[str, float] = {}
+
+    def reset(self) -> None:
+        for probe in self.probes.values():
+            probe.reset()
+        self._results = {}
+
+    def update(self, batch: MonitorBatch) -> None:
+        for probe in self.probes.values():
+            probe.update(batch)
+
+    def all_reduce(self) -> None:
+        for probe in self.probes.values():
+            probe.all_reduce()
+
+    def compute(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for feature, probe in self.probes.items():
+            results.update(probe.compute())
+            statistics = spectrum_statistics(probe.probe.eigenvalues_)
+            results.update({f"{LAYERS}/{feature}/spectrum/{k}": v for k, v in statistics.items()})
+        self._results = results
+        return results
+
+    def figures(self) -> dict:
+        if not self._results:
+            return {}
+        from ..plotting import new_figure  # noqa: PLC0415
+
+        figure, axis = new_figure()
+        for pooling in self.poolings:
+            for spec in self.subspaces:
+                accuracy = [
+                    self._results[f"{LAYERS}/{layer_feature(i, pooling)}/accuracy/{spec}"]
+                    for i in self.layers
+                ]
+                axis.plot(self.layers, accuracy, marker="o", label=f"{spec} ({pooling})")
+        axis.set(xlabel="layer", ylabel="subspace probe accuracy", title="Perception per layer")
+        axis.set_xticks(self.layers)
+        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+        spectra = {feature: probe.probe.eigenvalues_ for feature, probe in self.probes.items()}
+        return {
+            "accuracy_per_layer": figure,
+            "eigenvalue_spectrum_per_layer": spectrum_figure(spectra, "Eigenvalue spectrum per layer"),
+        }

@@ -1,0 +1,310 @@
+"""The arguments of ``scripts/pretrain.py``: three dataclasses, each validating itself in ``__post_init__``.
+
+Every flag is documented in its ``help``; ``python scripts/pretrain.py --help`` lists them. Arguments come from the
+command line, from one JSON / YAML file, or both (:func:`hf_recperc.cli.parse_arguments`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cli import DataArguments as SharedDataArguments
+from ..cli import parse_arguments
+from ..configuration_recperc import RecPercAEConfig, RecPercMAEConfig
+from ..monitors import DEFAULT_BAND_EDGES, POOLINGS
+from ..spectral import parse_subspace
+from ..validation import check_finite_number, check_hub_repo_id, check_positive_int
+from .state import TRAINER_STATE
+
+__all__ = ["DataArguments", "ModelArguments", "PretrainingArguments", "parse_args", "parse_config_overrides"]
+
+# family -> (config class, default preset); the model classes live with the builders (no torch import here).
+FAMILY_CONFIGS = {"ae": (RecPercAEConfig, "digits-mlp"), "mae": (RecPercMAEConfig, "digits-vit-tiny")}
+FAMILIES = FAMILY_CONFIGS  # the names users pass as --model_family
+MIXED_PRECISION = ("no", "fp16", "bf16")
+MONITOR_NAMES = ("reconstruction", "online_probe", "subspace", "band_errors", "knn", "spectrum", "layers")
+
+
+@dataclass
+class DataArguments(SharedDataArguments):
+    """What to train on (the shared data flags of :class:`hf_recperc.cli.DataArguments`) and how to augment it."""
+
+    random_crop_padding: int = field(
+        default=0, metadata={"help": "Random crop after reflect padding by this many pixels (0: off)."}
+    )
+    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes per data loader."})
+
+    def __post_init__(self):
+        if not isinstance(self.random_crop_padding, int) or self.random_crop_padding < 0:
+            raise ValueError(
+                f"random_crop_padding: expected an integer >= 0, got {self.random_crop_padding!r}"
+            )
+        if not isinstance(self.dataloader_num_workers, int) or self.dataloader_num_workers < 0:
+            raise ValueError(
+                f"dataloader_num_workers: expected an integer >= 0, got {self.dataloader_num_workers!r}"
+            )
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train and with which objective."""
+
+    model_family: str = field(default="ae", metadata={"help": "'ae' (autoencoders) or 'mae' (ViTMAE)."})
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Named configuration: ae: digits-mlp (default), cifar-conv-small, cifar-resnet18; "
+            "mae: digits-vit-tiny (default), cifar-vit-tiny."
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Start from a saved model (ours, or a ViTMAE checkpoint for --model_family mae)."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated config fields, e.g. 'latent_dim=32,depth=3' or 'mask_ratio=0.5'."},
+    )
+    corruption: str | None = field(
+        default=None,
+        metadata={
+            "help": "AE input noise: 'none', 'gaussian:STD' or 'mask:RATIO:PATCH' (default: the preset's, 'none'). "
+            "MAE masks with its config's mask_ratio instead."
+        },
+    )
+    guidance: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight g of the supervised probe term: loss = reconstruction + g * CE (default 0)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.model_family not in FAMILIES:
+            raise ValueError(f"model_family: expected one of {tuple(FAMILIES)}, got {self.model_family!r}")
+        if self.preset is not None and self.model_name_or_path is not None:
+            raise ValueError(
+                f"preset: give either --preset ({self.preset!r}) or --model_name_or_path "
+                f"({self.model_name_or_path!r}), not both"
+            )
+        config_class = FAMILY_CONFIGS[self.model_family][0]
+        if self.preset is not None and self.preset not in config_class.presets():
+            raise ValueError(
+                f"preset: {self.preset!r} is not a {self.model_family} preset; known: {config_class.presets()}"
+            )
+        if self.model_family == "mae" and self.corruption not in (None, "none"):
+            raise ValueError(
+                f"corruption: the mae family masks patches itself (ViTMAE's mask_ratio), got {self.corruption!r}; "
+                "use --config_overrides mask_ratio=0.75"
+            )
+        if self.guidance is not None and (not math.isfinite(self.guidance) or self.guidance < 0):
+            raise ValueError(f"guidance: expected a finite number >= 0, got {self.guidance!r}")
+        parse_config_overrides(self.config_overrides)  # fail early on a malformed string
+
+
+@dataclass
+class PretrainingArguments:
+    """Optimisation, evaluation, checkpointing, tracking and publishing."""
+
+    output_dir: str = field(default="outputs/recperc", metadata={"help": "Where everything is written."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete checkpoints of an earlier run in output_dir and start over."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and noise."})
+    num_train_epochs: int = field(default=30, metadata={"help": "Epochs (ignored when max_steps is set)."})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "Optimiser steps; overrides num_train_epochs."}
+    )
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per process."})
+    per_device_eval_batch_size: int = field(
+        default=256, metadata={"help": "Evaluation batch size per process."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimiser step."}
+    )
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "AdamW learning rate (the base rate when --scale_lr is set)."}
+    )
+    scale_lr: bool = field(
+        default=False,
+        metadata={
+            "help": "MAE's rule: lr = learning_rate * total_batch_size / 256 (total over processes/steps)."
+        },
+    )
+    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay (not on biases/norms)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2 (MAE uses 0.95)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={"help": "transformers scheduler: cosine, linear, constant_with_warmup, ..."},
+    )
+    warmup_ratio: float = field(
+        default=0.05, metadata={"help": "Warmup as a fraction of the training steps."}
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Warmup steps (overrides warmup_ratio when > 0)."})
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16'."})
+    logging_steps: int = field(default=10, metadata={"help": "Log training losses every N steps."})
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "Evaluate every N steps (default: at the end of every epoch)."}
+    )
+    checkpointing_steps: int | None = field(
+        default=None, metadata={"help": "Checkpoint every N steps (default: at the end of every epoch)."}
+    )
+    checkpoints_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most this many checkpoints (oldest deleted first)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "'latest' (the newest checkpoint in output_dir, or a fresh start) or a checkpoint path."
+        },
+    )
+    report_to: str = field(
+        default="tensorboard",
+        metadata={"help": "Trackers: 'tensorboard', 'wandb', ..., comma-separated, 'all' or 'none'."},
+    )
+    probe_subspaces: list[str] = field(
+        default_factory=lambda: ["top:0.9", "bottom:0.2", "all"],
+        metadata={"help": "Subspaces of the embeddings' PCA for the subspace probe."},
+    )
+    probe_ridge: float = field(
+        default=1e-3, metadata={"help": "Ridge penalty relative to the mean eigenvalue."}
+    )
+    probe_standardize: bool = field(
+        default=False, metadata={"help": "Standardise embeddings before the PCA."}
+    )
+    probe_max_train_samples: int | None = field(
+        default=None, metadata={"help": "Fit the subspace probe on the first N training rows only."}
+    )
+    band_edges: list[float] = field(
+        default_factory=lambda: list(DEFAULT_BAND_EDGES),
+        metadata={"help": "Cumulative explained-variance edges of the pixel-spectrum bands, from 0 to 1."},
+    )
+    spectral_max_dim: int = field(
+        default=12288, metadata={"help": "Skip band errors (NaN) above this many pixel values per image."}
+    )
+    monitors: list[str] = field(
+        default_factory=lambda: list(MONITOR_NAMES),
+        metadata={
+            "help": f"Measurements at each evaluation, any of {', '.join(MONITOR_NAMES)} (default: all). "
+            "From Python, pass Monitor objects to train(..., monitors=[...]) to add your own."
+        },
+    )
+    probe_layers: list[str] = field(
+        default_factory=lambda: ["last"],
+        metadata={
+            "help": "Encoder layers for the per-layer subspace probe ('layers' monitor): 'last', 'all' or "
+            "indices (0 = embeddings/input, negative from the end)."
+        },
+    )
+    probe_pooling: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Pooling of hidden states for the layer probes: cls, mean (default: the model's own)."
+        },
+    )
+    knn_k: int = field(default=20, metadata={"help": "Neighbours of the kNN monitor."})
+    knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the weighted kNN vote."})
+    allow_changed_args: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "On resume, argument names allowed to differ from the checkpoint's (anything that changes "
+            "what is trained is refused otherwise; logging, evaluation and output flags may always change)."
+        },
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload output_dir to the Hub at the end."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository, 'user/name'."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+
+    def __post_init__(self):
+        for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("gradient_accumulation_steps", "logging_steps"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("max_steps", "eval_steps", "checkpointing_steps", "checkpoints_total_limit"):
+            check_positive_int(name, getattr(self, name), allow_none=True)
+        check_positive_int("probe_max_train_samples", self.probe_max_train_samples, allow_none=True)
+        check_positive_int("spectral_max_dim", self.spectral_max_dim)
+        check_positive_int("knn_k", self.knn_k)
+        if check_finite_number("knn_temperature", self.knn_temperature) <= 0:
+            raise ValueError(f"knn_temperature: expected a number > 0, got {self.knn_temperature!r}")
+        unknown = [name for name in self.monitors if name not in MONITOR_NAMES]
+        if unknown or not self.monitors:
+            raise ValueError(f"monitors: expected names among {MONITOR_NAMES}, got {self.monitors!r}")
+        for pooling in self.probe_pooling or ():
+            if pooling not in POOLINGS[:2]:
+                raise ValueError(f"probe_pooling: expected 'cls' or 'mean', got {pooling!r}")
+        if not self.probe_layers:
+            raise ValueError("probe_layers: expected 'last', 'all' or layer indices")
+        for name in ("learning_rate", "weight_decay", "max_grad_norm", "probe_ridge"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.learning_rate == 0:
+            raise ValueError("learning_rate: expected a positive number, got 0")
+        for name in ("adam_beta1", "adam_beta2", "warmup_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a number in [0, 1), got {getattr(self, name)!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"mixed_precision: expected one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
+        if not self.probe_subspaces:
+            raise ValueError("probe_subspaces: expected at least one subspace, e.g. top:0.9 bottom:0.2 all")
+        self.probe_subspaces = [str(parse_subspace(spec)) for spec in self.probe_subspaces]
+        edges = [float(edge) for edge in self.band_edges]
+        if (
+            len(edges) < 2
+            or edges[0] != 0.0
+            or edges[-1] != 1.0
+            or any(a >= b for a, b in zip(edges, edges[1:]))
+        ):
+            raise ValueError(
+                f"band_edges: expected increasing fractions from 0 to 1 such as 0 0.5 0.8 0.9 0.97 1, got {self.band_edges!r}"
+            )
+        self.band_edges = edges
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("hub_model_id: --push_to_hub needs --hub_model_id user/name")
+        if self.hub_model_id is not None:
+            check_hub_repo_id("hub_model_id", self.hub_model_id)
+        if self.resume_from_checkpoint is not None and self.resume_from_checkpoint != "latest":
+            path = Path(self.resume_from_checkpoint)
+            if not (path / TRAINER_STATE).is_file():
+                raise ValueError(
+                    f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a checkpoint directory "
+                    f"(no {TRAINER_STATE}); pass 'latest' or a path like output_dir/checkpoints/checkpoint-100"
+                )
+
+
+def parse_config_overrides(text: str | None) -> dict[str, Any]:
+    """``"a=1,b=x,c=true"`` -> ``{"a": 1, "b": "x", "c": True}`` (values parsed as JSON when they can be)."""
+    if not text:
+        return {}
+    overrides = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(
+                f"config_overrides: expected 'key=value,key=value', got item {item!r} in {text!r}"
+            )
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def parse_args(
+    argv: Sequence[str] | None = None,
+) -> tuple[DataArguments, ModelArguments, PretrainingArguments]:
+    """Command line (or a single ``.json`` / ``.yaml`` file of arguments) to the three argument dataclasses."""
+    return parse_arguments((DataArguments, ModelArguments, PretrainingArguments), argv)

@@ -1,0 +1,150 @@
+"""What a run is made of, built from its arguments: the model, the data loaders, the optimiser, the monitors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import ImageData
+from ..modeling_recperc import RecPercAEForPreTraining
+from ..modeling_recperc_mae import RecPercMAEForPreTraining
+from ..monitors import (
+    BandErrorMonitor,
+    KNNMonitor,
+    LayerProbeMonitor,
+    Monitor,
+    OnlineProbeMonitor,
+    ReconstructionMonitor,
+    SpectralBands,
+    SpectrumMonitor,
+    SubspaceProbeMonitor,
+    parse_layers,
+)
+from .arguments import FAMILY_CONFIGS, ModelArguments, PretrainingArguments, parse_config_overrides
+
+__all__ = ["build_model", "EpochShuffleSampler", "derived_seed", "build_optimizer", "build_monitors"]
+
+logger = logging.getLogger(__name__)
+MODEL_CLASSES = {"ae": RecPercAEForPreTraining, "mae": RecPercMAEForPreTraining}
+
+
+def build_model(model_args: ModelArguments, data: ImageData):
+    """The pre-training model: a preset, or a saved model; with the data's labels, guidance and corruption.
+
+    A ViTMAE checkpoint (``model_type="vit_mae"``, e.g. a local copy of ``facebook/vit-mae-base``) loads into the
+    MAE family; its guidance probe starts fresh. So does the probe of one of our models trained on other labels.
+    """
+    config_class, default_preset = FAMILY_CONFIGS[model_args.model_family]
+    model_class = MODEL_CLASSES[model_args.model_family]
+    overrides = parse_config_overrides(model_args.config_overrides)
+    if model_args.guidance is not None:
+        overrides["guidance"] = model_args.guidance
+    if model_args.corruption is not None and model_args.model_family == "ae":
+        overrides["corruption"] = model_args.corruption
+    labels = {
+        "num_labels": data.num_labels,
+        "id2label": dict(enumerate(data.label_names)),
+        "label2id": {name: index for index, name in enumerate(data.label_names)},
+    }
+    try:
+        if model_args.model_name_or_path is None:
+            config = config_class.preset(model_args.preset or default_preset, **overrides, **labels)
+        else:
+            config = config_class.from_pretrained(model_args.model_name_or_path, **overrides, **labels)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"config_overrides / guidance / corruption: invalid model configuration: {err}"
+        ) from err
+    if model_args.model_name_or_path is None:
+        return model_class(config)
+    if not Path(model_args.model_name_or_path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        logger.warning(
+            f"HF_HUB_OFFLINE=1: {model_args.model_name_or_path!r} loads only if it is in the Hub cache"
+        )
+    # The probe's shape follows the data's labels; a checkpoint trained on other labels (or a plain ViTMAE)
+    # has another or no probe, which starts fresh.
+    return model_class.from_pretrained(
+        model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True
+    )
+
+
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys, without the collisions of ``seed + epoch`` (seed 1 epoch 0 = seed 0 epoch 1)."""
+    return int(
+        np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)
+    )
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
+
+    Every process draws the same permutation (accelerate then shards the batches), and a resumed run draws the
+    epoch's permutation again from scratch: no generator state has to survive a restart.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+def shard_loader(dataset, rows: range, process_index: int, num_processes: int, batch_size: int, **kwargs):
+    """This process's own rows ``rows[process_index::num_processes]`` in order: disjoint shards, no padding
+    duplicates, so the monitors' ``all_reduce`` reaches the one-process numbers."""
+    subset = torch.utils.data.Subset(dataset, rows[process_index::num_processes])
+    return torch.utils.data.DataLoader(subset, batch_size=batch_size, **kwargs)
+
+
+def build_optimizer(model: torch.nn.Module, args: PretrainingArguments, learning_rate: float):
+    """AdamW without weight decay on biases and normalisation weights."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+    )
+
+
+def build_monitors(args: PretrainingArguments, model, bands: SpectralBands | None) -> list[Monitor]:
+    """The monitors ``--monitors`` names, configured from the arguments and the model (its layers, pooling)."""
+    monitors: list[Monitor] = []
+    subspace = SubspaceProbeMonitor(
+        "embedding", args.probe_subspaces, args.probe_ridge, args.probe_standardize
+    )
+    factories = {
+        "reconstruction": ReconstructionMonitor,
+        "online_probe": OnlineProbeMonitor,
+        "subspace": lambda: subspace,
+        "band_errors": lambda: BandErrorMonitor(bands, args.band_edges),
+        "knn": lambda: KNNMonitor("embedding", k=args.knn_k, temperature=args.knn_temperature),
+        # Linked to the subspace probe when both run: its eigenvalues, no second eigendecomposition.
+        "spectrum": lambda: SpectrumMonitor(
+            "embedding", source=subspace if "subspace" in args.monitors else None
+        ),
+        "layers": lambda: LayerProbeMonitor(
+            parse_layers(args.probe_layers, model.num_hidden_layers),
+            args.probe_pooling or model.default_poolings,
+            args.probe_subspaces,
+            args.probe_ridge,
+            args.probe_standardize,
+        ),
+    }
+    for name in args.monitors:
+        monitors.append(factories[name]())
+    return monitors

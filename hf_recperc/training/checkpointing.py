@@ -1,0 +1,155 @@
+"""Checkpoints and publishing: everything that writes the run's files, atomically.
+
+A checkpoint is ``accelerator.save_state`` (weights, optimiser, scheduler, RNG states) plus ``trainer_state.json``,
+written into a hidden sibling and renamed: it exists whole or not at all. The model directory is published the
+same way (:func:`publish`). Every JSON file of the project goes through :func:`write_json_atomic`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from .state import CHECKPOINT_PREFIX, TRAINER_STATE, TrainerState
+
+__all__ = [
+    "RESUME_SAFE_ARGS",
+    "find_checkpoint",
+    "save_checkpoint",
+    "resolve_resume",
+    "check_resume_arguments",
+    "write_json_atomic",
+]
+
+
+# Arguments that may differ between a run and its resumption without changing what is trained: where and how
+# often things are written and reported, how evaluation batches are sized, what the monitors measure.
+RESUME_SAFE_ARGS = frozenset(
+    {
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "allow_changed_args", "logging_steps",
+        "eval_steps", "checkpointing_steps", "checkpoints_total_limit", "report_to", "push_to_hub", "hub_model_id",
+        "hub_private", "dataloader_num_workers", "per_device_eval_batch_size", "monitors", "probe_subspaces",
+        "probe_ridge", "probe_standardize", "probe_max_train_samples", "probe_layers", "probe_pooling", "knn_k",
+        "knn_temperature", "band_edges", "spectral_max_dim",
+    }
+)  # fmt: skip
+
+
+def check_resume_arguments(
+    state: TrainerState, run_args: dict, allowed: list[str], max_steps: int | None, checkpoint: Path
+) -> None:
+    """Refuse to continue a checkpoint with other run-defining arguments (one line listing each difference),
+    unless ``allowed`` names them; refuse a ``max_steps`` the checkpoint has already passed."""
+    if max_steps is not None and max_steps < state.step:
+        raise ValueError(
+            f"max_steps: {max_steps} is below the step of the checkpoint to resume ({state.step}, {checkpoint}); "
+            "pass a larger --max_steps or start a new run"
+        )
+    current = json.loads(json.dumps(run_args, default=str))  # the checkpoint's copy went through JSON too
+    saved = state.run_args
+    changed = sorted(
+        key
+        for key in set(saved) | set(current)
+        if key not in RESUME_SAFE_ARGS and key not in allowed and saved.get(key) != current.get(key)
+    )
+    if saved and changed:
+        differences = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"resume_from_checkpoint: {checkpoint} was trained with other arguments ({differences}); resume with "
+            f"the same ones, or pass --allow_changed_args {' '.join(changed)} to change them knowingly"
+        )
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON through a temporary sibling and a rename (never half a file)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(partial, path)
+
+
+def find_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step in ``output_dir/checkpoints``, or ``None``.
+
+    Unfinished checkpoints (``.tmp-...`` directories of a killed run) are ignored.
+    """
+    found = []
+    for path in (Path(output_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"):
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
+        if match and (path / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, state: TrainerState, total_limit: int | None
+) -> Path:
+    """``accelerator.save_state`` into a temporary sibling, then rename; keep at most ``total_limit``."""
+    checkpoints = output_dir / "checkpoints"
+    final = checkpoints / f"{CHECKPOINT_PREFIX}{state.step}"
+    staging = checkpoints / f".tmp-{CHECKPOINT_PREFIX}{state.step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while saving
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))  # model, optimizer, scheduler, RNG states (one file per process)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(staging / TRAINER_STATE, state.to_dict())
+        _swap_in(staging, final)
+        _prune(checkpoints, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Rename ``staging`` to ``final``. A checkpoint of this step may exist (a periodic one, then the final one):
+    set it aside, swap, then delete it, so a kill at any point leaves a whole checkpoint under the final name or
+    beside it."""
+    aside = final.with_name(f".old-{final.name}")
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(staging, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _prune(checkpoints: Path, total_limit: int | None) -> None:
+    if total_limit is None:
+        return
+    steps = sorted(
+        (int(p.name.removeprefix(CHECKPOINT_PREFIX)), p)
+        for p in checkpoints.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
+    )
+    for _, path in steps[: max(len(steps) - total_limit, 0)]:
+        shutil.rmtree(path)
+
+
+def resolve_resume(
+    accelerator: Accelerator, resume_from_checkpoint: str | None, overwrite: bool, output_dir: Path, log
+) -> Path | None:
+    """The checkpoint to resume from, decided before any costly work; refuses to mix two runs' checkpoints."""
+    existing = find_checkpoint(output_dir)
+    if resume_from_checkpoint == "latest":
+        if existing is None:
+            log(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}; starting fresh")
+        return existing
+    if resume_from_checkpoint is not None:
+        return Path(resume_from_checkpoint)
+    if existing is not None:
+        if not overwrite:
+            raise ValueError(
+                f"output_dir: {str(output_dir)!r} holds checkpoints of an earlier run ({existing.name}); pass "
+                "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir to start over"
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(output_dir / "checkpoints")
+        accelerator.wait_for_everyone()
+    return None

@@ -1,0 +1,531 @@
+"""The Accelerate training loop behind ``accelerate launch scripts/pretrain.py``: :class:`PretrainingRun`.
+
+One run: load data, build the model (hybrid objective ``reconstruction + guidance * probe cross-entropy``,
+docs/science.md E3), train with Accelerate (one CPU, one or many GPUs: the same code), evaluate with the
+monitors (:mod:`hf_recperc.monitors`) at a fixed cadence, checkpoint, publish and optionally push. See
+docs/design.md ("training") for the files written and what each evaluation measures.
+
+Resumption is exact: every random draw of a training step (corruption, MAE masking, augmentation, dropout) comes
+from a generator seeded by ``(seed, micro-batch index, process index)``, the data order of each epoch from
+``(seed, epoch)``, and the checkpoint stores the step counter and the position in the epoch ourselves
+(:class:`~hf_recperc.training.state.TrainerState`; ``accelerator.load_state`` does not restore the iteration
+counter, accelerate#1601).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..data import processor_transform, random_crop_flip
+from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
+from ..processing import image_processor_for
+from ..results import TRAIN_LOSSES, RunInfo, RunResults, train_key
+from .arguments import DataArguments, ModelArguments, PretrainingArguments
+from .builders import (
+    EpochShuffleSampler,
+    build_model,
+    build_monitors,
+    build_optimizer,
+    derived_seed,
+    shard_loader,
+)
+from .checkpointing import (
+    RESUME_SAFE_ARGS,
+    check_resume_arguments,
+    resolve_resume,
+    save_checkpoint,
+    write_json_atomic,
+)
+from .environment import library_versions, no_accelerator_device, tracker_config
+from .evaluation import run_monitors, summary
+from .figures import history_figures, log_figures, reconstruction_figure, write_figures
+from .output_dir import OutputDirectory
+from .state import TRAINER_STATE, TrainerState
+
+__all__ = ["PretrainingRun", "NonFiniteLossError", "train"]
+
+logger = logging.getLogger("hf_recperc.training")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def train(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    args: PretrainingArguments,
+    monitors: Sequence[Monitor] = (),
+) -> dict:
+    """Train, evaluate, save (and optionally push) a model; returns the content of ``results.json``.
+
+    ``monitors``: extra :class:`~hf_recperc.monitors.Monitor` objects run at every evaluation beside the ones
+    ``args.monitors`` names; their numbers go to ``history.json``, the trackers and ``results.json``.
+
+    Raises:
+        ValueError: bad arguments or data, naming the argument.
+        NonFiniteLossError: a NaN/inf loss; the checkpoints written before it are kept, no model is written.
+        hf_recperc.cards.HubPushError: ``--push_to_hub`` failed; the local output is complete.
+    """
+    run = PretrainingRun(data_args, model_args, args, extra_monitors=monitors)
+    try:
+        run.setup()
+        while run.state.step < run.max_steps:
+            for batch in run.epoch_batches():
+                if run.train_step(batch):
+                    run.after_step()
+                if run.state.step >= run.max_steps:
+                    break
+        results = run.publish()
+        run.push()
+    finally:
+        run.close()
+    return results
+
+
+class PretrainingRun:
+    """A training run, one method per step: :meth:`setup`, :meth:`train_step`, :meth:`log`, :meth:`evaluate`,
+    :meth:`checkpoint`, :meth:`publish`, :meth:`push`. :func:`train` strings them together."""
+
+    def __init__(self, data_args, model_args, args, extra_monitors: Sequence[Monitor] = ()):
+        self.data_args, self.model_args, self.args = data_args, model_args, args
+        self.extra_monitors = list(extra_monitors)
+        self.output_dir = Path(
+            args.output_dir
+        ).resolve()  # '.' has no name to build sibling staging dirs from
+        self.log_with = None if args.report_to == "none" else args.report_to.split(",")
+        self.start_time = time.time()
+        self._log_sums = (0.0, 0)  # loss sum and micro-batches since the last log line
+
+    # ------------------------------------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Accelerator, checkpoint to resume, data, model, loaders, optimiser, schedule, monitors, trackers."""
+        args = self.args
+        self.accelerator = Accelerator(
+            cpu=no_accelerator_device(),
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=self.log_with,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
+        )
+        self._check_process_group()
+        self.all_args = {**asdict(self.data_args), **asdict(self.model_args), **asdict(args)}
+        self._on_main_process_first(self._prepare_output_dir)
+        resume_dir = self._checked_resume_dir()
+        set_seed(args.seed)  # model initialisation
+        self.data = self.data_args.load(seed=args.seed)
+        self.model = build_model(self.model_args, self.data)
+        self.image_processor = image_processor_for(self.model.config)
+        self._build_loaders()
+        self._build_optimisation()
+        self.monitors = build_monitors(args, self.model, self._pixel_spectrum()) + self.extra_monitors
+        self._resume(resume_dir)
+        if self.log_with:
+            self.accelerator.init_trackers("recperc", config=tracker_config(self.all_args))
+        self.info(
+            f"training {type(self.model).__name__} ({self.model.num_parameters():,} parameters) on {self.data.source}: "
+            f"{len(self.train_set)} train / {len(self.eval_set)} validation images, {self.max_steps} steps, total "
+            f"batch {self.total_batch_size}, lr {self.learning_rate:g}, {self.accelerator.num_processes} "
+            f"process(es) on {self.accelerator.device}; monitors: {', '.join(m.name for m in self.monitors)}"
+        )
+        self.progress = tqdm(
+            total=self.max_steps, initial=self.state.step, disable=not self.accelerator.is_local_main_process
+        )
+        self.prepared_model.train()
+
+    def _check_process_group(self) -> None:
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.accelerator.num_processes != launched:
+            raise RuntimeError(
+                f"launched as {launched} processes but accelerate formed a group of "
+                f"{self.accelerator.num_processes}: every process would train alone and overwrite the others' output"
+            )
+
+    def _build_loaders(self) -> None:
+        """Training loader shuffled by (seed, epoch), full batches only (BatchNorm); this process's own shards of
+        the probe's training rows and of the validation split for the monitors."""
+        args, accelerator, config = self.args, self.accelerator, self.model.config
+        transform = processor_transform(
+            self.image_processor, self.data.image_column, self.data.label_column, config.num_channels,
+            self.data.label_names,
+        )  # fmt: skip
+        self.train_set = self.data.train.with_transform(transform)
+        self.eval_set = self.data.validation.with_transform(transform)
+        if len(self.train_set) < args.per_device_train_batch_size * accelerator.num_processes:
+            raise ValueError(
+                f"per_device_train_batch_size: {args.per_device_train_batch_size} x {accelerator.num_processes} "
+                f"process(es) is more than the {len(self.train_set)} training images"
+            )
+        self.sampler = EpochShuffleSampler(len(self.train_set), args.seed)
+        options = {
+            "num_workers": self.data_args.dataloader_num_workers,
+            "pin_memory": torch.cuda.is_available(),
+        }
+        self.train_loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=args.per_device_train_batch_size, sampler=self.sampler, drop_last=True,
+            **options,
+        )  # fmt: skip
+        probe_rows = range(min(len(self.train_set), args.probe_max_train_samples or len(self.train_set)))
+        shard = (accelerator.process_index, accelerator.num_processes, args.per_device_eval_batch_size)
+        self.probe_loader = shard_loader(self.train_set, probe_rows, *shard, **options)
+        self.eval_loader = shard_loader(self.eval_set, range(len(self.eval_set)), *shard, **options)
+
+    def _build_optimisation(self) -> None:
+        """AdamW (learning rate optionally scaled with the total batch, MAE's rule), prepared for the distributed
+        setup; the schedule counts optimiser steps, so its length does not depend on the number of processes."""
+        args, accelerator = self.args, self.accelerator
+        self.total_batch_size = (
+            args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        )
+        self.learning_rate = (
+            args.learning_rate * self.total_batch_size / 256 if args.scale_lr else args.learning_rate
+        )
+        optimizer = build_optimizer(self.model, args, self.learning_rate)
+        self.prepared_model, self.optimizer, self.train_loader = accelerator.prepare(
+            self.model, optimizer, self.train_loader
+        )
+        self.batches_per_epoch = len(self.train_loader)
+        if args.gradient_accumulation_steps > self.batches_per_epoch:
+            raise ValueError(
+                f"gradient_accumulation_steps: {args.gradient_accumulation_steps} micro-batches per optimiser step "
+                f"is more than the {self.batches_per_epoch} batches of an epoch; use at most {self.batches_per_epoch} "
+                "or a smaller --per_device_train_batch_size"
+            )
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
+        self.max_steps = args.max_steps or args.num_train_epochs * self.steps_per_epoch
+        warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.max_steps)
+        self.scheduler = get_scheduler(
+            args.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.max_steps
+        )
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.eval_every = args.eval_steps or self.steps_per_epoch
+        self.checkpoint_every = args.checkpointing_steps or self.steps_per_epoch
+
+    @torch.no_grad()
+    def _pixel_spectrum(self) -> SpectralBands | None:
+        """PCA of the training images as the model sees them (after the image processor), once, for band errors."""
+        if "band_errors" not in self.args.monitors:
+            return None
+        config = self.model.config
+        dim = config.num_channels * config.image_size**2
+        if dim > self.args.spectral_max_dim:
+            logger.warning(f"band errors not measured: {dim} pixel values per image > spectral_max_dim")
+            return None
+        pixels = (batch["pixel_values"] for batch in self.probe_loader)
+        return SpectralBands.from_pixels(pixels, self.args.band_edges, device=self.accelerator.device)
+
+    def _prepare_output_dir(self) -> None:
+        """Main process: check output_dir, lock it, clean up after killed runs (docs/design.md, reliability)."""
+        self.output = OutputDirectory(self.output_dir)
+        self.output.prepare()
+        if self.args.push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":
+            logger.warning(
+                "--push_to_hub with HF_HUB_OFFLINE=1: the push at the end will fail (the run is kept)"
+            )
+
+    def _on_main_process_first(self, work) -> None:
+        """Run ``work`` on the main process; a ``ValueError`` there stops every process with its message."""
+        message = [None]
+        if self.accelerator.is_main_process:
+            try:
+                work()
+            except ValueError as err:
+                message[0] = str(err)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(message)
+        if message[0] is not None:
+            raise ValueError(message[0])
+
+    def _checked_resume_dir(self) -> Path | None:
+        """The checkpoint to resume from, its trainer state read and its arguments compared with ours (before
+        any data or model is built)."""
+        args = self.args
+        resume_dir = resolve_resume(
+            self.accelerator,
+            args.resume_from_checkpoint,
+            args.overwrite_output_dir,
+            self.output_dir,
+            self.info,
+        )
+        self.resumed_state = None
+        if resume_dir is not None:
+            self.resumed_state = TrainerState.load(resume_dir / TRAINER_STATE)
+            run_args = _run_defining(self.all_args)
+            check_resume_arguments(
+                self.resumed_state, run_args, args.allow_changed_args, args.max_steps, resume_dir
+            )
+        return resume_dir
+
+    def _resume(self, resume_dir: Path | None) -> None:
+        """Weights, optimiser, scheduler and RNG from accelerate; position, history and loss sums from ours."""
+        self.state, self.last_checkpoint = TrainerState(run_args=_run_defining(self.all_args)), resume_dir
+        if resume_dir is None:
+            return
+        try:
+            self.accelerator.load_state(str(resume_dir))
+        except Exception as err:  # a truncated or corrupt file: name it instead of a deep traceback
+            raise ValueError(
+                f"resume_from_checkpoint: {resume_dir} cannot be loaded ({type(err).__name__}: {err}); "
+                "resume from an earlier checkpoint (--resume_from_checkpoint PATH) or start over"
+            ) from err
+        self.state = self.resumed_state
+        self.state.run_args = _run_defining(self.all_args)  # what was allowed to change is now the run's
+        if not self.accelerator.is_main_process:  # the main process owns the summed losses
+            self.state.clear_train_sums()
+        self.info(f"resumed from {resume_dir} at step {self.state.step}")
+
+    def close(self) -> None:
+        """Release output_dir's lock (also after an error)."""
+        output = getattr(self, "output", None)
+        if output is not None:
+            output.release_lock()
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    def epoch_batches(self):
+        """The current epoch's batches from the current position (a resumed run skips what it consumed)."""
+        state = self.state
+        loader = self.train_loader
+        if state.batch_in_epoch:
+            loader = self.accelerator.skip_first_batches(self.train_loader, state.batch_in_epoch)
+        loader.set_epoch(state.epoch)
+        self.sampler.set_epoch(state.epoch)
+        return loader
+
+    def train_step(self, batch) -> bool:
+        """One micro-batch forward/backward (and an optimiser step at the end of an accumulation); returns whether
+        an optimiser step completed."""
+        accelerator, state, model = self.accelerator, self.state, self.prepared_model
+        # Every random draw of this micro-batch is a function of (seed, micro-batch, process): exact resumption.
+        seed = derived_seed(
+            self.args.seed,
+            state.epoch * self.batches_per_epoch + state.batch_in_epoch,
+            accelerator.process_index,
+        )
+        torch.manual_seed(seed)  # dropout, if the configuration has any
+        generator = torch.Generator(device=accelerator.device).manual_seed(seed)
+        with accelerator.accumulate(model):
+            pixel_values = self._augment(batch["pixel_values"], generator)
+            randomness = self.model.sample_forward_randomness(pixel_values, generator)
+            outputs = model(pixel_values=pixel_values, labels=batch["labels"], **randomness)
+            self._stop_on_non_finite(outputs.loss)
+            accelerator.backward(outputs.loss)
+            if accelerator.sync_gradients and self.args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+            self.optimizer.step()
+            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                self.scheduler.step()
+            self.optimizer.zero_grad()
+        state.advance(self.batches_per_epoch)
+        for name in TRAIN_LOSSES:
+            value = getattr(outputs, name)
+            state.train_sums[name] += float(value.detach()) if value is not None else 0.0
+        state.train_count += 1
+        self._log_sums = (self._log_sums[0] + float(outputs.loss.detach()), self._log_sums[1] + 1)
+        if accelerator.sync_gradients:
+            state.step += 1
+            self.progress.update(1)
+        return accelerator.sync_gradients
+
+    def _augment(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.data_args.random_crop_padding or self.data_args.random_flip:
+            return random_crop_flip(
+                pixel_values, padding=self.data_args.random_crop_padding, flip=self.data_args.random_flip,
+                generator=generator,
+            )  # fmt: skip
+        return pixel_values
+
+    def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
+        """A NaN/inf loss on any process stops every process before the weights are touched."""
+        non_finite = self.accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum")
+        if non_finite.item() > 0:
+            raise NonFiniteLossError(
+                f"step {self.state.step + 1}: the training loss is {loss.item()} (NaN or inf); stopped. "
+                f"Last good checkpoint: {self.last_checkpoint or 'none (no checkpoint was written yet)'}"
+            )
+
+    def after_step(self) -> None:
+        """Log, evaluate and checkpoint at their cadences (and at the last step)."""
+        step, args = self.state.step, self.args
+        end_of_epoch, last = self.state.batch_in_epoch == 0, step == self.max_steps
+        if step % args.logging_steps == 0:
+            self.log()
+        if step % self.eval_every == 0 or (args.eval_steps is None and end_of_epoch) or last:
+            self.evaluate()
+        if step % self.checkpoint_every == 0 or (args.checkpointing_steps is None and end_of_epoch) or last:
+            self.checkpoint()
+
+    def log(self) -> None:
+        """Mean loss since the last log line and the learning rate, to the progress bar and the trackers."""
+        total, count = self._log_sums
+        logs = {
+            "train/loss_step": total / max(count, 1),
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+        }
+        self.progress.set_postfix(loss=f"{logs['train/loss_step']:.4g}")
+        if self.log_with:
+            self.accelerator.log(logs, step=self.state.step)
+        self._log_sums = (0.0, 0)
+
+    # ----------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self) -> dict:
+        """Run every monitor over the probe's training rows and the validation split; append a history record."""
+        model = self.accelerator.unwrap_model(self.prepared_model)
+        # Fixed noise: every evaluation of a run sees the same corruption / masking, so its numbers compare.
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(
+            derived_seed(self.args.seed, self.accelerator.process_index, 1)
+        )
+        splits = ((TRAIN, self.probe_loader), (EVAL, self.eval_loader))
+        record = self._train_record()
+        record |= run_monitors(model, self.accelerator, self.monitors, splits, generator)
+        self.state.history.append(record)
+        self.state.clear_train_sums()
+        if self.log_with:
+            self.accelerator.log(
+                {k: v for k, v in record.items() if k not in ("step", "epoch")}, step=record["step"]
+            )
+            log_figures(self.accelerator, self._monitor_figures(), record["step"])
+        self.info(summary(record))
+        return record
+
+    def _train_record(self) -> dict:
+        """The training half of a history record: mean losses since the last evaluation, over all processes."""
+        totals, count = self._reduced_sums()
+        record = {"step": int(self.state.step), "epoch": round(self.state.step / self.steps_per_epoch, 4)}
+        for name in TRAIN_LOSSES:
+            record[train_key(name)] = totals[name] / count if count else float("nan")
+        record["train/learning_rate"] = float(self.scheduler.get_last_lr()[0])
+        return record
+
+    def _reduced_sums(self) -> tuple[dict[str, float], int]:
+        """Loss sums and micro-batch count summed over processes (float64, so the means are exact to print)."""
+        state = self.state
+        values = torch.tensor(
+            [state.train_sums[name] for name in TRAIN_LOSSES] + [state.train_count],
+            dtype=torch.float64, device=self.accelerator.device,
+        )  # fmt: skip
+        values = self.accelerator.reduce(values, "sum").cpu().tolist()
+        return dict(zip(TRAIN_LOSSES, values[:-1])), int(values[-1])
+
+    def _monitor_figures(self) -> dict:
+        figures = {}
+        for monitor in self.monitors:
+            figures.update(monitor.figures())
+        return figures
+
+    # ------------------------------------------------------------------------------------ checkpoint, publish
+
+    def checkpoint(self) -> None:
+        """Save a checkpoint (atomically) with everything needed to continue exactly from here."""
+        sums, count = self._reduced_sums()
+        state = TrainerState(**{**self.state.to_dict(), "train_sums": sums, "train_count": count})
+        self.last_checkpoint = save_checkpoint(
+            self.accelerator, self.output_dir, state, self.args.checkpoints_total_limit
+        )
+        # The main process now owns the summed losses (as a resumed run would), the others start at 0.
+        if self.accelerator.is_main_process:
+            self.state.train_sums, self.state.train_count = sums, count
+        else:
+            self.state.clear_train_sums()
+
+    def results(self) -> RunResults:
+        """``results.json``: the last evaluation, every argument, what the run was, library versions."""
+        config, model = self.model.config, self.model
+        info = RunInfo(
+            family=self.model_args.model_family,
+            model_type=type(config).model_type,  # (a ViTMAE checkpoint's config keeps "vit_mae")
+            preset=self.model_args.preset or (None if self.model_args.model_name_or_path else "default"),
+            num_parameters=model.num_parameters(),
+            dataset=self.data.source,
+            num_train=len(self.train_set),
+            num_validation=len(self.eval_set),
+            label_names=self.data.label_names,
+            num_processes=self.accelerator.num_processes,
+            total_batch_size=self.total_batch_size,
+            effective_learning_rate=self.learning_rate,
+            max_steps=self.max_steps,
+            runtime_seconds=round(time.time() - self.start_time, 1),
+            device=str(self.accelerator.device),
+            mixed_precision=self.args.mixed_precision,
+            corruption=getattr(
+                config, "corruption", f"vit-mae mask_ratio={getattr(config, 'mask_ratio', None)}"
+            ),
+            guidance=config.guidance,
+            monitors=[monitor.name for monitor in self.monitors],
+            spectral_band_dims=next((m.bands.dims for m in self.monitors if getattr(m, "bands", None)), None),
+        )
+        return RunResults(
+            metrics=self.state.history[-1], args=self.all_args, run=info, versions=library_versions()
+        )
+
+    def publish(self) -> dict:
+        """Model, processor, card, results, history and figures in a staging directory renamed at the end."""
+        from .. import cards  # noqa: PLC0415  (card machinery: jinja2, huggingface_hub)
+
+        self.progress.close()
+        results = self.results().to_dict()
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            staging = self.output.staging()
+            model = accelerator.unwrap_model(self.prepared_model)
+            model.save_pretrained(staging)  # config.json, model.safetensors, preprocessor_config.json, code
+            write_json_atomic(staging / "results.json", results)
+            write_json_atomic(staging / "history.json", self.state.history)
+            figures = self._final_figures(model)
+            captions = write_figures(staging, figures)
+            if self.log_with:
+                log_figures(accelerator, figures, self.state.step)
+            card = cards.render_model_card(results, hub_model_id=self.args.hub_model_id, figures=captions)
+            card.save(staging / "README.md")
+            self.output.publish(staging)
+            self.info(f"wrote {self.output_dir}")
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return results
+
+    def _final_figures(self, model) -> dict:
+        count = min(8, len(self.eval_set))
+        pixel_values = self.eval_set[:count]["pixel_values"].to(self.accelerator.device)
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(
+            derived_seed(self.args.seed, 0, 1)
+        )
+        figures = {
+            "reconstructions": reconstruction_figure(model, pixel_values, self.image_processor, generator)
+        }
+        figures |= history_figures(self.state.history, self.args.probe_subspaces)
+        return figures | self._monitor_figures()
+
+    def push(self) -> None:
+        """Upload the whole output directory with our card (never transformers' template)."""
+        if self.args.push_to_hub and self.accelerator.is_main_process:
+            from .. import cards  # noqa: PLC0415
+
+            url = cards.push_to_hub(self.output_dir, self.args.hub_model_id, private=self.args.hub_private)
+            self.info(f"pushed to {url}")
+
+    def info(self, message: str) -> None:
+        """Log on the main process only, through tqdm's writer so the progress bar stays whole."""
+        if getattr(self, "accelerator", None) is None or self.accelerator.is_main_process:
+            logger.info(message)
+
+
+def _run_defining(all_args: dict) -> dict:
+    """The arguments a resumed run must share with its checkpoint (the others may change, RESUME_SAFE_ARGS)."""
+    return {key: value for key, value in all_args.items() if key not in RESUME_SAFE_ARGS}
