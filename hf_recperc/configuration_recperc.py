@@ -380,7 +380,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
 
 
 # family name of the training scripts (`--model_family`) -> configuration class
-FAMILY_CONFIGS: dict[str, type[PreTrainedConfig]] = {"ae": RecPercAEConfig, "mae": RecPercMAEConfig}
+_FAMILY_CONFIGS: dict[str, type[PreTrainedConfig]] = {"ae": RecPercAEConfig, "mae": RecPercMAEConfig}
 
 
 def preset_for_data(family: str, image_size: int, num_channels: int) -> str:
@@ -400,11 +400,11 @@ def preset_for_data(family: str, image_size: int, num_channels: int) -> str:
         ValueError: when no preset matches, naming the presets that fit once ``image_size`` is overridden
             (same channels and, for the MAE family, an image size divisible by the patch size).
     """
-    if family not in FAMILY_CONFIGS:
-        raise ValueError(f"family: expected one of {tuple(FAMILY_CONFIGS)}, got {family!r}")
+    if family not in _FAMILY_CONFIGS:
+        raise ValueError(f"family: expected one of {tuple(_FAMILY_CONFIGS)}, got {family!r}")
     _check_positive_int("image_size", image_size)
     _check_positive_int("num_channels", num_channels)
-    presets = FAMILY_CONFIGS[family]._presets
+    presets = _FAMILY_CONFIGS[family]._presets
     for name, fields in presets.items():
         if fields["image_size"] == image_size and fields["num_channels"] == num_channels:
             return name

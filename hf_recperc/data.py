@@ -412,18 +412,31 @@ class ProcessedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitems__(self, rows) -> list[dict]:
-        rows = [int(row) for row in rows]
+    def _batch(self, rows: list[int]) -> dict:
         batch = self.split[rows]
         batch[self.image_column] = [
             decode_image(value, row, self.image_column, self.decoder)
             for value, row in zip(batch[self.image_column], rows)
         ]
-        outputs = self.transform(batch)
+        return self.transform(batch)
+
+    def __getitems__(self, rows) -> list[dict]:
+        """One dict per row (what ``DataLoader``'s default collate stacks), from one transform call."""
+        rows = [int(row) for row in rows]
+        outputs = self._batch(rows)
         return [{key: values[i] for key, values in outputs.items()} for i in range(len(rows))]
 
-    def __getitem__(self, row: int) -> dict:
-        return self.__getitems__([row])[0]
+    def __getitem__(self, key):
+        """A row (``int``) as a dict of tensors, or a batch (``slice`` or list of rows) as batched tensors,
+        like ``datasets.Dataset.__getitem__`` under ``with_transform``."""
+        if isinstance(key, slice):
+            return self._batch(list(range(len(self))[key]))
+        if isinstance(key, (list, tuple, range)):
+            return self._batch([int(row) for row in key])
+        row = int(key)
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"row {row} is out of range for a split of {len(self)} rows")
+        return self.__getitems__([row % len(self)])[0]
 
 
 def _cache_path(dataset: datasets.Dataset, image_column: str, cache_dir: str | None) -> Path | None:

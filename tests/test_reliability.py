@@ -161,6 +161,11 @@ def test_empty_directory_corrupt_image_and_missing_model_are_one_line_errors(tmp
         next(iter(loader))
     good = ProcessedImages(data.validation, transform, "image")
     assert next(iter(torch.utils.data.DataLoader(good, batch_size=2)))["pixel_values"].shape == (2, 3, 4, 4)
+    # A drop-in for `split.with_transform(transform)`: the same tensors, by row and by slice.
+    reference = data.validation.with_transform(transform)[:3]
+    for key in ("pixel_values", "labels"):
+        assert torch.equal(good[:3][key], reference[key])
+        assert torch.equal(good[1][key], reference[key][1])
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"^model_name_or_path: local path 'folder/model' does not exist"):
