@@ -15,6 +15,8 @@ torch.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from typing import Any, ClassVar
 
 from huggingface_hub.errors import StrictDataclassError
@@ -22,7 +24,13 @@ from transformers import PreTrainedConfig, ViTMAEConfig
 
 from .validation import check_finite_number, check_positive_int, is_finite_number
 
-__all__ = ["RecPercAEConfig", "RecPercMAEConfig"]
+__all__ = [
+    "RecPercAEConfig",
+    "RecPercMAEConfig",
+    "check_config_overrides",
+    "config_fields",
+    "preset_for_data",
+]
 
 AE_ENCODERS = ("mlp", "conv")  # plus "timm:<model name>"
 OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
@@ -70,6 +78,58 @@ def _run_parent_validators(config: PreTrainedConfig) -> None:
         raise ValueError(str(err)) from None
 
 
+# Keywords `PreTrainedConfig.__post_init__` consumes without storing them as dataclass fields or properties.
+_INIT_KEYWORDS = ("attn_implementation", "experts_implementation")
+
+
+def config_fields(config_class: type[PreTrainedConfig]) -> tuple[str, ...]:
+    """Every name a configuration of ``config_class`` accepts as a keyword and keeps, sorted.
+
+    That is the dataclass fields of the class and of its parents (``PreTrainedConfig``'s ``id2label``,
+    ``ViTMAEConfig``'s ``mask_ratio``, ...), the public settable properties (``num_labels``,
+    ``output_attentions``), the ``attribute_map`` aliases and the few keywords ``PreTrainedConfig`` consumes
+    (``attn_implementation``). Any other keyword would be stored as a stray attribute (or, through
+    ``from_pretrained``, dropped) and silently ignored by the model.
+    """
+    names = {field.name for field in dataclasses.fields(config_class)}
+    names |= {
+        name
+        for name in dir(config_class)
+        if not name.startswith("_")
+        and isinstance(getattr(config_class, name, None), property)
+        and getattr(config_class, name).fset is not None
+    }
+    names |= set(getattr(config_class, "attribute_map", {}))
+    names |= set(_INIT_KEYWORDS)
+    return tuple(sorted(names))
+
+
+def check_config_overrides(config_class: type[PreTrainedConfig], overrides: dict[str, Any]) -> None:
+    """Refuse configuration overrides that name no field of ``config_class`` (a typo would be ignored).
+
+    Call it before ``config_class(**overrides)``, ``config_class.preset(name, **overrides)`` or
+    ``config_class.from_pretrained(path, **overrides)``: the first two store an unknown keyword as a stray
+    attribute that ``config.json`` keeps and the model never reads, the last one drops it without a word.
+
+    Args:
+        config_class: the configuration class (:class:`RecPercAEConfig`, :class:`RecPercMAEConfig` or any
+            ``PreTrainedConfig`` dataclass).
+        overrides: field name -> value, e.g. parsed from ``--config_overrides latent_dim=64``.
+
+    Raises:
+        ValueError: for the first unknown name, with the closest valid field, e.g.
+            ``config_overrides: unknown field 'latnet_dim' for recperc_ae; did you mean 'latent_dim'?``.
+    """
+    valid = config_fields(config_class)
+    for name in overrides:
+        if name in valid:
+            continue
+        model_type = getattr(config_class, "model_type", "") or config_class.__name__
+        close = difflib.get_close_matches(str(name), valid, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"valid fields are {list(valid)}"
+        raise ValueError(f"config_overrides: unknown field {name!r} for {model_type}; {hint}")
+
+
 class _PresetMixin:
     """``Config.preset(name, **overrides)`` and ``Config.presets()`` over a class-level ``_presets`` dict."""
 
@@ -85,10 +145,12 @@ class _PresetMixin:
         """A small named configuration for CPU work; ``overrides`` replace any of its fields.
 
         Raises:
-            ValueError: for an unknown name, listing the known ones.
+            ValueError: for an unknown name, listing the known ones, and for an override that names no field
+                of the class (see :func:`check_config_overrides`).
         """
         if name not in cls._presets:
             raise ValueError(f"preset {name!r}: unknown for {cls.__name__}; known presets: {cls.presets()}")
+        check_config_overrides(cls, overrides)
         return cls(**{**cls._presets[name], **overrides})
 
 
@@ -301,3 +363,52 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
         self.image_mean = _normalisation("image_mean", self.image_mean, self.num_channels, IMAGENET_MEAN)
         self.image_std = _normalisation("image_std", self.image_std, self.num_channels, IMAGENET_STD)
         _run_parent_validators(self)
+
+
+# family name of the training scripts (`--model_family`) -> configuration class
+_FAMILY_CONFIGS: dict[str, type[PreTrainedConfig]] = {"ae": RecPercAEConfig, "mae": RecPercMAEConfig}
+
+
+def preset_for_data(family: str, image_size: int, num_channels: int) -> str:
+    """The preset to train on images of ``image_size x image_size`` pixels with ``num_channels`` channels.
+
+    Rule: the first preset of the family (in the order of ``Config.presets()``, the preferred one first) whose
+    ``image_size`` and ``num_channels`` both equal the data's. No silent resizing: a CIFAR-10 directory gets
+    ``cifar-conv-small`` (AE) / ``cifar-vit-tiny`` (MAE), the 8x8 grayscale digits ``digits-mlp`` /
+    ``digits-vit-tiny``, and data that no preset matches is refused.
+
+    Args:
+        family: ``"ae"`` or ``"mae"`` (the trainer's ``--model_family``).
+        image_size: side of the (square) images; for other shapes pass the side the images will be resized to.
+        num_channels: channels of the images as the model will see them (1 for grayscale, 3 for colour).
+
+    Raises:
+        ValueError: when no preset matches, naming the presets that fit once ``image_size`` is overridden
+            (same channels and, for the MAE family, an image size divisible by the patch size).
+    """
+    if family not in _FAMILY_CONFIGS:
+        raise ValueError(f"family: expected one of {tuple(_FAMILY_CONFIGS)}, got {family!r}")
+    check_positive_int("image_size", image_size)
+    check_positive_int("num_channels", num_channels)
+    presets = _FAMILY_CONFIGS[family]._presets
+    for name, fields in presets.items():
+        if fields["image_size"] == image_size and fields["num_channels"] == num_channels:
+            return name
+    fitting = [
+        name
+        for name, fields in presets.items()
+        if fields["num_channels"] == num_channels and image_size % fields.get("patch_size", 1) == 0
+    ]
+    known = ", ".join(
+        f"{name} ({fields['image_size']}x{fields['image_size']}x{fields['num_channels']})"
+        for name, fields in presets.items()
+    )
+    advice = (
+        f"presets that fit with --config_overrides image_size={image_size}: {fitting}"
+        if fitting
+        else "no preset fits them by its image_size alone; pass --config_overrides image_size=...,num_channels=..."
+    )
+    raise ValueError(
+        f"data: images of {image_size}x{image_size}x{num_channels} (side x side x channels) match no {family} preset "
+        f"({known}); {advice}, or resize the images to a preset's size"
+    )

@@ -28,9 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .validation import check_name_or_path, hub_offline
+
 __all__ = [
     "DEFAULT_DATASET",
     "ImageData",
+    "ProcessedImages",
+    "decode_image",
     "load_image_dataset",
     "images_to_array",
     "paper_preprocessing",
@@ -43,6 +47,7 @@ DEFAULT_DATASET = "digits"
 _IMAGE_COLUMNS = ("img", "image", "pixel_values", "images")
 _LABEL_COLUMNS = ("label", "labels", "fine_label", "coarse_label")
 _TRAIN_SPLITS = ("train",)
+_GRAY_MODES = ("L", "1", "I", "F")
 _VALIDATION_SPLITS = ("validation", "valid", "val", "test")
 
 
@@ -67,6 +72,18 @@ class ImageData:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def first_image_shape(self) -> tuple[int, int, int]:
+        """`(num_channels, height, width)` of the first training image, channels as the models see them.
+
+        Grayscale modes (``L``, ``1``, ``I``, ``F``) count as 1 channel, every other mode as 3 (images are
+        converted to ``L`` or ``RGB``). With :func:`hf_recperc.configuration_recperc.preset_for_data`, this picks
+        the preset that fits the data.
+        """
+        undecoded, decoder = _undecoded(self.train, self.image_column)
+        image = decode_image(undecoded[0][self.image_column], 0, self.image_column, decoder)
+        channels = 1 if image.mode in _GRAY_MODES else 3
+        return channels, image.size[1], image.size[0]
 
 
 def _digits_dataset() -> datasets.DatasetDict:
@@ -99,7 +116,24 @@ def _local_directory(path: Path) -> datasets.DatasetDict:
                 "named train*.parquet; name them train.parquet / test.parquet or pass train_file"
             )
         return datasets.load_dataset("parquet", data_files=files)
+    image_suffixes = {suffix for suffix, _ in Image.registered_extensions().items()}
+    if next((f for f in path.rglob("*") if f.suffix.lower() in image_suffixes), None) is None:
+        entries = sorted(entry.name for entry in path.iterdir())
+        found = f"it holds {entries[:8]}{' ...' if len(entries) > 8 else ''}" if entries else "it is empty"
+        raise ValueError(
+            f"dataset_name: directory {str(path)!r} holds no data set ({found}); expected train*.parquet / "
+            "test*.parquet files, a save_to_disk directory, or an imagefolder tree of images"
+        )
     return datasets.load_dataset("imagefolder", data_dir=str(path))
+
+
+def _in_dataset_caches(repo_id: str) -> bool:
+    """Whether a Hub data set was ever downloaded here: the only way it can load with ``HF_HUB_OFFLINE`` set."""
+    from huggingface_hub.constants import HF_HUB_CACHE  # noqa: PLC0415
+
+    hub_copy = Path(HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}"
+    prepared = Path(datasets.config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")
+    return hub_copy.is_dir() or prepared.is_dir()
 
 
 def _pick_column(names, candidates, given, what, argument) -> str:
@@ -145,9 +179,16 @@ def load_image_dataset(
             made), for quick runs. Rows of the shipped CIFAR-10 parquet files are already shuffled.
         seed: seed of the validation carve-out.
 
+    Labels are class ids: a ``ClassLabel`` column must hold ids in ``[0, num_classes)`` (``datasets`` stores a
+    missing label as -1), and a plain integer column (any width, signed or unsigned) must hold no negative
+    value; plain columns are then mapped to ids ``0..C-1`` (see ``_encode_labels``). Both are checked once, at
+    load, on every split: a -1 never becomes an extra class. Images are decoded only when read; a file that is
+    not a readable image raises there (:func:`decode_image`).
+
     Raises:
-        ValueError: naming the argument when a path does not exist, a column is missing, or a number is
-            out of range.
+        ValueError: naming the argument when a path does not exist (or, not existing, is no valid Hub id), a
+            directory holds no data set, a column is missing, a label is missing, negative or out of range,
+            or a number is out of range.
     """
     if not (0 < train_val_split < 1):
         raise ValueError(f"train_val_split: expected a fraction in (0, 1), got {train_val_split!r}")
@@ -169,19 +210,34 @@ def load_image_dataset(
         splits, source = datasets.load_dataset(builder, data_files=files), str(train_file)
     elif dataset_name in (None, DEFAULT_DATASET):
         splits, source = _digits_dataset(), DEFAULT_DATASET
-    elif Path(dataset_name).expanduser().exists():
+    elif check_name_or_path("dataset_name", dataset_name) == "local":
         path = Path(dataset_name).expanduser()
+        if not path.is_dir():
+            raise ValueError(
+                f"dataset_name: {dataset_name!r} is a file; expected a directory or a Hub id "
+                "(pass a single parquet/csv/json file as --train_file)"
+            )
         splits, source = _local_directory(path), str(path)
-    elif dataset_name.startswith((".", "/", "~")) or os.sep in dataset_name and dataset_name.count("/") > 1:
-        raise ValueError(f"dataset_name: local path {dataset_name!r} does not exist")
     else:
+        if hub_offline() and not _in_dataset_caches(dataset_name):
+            raise ValueError(
+                f"dataset_name: {dataset_name!r} is not a local path and HF_HUB_OFFLINE is set, but it is in no "
+                "cache (Hub or datasets); pass a local directory, parquet files (--train_file), or omit it for "
+                "the embedded 'digits' data"
+            )
         try:
             splits = datasets.load_dataset(dataset_name, dataset_config_name)
         except Exception as err:  # offline / unknown id: say what to do instead of a long traceback
+            reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line
+            offline = (
+                "HF_HUB_OFFLINE is set, so only cached Hub data sets load"
+                if hub_offline()
+                else "check the id and the network"
+            )
             raise ValueError(
-                f"dataset_name: could not load {dataset_name!r} with datasets.load_dataset ({type(err).__name__}: "
-                f"{err}). Offline (HF_HUB_OFFLINE=1) only cached Hub data sets load; pass a local directory, "
-                "parquet files (--train_file), or omit it for the embedded 'digits' data"
+                f"dataset_name: could not load {dataset_name!r} from the Hub with datasets.load_dataset "
+                f"({reason[:300]}); {offline}. Pass a local directory, parquet files (--train_file), or omit it "
+                "for the embedded 'digits' data"
             ) from err
         source = dataset_name
 
@@ -192,9 +248,17 @@ def load_image_dataset(
     image_column = _pick_column(train.column_names, _IMAGE_COLUMNS, image_column, "image", "image_column")
     label_column = _pick_column(train.column_names, _LABEL_COLUMNS, label_column, "label", "label_column")
 
+    _check_labels(train, label_column, train_name)
     validation_name = next((s for s in _VALIDATION_SPLITS if s in splits), None)
     if validation_name is not None:
         validation = splits[validation_name]
+        for argument, column in (("image_column", image_column), ("label_column", label_column)):
+            if column not in validation.column_names:
+                raise ValueError(
+                    f"{argument}: column {column!r} is in the {train_name!r} split but not in the "
+                    f"{validation_name!r} split, whose columns are {validation.column_names}"
+                )
+        _check_labels(validation, label_column, validation_name)
     else:
         stratify = label_column if isinstance(train.features[label_column], datasets.ClassLabel) else None
         parts = train.train_test_split(test_size=train_val_split, seed=seed, stratify_by_column=stratify)
@@ -210,6 +274,41 @@ def load_image_dataset(
             validation, max_eval_samples, label_column, len(label_names), "max_eval_samples"
         )
     return ImageData(train, validation, image_column, label_column, label_names, source)
+
+
+def _check_labels(split: datasets.Dataset, label_column: str, split_name: str) -> None:
+    """Every row has a class id: no missing label, no negative one, and ``ClassLabel`` ids below its size."""
+    feature = split.features[label_column]
+    if not isinstance(feature, (datasets.ClassLabel, datasets.Value)) or len(split) == 0:
+        return
+    values = split.with_format("arrow")[label_column]  # pyarrow.ChunkedArray: no decoding, no Python loop
+    if values.null_count:
+        row = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(
+            f"label_column: {label_column!r} of the {split_name!r} split has no label at row {row}; "
+            "every image needs one"
+        )
+    if isinstance(feature, datasets.ClassLabel):
+        ids = values.to_numpy()
+        bad = np.flatnonzero((ids < 0) | (ids >= feature.num_classes))
+        if bad.size:
+            row = int(bad[0])
+            missing = " (ClassLabel's -1 means a missing label)" if ids[row] == -1 else ""
+            raise ValueError(
+                f"label_column: {label_column!r} of the {split_name!r} split holds {int(ids[row])} at row {row}"
+                f"{missing}; expected class ids in [0, {feature.num_classes}) ({feature.num_classes} names); "
+                f"{bad.size} rows are out of range"
+            )
+    elif feature.dtype.startswith(("int", "float")):
+        numbers = values.to_numpy()
+        bad = np.flatnonzero(numbers < 0)
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(
+                f"label_column: {label_column!r} of the {split_name!r} split holds the negative label "
+                f"{numbers[row]} at row {row} ({bad.size} rows); expected class ids >= 0 (a -1 usually marks "
+                "an unlabelled image: drop those rows)"
+            )
 
 
 def _first_rows(split: datasets.Dataset, count: int, label_column: str, num_labels: int, argument: str):
@@ -253,6 +352,100 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or os.environ.get("HF_RECPERC_CACHE") or Path.home() / ".cache" / "hf_recperc")
 
 
+def decode_image(value, row: int, image_column: str, decoder: datasets.Image | None = None) -> Image.Image:
+    """One image of a split, decoded, or a one-line ``ValueError`` naming its row and file.
+
+    Args:
+        value: a ``PIL.Image.Image`` (returned as is) or an undecoded ``datasets.Image`` value, a dict
+            ``{"bytes": ..., "path": ...}`` or a path.
+        row: the row of the split it comes from, for the message.
+        image_column: the column it comes from, for the message.
+        decoder: the column's ``datasets.Image`` feature (its ``mode`` is applied); default: no mode change.
+
+    Raises:
+        ValueError: ``image_column: row N (file ...) is not a readable image: ...`` for a truncated, corrupt or
+            missing file.
+    """
+    if isinstance(value, Image.Image):
+        return value
+    try:
+        return (decoder or datasets.Image()).decode_example(value)
+    except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... by format
+        path = value.get("path") if isinstance(value, dict) else value
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        raise ValueError(
+            f"{image_column}: row {row} (file {path or 'embedded bytes'!r}) is not a readable image: {reason}"
+        ) from err
+
+
+def _undecoded(split: datasets.Dataset, image_column: str) -> tuple[datasets.Dataset, datasets.Image | None]:
+    """The split with its image column left undecoded (a metadata change), and the feature that decodes it.
+
+    Decoding rows ourselves (:func:`decode_image`) is what lets an unreadable file name its row: inside
+    ``datasets`` the error surfaces as a PIL traceback that says neither.
+    """
+    feature = split.features[image_column]
+    if not isinstance(feature, datasets.Image) or not feature.decode:
+        return split, None
+    return (
+        split.cast_column(image_column, datasets.Image(mode=feature.mode, decode=False)),
+        datasets.Image(mode=feature.mode),
+    )
+
+
+class ProcessedImages(torch.utils.data.Dataset):
+    """A split seen through a batch transform (:func:`processor_transform`), for a ``DataLoader``.
+
+    It replaces ``split.with_transform(transform)``, with one difference: images are decoded here, row by row
+    (:func:`decode_image`), so a corrupt file fails with ``ValueError("image_column: row N (file ...) is not a
+    readable image: ...")`` instead of a traceback from inside ``datasets``. ``DataLoader`` fetches a whole
+    batch with one ``__getitems__`` call, so the transform still runs once per batch.
+
+    Args:
+        split: a ``datasets.Dataset`` (e.g. ``ImageData.train``).
+        transform: maps a batch dict (image column holding ``PIL`` images) to a dict of tensors.
+        image_column: the image column of ``split``.
+    """
+
+    def __init__(self, split: datasets.Dataset, transform, image_column: str):
+        if image_column not in split.column_names:
+            raise ValueError(
+                f"image_column: {image_column!r} is not a column of the split ({split.column_names})"
+            )
+        self.split, self.decoder = _undecoded(split, image_column)
+        self.transform = transform
+        self.image_column = image_column
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def _batch(self, rows: list[int]) -> dict:
+        batch = self.split[rows]
+        batch[self.image_column] = [
+            decode_image(value, row, self.image_column, self.decoder)
+            for value, row in zip(batch[self.image_column], rows)
+        ]
+        return self.transform(batch)
+
+    def __getitems__(self, rows) -> list[dict]:
+        """One dict per row (what ``DataLoader``'s default collate stacks), from one transform call."""
+        rows = [int(row) for row in rows]
+        outputs = self._batch(rows)
+        return [{key: values[i] for key, values in outputs.items()} for i in range(len(rows))]
+
+    def __getitem__(self, key):
+        """A row (``int``) as a dict of tensors, or a batch (``slice`` or list of rows) as batched tensors,
+        like ``datasets.Dataset.__getitem__`` under ``with_transform``."""
+        if isinstance(key, slice):
+            return self._batch(list(range(len(self))[key]))
+        if isinstance(key, (list, tuple, range)):
+            return self._batch([int(row) for row in key])
+        row = int(key)
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"row {row} is out of range for a split of {len(self)} rows")
+        return self.__getitems__([row % len(self)])[0]
+
+
 def _cache_path(dataset: datasets.Dataset, image_column: str, cache_dir: str | None) -> Path | None:
     fingerprint = getattr(dataset, "_fingerprint", None)
     # In-memory data sets (the embedded digits) get a random fingerprint per process: nothing to reuse.
@@ -288,14 +481,16 @@ def images_to_array(
         array = np.load(path, mmap_mode=None)
         if num_channels is None or array.shape[1] == num_channels:
             return array
-    first = dataset[0][image_column]
-    mode = {1: "L", 3: "RGB"}.get(num_channels) or ("L" if first.mode in ("L", "1", "I", "F") else "RGB")
+    undecoded, decoder = _undecoded(dataset, image_column)
+    first = decode_image(undecoded[0][image_column], 0, image_column, decoder)
+    mode = {1: "L", 3: "RGB"}.get(num_channels) or ("L" if first.mode in _GRAY_MODES else "RGB")
     width, height = (image_size, image_size) if image_size else first.size
     channels = 1 if mode == "L" else 3
     array = np.empty((len(dataset), channels, height, width), dtype=np.float32)
     for start in range(0, len(dataset), 1024):
-        batch = dataset[start : start + 1024][image_column]
-        for offset, image in enumerate(batch):
+        batch = undecoded[start : start + 1024][image_column]
+        for offset, value in enumerate(batch):
+            image = decode_image(value, start + offset, image_column, decoder)
             if image_size and image.size != (width, height):
                 image = image.resize((width, height), Image.BILINEAR)
             if image.size != (width, height):
@@ -359,7 +554,8 @@ def processor_transform(
         A callable mapping a batch dict to ``pixel_values`` (`torch.FloatTensor` of shape
         `(batch_size, num_channels, height, width)`) and ``labels`` (`torch.LongTensor` of shape `(batch_size,)`).
         ``datasets`` fetches a whole data-loader batch in one call (``Dataset.__getitems__``), so the processor
-        runs once per batch, not once per image.
+        runs once per batch, not once per image. Wrap the split in :class:`ProcessedImages` (rather than
+        ``split.with_transform``) so that an unreadable image file names its row and file.
     """
     if num_channels not in (1, 3):
         raise ValueError(

@@ -437,6 +437,9 @@ class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
     config_class = RecPercAEConfig
     base_model_prefix = "model"
     main_input_name = "pixel_values"
+    # Loading the encoder (`AutoModel`) or a classifier from a `...ForPreTraining` checkpoint is the documented
+    # use: its decoder and guidance probe are expected to be left out, so transformers reports nothing for them.
+    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^decoder\.", r"^probe\."]
     input_modalities = ("image",)
     _family_auto_map: ClassVar[dict[str, str]] = {
         "AutoConfig": "configuration_recperc.RecPercAEConfig",

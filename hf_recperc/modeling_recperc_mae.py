@@ -68,6 +68,9 @@ class RecPercMAEPreTrainedModel(SavesImageProcessorMixin, ViTMAEPreTrainedModel)
     config_class = RecPercMAEConfig
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
+    # Loading the encoder (`AutoModel`) or a classifier from a `...ForPreTraining` checkpoint is the documented
+    # use: its decoder and guidance probe are expected to be left out, so transformers reports nothing for them.
+    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^decoder\.", r"^probe\."]
     _family_auto_map: ClassVar[dict[str, str]] = {
         "AutoConfig": "configuration_recperc.RecPercMAEConfig",
         "AutoModel": "modeling_recperc_mae.RecPercMAEModel",

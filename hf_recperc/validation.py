@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 # A Hub repository id: 'name' or 'namespace/name', letters, digits, '-', '_', '.', no '--' or '..', <= 96 chars.
 HUB_REPO_ID = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 
 __all__ = [
-    "check_positive_int",
-    "check_finite_number",
     "check_positive_number",
-    "is_finite_number",
-    "check_hub_repo_id",
     "HUB_REPO_ID",
+    "check_finite_number",
+    "check_hub_repo_id",
+    "check_model_path",
+    "check_name_or_path",
+    "check_positive_int",
+    "hub_offline",
+    "is_finite_number",
 ]
 
 
@@ -64,3 +69,97 @@ def check_positive_number(name: str, value: Any) -> float:
     if not is_finite_number(value) or value <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return float(value)
+
+
+# ------------------------------------------------------------------------------------------ names and paths
+
+_OFFLINE_VALUES = ("1", "ON", "YES", "TRUE")
+# Suffixes of files, never of Hub ids: a name ending in one is a (missing) local path.
+_FILE_SUFFIXES = (
+    ".parquet",
+    ".csv",
+    ".json",
+    ".jsonl",
+    ".arrow",
+    ".safetensors",
+    ".bin",
+    ".zip",
+    ".tar",
+    ".gz",
+)
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set to a true value (``1``, ``ON``, ``YES``, ``TRUE``), read now."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _OFFLINE_VALUES
+
+
+def check_name_or_path(argument: str, name: str) -> str:
+    """Tell an existing local path from a Hub id at once, before any network call.
+
+    Returns ``"local"`` when ``name`` exists on disk and ``"hub"`` when it is a well-formed Hub id. A name that
+    looks like a local path (starts with ``.``, ``/`` or ``~``; has more than one ``/``; ends in a file suffix
+    such as ``.parquet``; or whose first component is an existing local directory, as ``data/x`` when ``data/``
+    exists) but does not exist, and a name that is not a valid Hub id, raise at once instead of being tried on
+    the Hub (where an unreachable network costs half a minute of retries).
+
+    Raises:
+        ValueError: naming ``argument`` and ``name``.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{argument}: expected a local path or a Hub id, got {name!r}")
+    path = Path(name).expanduser()
+    if path.exists():
+        return "local"
+    first = Path(name.replace("\\", "/").split("/")[0]).expanduser()
+    looks_local = (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or path.suffix.lower() in _FILE_SUFFIXES
+        or ("/" in name and first.is_dir())
+    )
+    if looks_local:
+        hint = ""
+        if path.parent.is_dir() and str(path.parent) not in ("", "."):
+            entries = sorted(entry.name for entry in path.parent.iterdir())
+            hint = f" ({str(path.parent)!r} holds {entries[:8]}{' ...' if len(entries) > 8 else ''})"
+        raise ValueError(f"{argument}: local path {name!r} does not exist{hint}")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # noqa: PLC0415  (light, rarely needed)
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        raise ValueError(
+            f"{argument}: {name!r} is neither an existing local path nor a valid Hub id ({err})"
+        ) from None
+    return "hub"
+
+
+def check_model_path(name_or_path: str, argument: str = "model_name_or_path") -> None:
+    """Fail at once, with one line, when ``from_pretrained(name_or_path)`` cannot work.
+
+    * a local path must be a directory holding ``config.json`` (a saved model);
+    * otherwise ``name_or_path`` must be a valid Hub id (see :func:`check_name_or_path`), and with
+      ``HF_HUB_OFFLINE`` set it must already be in the Hub cache.
+
+    Raises:
+        ValueError: naming ``argument``, the value and what was expected.
+    """
+    if check_name_or_path(argument, name_or_path) == "local":
+        path = Path(name_or_path).expanduser()
+        if not (path / "config.json").is_file():
+            what = "a file" if path.is_file() else "a directory without config.json"
+            raise ValueError(
+                f"{argument}: {name_or_path!r} is {what}; expected a saved model directory "
+                "(save_pretrained output, with config.json) or a Hub id"
+            )
+        return
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+        if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            raise ValueError(
+                f"{argument}: {name_or_path!r} is not a local path and HF_HUB_OFFLINE is set, but it is not in "
+                "the Hub cache; pass a local model directory, or download it first without HF_HUB_OFFLINE"
+            )

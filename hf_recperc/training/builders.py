@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..configuration_recperc import check_config_overrides, preset_for_data
 from ..data import ImageData
 from ..modeling_recperc import RecPercAEForPreTraining
 from ..modeling_recperc_mae import RecPercMAEForPreTraining
@@ -27,7 +28,14 @@ from ..monitors import (
 )
 from .arguments import FAMILY_CONFIGS, ModelArguments, PretrainingArguments, parse_config_overrides
 
-__all__ = ["build_model", "EpochShuffleSampler", "derived_seed", "build_optimizer", "build_monitors"]
+__all__ = [
+    "build_model",
+    "resolve_preset",
+    "EpochShuffleSampler",
+    "derived_seed",
+    "build_optimizer",
+    "build_monitors",
+]
 
 logger = logging.getLogger(__name__)
 MODEL_CLASSES = {"ae": RecPercAEForPreTraining, "mae": RecPercMAEForPreTraining}
@@ -39,7 +47,7 @@ def build_model(model_args: ModelArguments, data: ImageData):
     A ViTMAE checkpoint (``model_type="vit_mae"``, e.g. a local copy of ``facebook/vit-mae-base``) loads into the
     MAE family; its guidance probe starts fresh. So does the probe of one of our models trained on other labels.
     """
-    config_class, default_preset = FAMILY_CONFIGS[model_args.model_family]
+    config_class, _ = FAMILY_CONFIGS[model_args.model_family]
     model_class = MODEL_CLASSES[model_args.model_family]
     overrides = parse_config_overrides(model_args.config_overrides)
     if model_args.guidance is not None:
@@ -51,9 +59,11 @@ def build_model(model_args: ModelArguments, data: ImageData):
         "id2label": dict(enumerate(data.label_names)),
         "label2id": {name: index for index, name in enumerate(data.label_names)},
     }
+    check_config_overrides(config_class, overrides)  # a typo is an error naming the closest field
+    preset = resolve_preset(model_args, data)
     try:
         if model_args.model_name_or_path is None:
-            config = config_class.preset(model_args.preset or default_preset, **overrides, **labels)
+            config = config_class.preset(preset, **overrides, **labels)
         else:
             config = config_class.from_pretrained(model_args.model_name_or_path, **overrides, **labels)
     except (TypeError, ValueError) as err:
@@ -71,6 +81,16 @@ def build_model(model_args: ModelArguments, data: ImageData):
     return model_class.from_pretrained(
         model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True
     )
+
+
+def resolve_preset(model_args: ModelArguments, data: ImageData) -> str | None:
+    """``--preset``, or (no preset, no saved model) the preset that fits the data's image size and channels;
+    an error names the presets that could fit. ``None`` when a saved model is the start."""
+    if model_args.preset is not None or model_args.model_name_or_path is not None:
+        return model_args.preset
+    num_channels, height, width = data.first_image_shape()
+    image_size = parse_config_overrides(model_args.config_overrides).get("image_size", max(height, width))
+    return preset_for_data(model_args.model_family, image_size, num_channels)
 
 
 def derived_seed(*keys: int) -> int:

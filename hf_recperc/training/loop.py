@@ -28,7 +28,7 @@ from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_se
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..data import processor_transform, random_crop_flip
+from ..data import ProcessedImages, processor_transform, random_crop_flip
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
 from ..results import TRAIN_LOSSES, RunInfo, RunResults, train_key
@@ -39,6 +39,7 @@ from .builders import (
     build_monitors,
     build_optimizer,
     derived_seed,
+    resolve_preset,
     shard_loader,
 )
 from .checkpointing import (
@@ -164,8 +165,9 @@ class PretrainingRun:
             self.image_processor, self.data.image_column, self.data.label_column, config.num_channels,
             self.data.label_names,
         )  # fmt: skip
-        self.train_set = self.data.train.with_transform(transform)
-        self.eval_set = self.data.validation.with_transform(transform)
+        # Decoded row by row: a corrupt image fails naming its row and file.
+        self.train_set = ProcessedImages(self.data.train, transform, self.data.image_column)
+        self.eval_set = ProcessedImages(self.data.validation, transform, self.data.image_column)
         if len(self.train_set) < args.per_device_train_batch_size * accelerator.num_processes:
             raise ValueError(
                 f"per_device_train_batch_size: {args.per_device_train_batch_size} x {accelerator.num_processes} "
@@ -450,7 +452,7 @@ class PretrainingRun:
         info = RunInfo(
             family=self.model_args.model_family,
             model_type=type(config).model_type,  # (a ViTMAE checkpoint's config keeps "vit_mae")
-            preset=self.model_args.preset or (None if self.model_args.model_name_or_path else "default"),
+            preset=resolve_preset(self.model_args, self.data),
             num_parameters=model.num_parameters(),
             dataset=self.data.source,
             num_train=len(self.train_set),

@@ -27,8 +27,8 @@ __all__ = ["OutputDirectory", "MANIFEST", "RUN_FILES"]
 logger = logging.getLogger("hf_recperc.training")
 
 MANIFEST = ".hf_recperc_manifest.json"
-# Every name a run may publish at the top level of output_dir (figures depend on the monitors; remote code files
-# on the family). A user's file under one of these names is a collision.
+# Every name a run may publish at the top level of output_dir (figures depend on the monitors); a user's file under
+# one of these names is a collision. The remote-code files are computed (remote_code_files).
 RUN_FILES = frozenset(
     {
         "config.json",
@@ -37,13 +37,6 @@ RUN_FILES = frozenset(
         "README.md",
         "results.json",
         "history.json",
-    }
-    | {
-        "configuration_recperc.py",
-        "corruption.py",
-        "modeling_recperc.py",
-        "modeling_recperc_mae.py",
-        "processing.py",
     }
     | {
         f"{name}.png"
@@ -57,6 +50,21 @@ RUN_FILES = frozenset(
         )
     }
 )
+
+
+def remote_code_files() -> frozenset[str]:
+    """The ``.py`` files ``save_pretrained`` copies for ``trust_remote_code`` (our modeling modules and what they
+    import, as transformers resolves it)."""
+    from transformers.dynamic_module_utils import get_relative_import_files  # noqa: PLC0415
+
+    from .. import modeling_recperc, modeling_recperc_mae  # noqa: PLC0415
+
+    files = {modeling_recperc.__file__, modeling_recperc_mae.__file__}
+    for module in list(files):
+        files.update(get_relative_import_files(module))
+    return frozenset(Path(name).name for name in files)
+
+
 # What the run itself keeps in output_dir besides the published files; never a collision.
 RUN_DIRECTORIES = ("checkpoints", "logs")
 
