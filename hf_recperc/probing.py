@@ -261,7 +261,7 @@ class SubspaceProbe:
             denominator[:, None] > 0, projected / denominator.clamp_min(1e-300)[:, None], 0.0
         )
         self.intercept_ = counts / moments.count  # training label mean (unpenalised)
-        self.classes_ = ids.to(counts.device)  # (C,) original class ids, increasing
+        self._classes = ids.to(counts.device)  # (C,) original class ids, increasing
         self.pca_ = pca
         self._logistic = {}
         self._stale = False
@@ -286,6 +286,12 @@ class SubspaceProbe:
     @property
     def mean_(self) -> torch.Tensor:
         return self._fitted_pca().mean_
+
+    @property
+    def classes_(self) -> torch.Tensor:
+        """`(C,)` int64 ids of the classes with training rows, increasing (column order of the scores)."""
+        self._fitted_pca()
+        return self._classes
 
     @property
     def n_samples_seen_(self) -> int:
