@@ -22,7 +22,9 @@ def make_problem(num_rows=600, dim=12, seed=0):
     """float64 features with a loud label-free top and a quiet label-carrying bottom, 3 classes."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(num_rows) % 3)
-    features = rng.normal(size=(num_rows, dim)) * np.geomspace(5, 0.2, dim) + 2.0  # offset: exercises the shift
+    features = (
+        rng.normal(size=(num_rows, dim)) * np.geomspace(5, 0.2, dim) + 2.0
+    )  # offset: exercises the shift
     features[:, -3:] += 0.5 * np.eye(3)[labels]
     return features, labels
 
@@ -154,7 +156,10 @@ def run_two_processes(mode, out_dir):
                 str(out_dir),
             ]
         ]
-    processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    processes = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-3000:]
@@ -168,7 +173,11 @@ def one_process_answers():
     return {
         "split": metric.compute(predictions=X, references=y, subspaces=SUBSPACES),
         "streamed_train": metric.compute(
-            predictions=X, references=y, train_predictions=X_train, train_references=y_train, subspaces=SUBSPACES
+            predictions=X,
+            references=y,
+            train_predictions=X_train,
+            train_references=y_train,
+            subspaces=SUBSPACES,
         ),
     }
 
