@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -197,3 +198,19 @@ def test_torch_distributed_gives_the_one_process_answer_on_every_rank(tmp_path):
     for got in run_two_processes("torch", tmp_path):
         assert got["split"] == expected["split"]
         assert_close_results(got["streamed_train"], expected["streamed_train"])
+
+
+def readme_snippets() -> list[str]:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("### Three ways to call the metric")[1].split("\nOn CIFAR-10 pixels")[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_readme_snippets_run_as_written(index, capsys):
+    snippets = readme_snippets()
+    assert len(snippets) == 3
+    if index == 2:
+        pytest.importorskip("lightning")
+    exec(compile(snippets[index], f"README snippet {index + 1}", "exec"), {"__name__": "readme"})
+    assert "accuracy/" in capsys.readouterr().out
