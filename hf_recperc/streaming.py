@@ -208,7 +208,7 @@ class ProbeStream:
             moments = self.train.moments_
             state["train"] = {
                 "count": moments.count,
-                "dtype": moments.dtype,
+                "float64": moments.dtype == torch.float64,  # plain types: loadable with weights_only=True
                 "shift": moments.shift.cpu(),
                 "sum": moments.sum.cpu(),
                 "outer": moments.outer.cpu(),
@@ -232,7 +232,8 @@ class ProbeStream:
         other.moments_._allocate(train["sum"].numel(), train["sum"].device, train["shift"])
         other.moments_.sum, other.moments_.outer = train["sum"], train["outer"]
         other.moments_.target_sum, other.moments_.cross = train["target_sum"], train["cross"]
-        other.moments_.count, other.moments_.dtype = train["count"], train["dtype"]
+        other.moments_.count = train["count"]
+        other.moments_.dtype = torch.float64 if train["float64"] else torch.float32
         other._class_columns = dict(train["classes"])
         if self.train is None:
             self.train = other

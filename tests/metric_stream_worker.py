@@ -59,6 +59,10 @@ def stream(with_train: bool):
 
 
 result = {"split": stream(False), "streamed_train": stream(True)}
+if mode == "torch" and process_id == 0:
+    # Arrays given to compute() alone stay local: rank 0 alone may score features it gathered itself.
+    metric = evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY, cache_dir=str(out_dir / "cache"))
+    result["rank0_arrays"] = metric.compute(predictions=X, references=y, subspaces=SUBSPACES)
 (out_dir / f"{mode}-{process_id}.json").write_text(json.dumps(result))
 if mode != "evaluate":
     torch.distributed.destroy_process_group()

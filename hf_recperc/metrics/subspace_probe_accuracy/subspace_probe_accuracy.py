@@ -63,7 +63,8 @@ Args:
 Streaming: `add_batch(predictions=..., references=..., split="test")` (or `add(prediction=..., reference=...)`)
     inside the evaluation loop, `split="train"` for training rows, then `compute(**settings)`. All processes
     call `compute`: with evaluate's `num_process`/`process_id` it returns the result on process 0 and `None`
-    elsewhere; under an initialised `torch.distributed` group every rank returns the result.
+    elsewhere; under an initialised `torch.distributed` group, batches added with `add_batch` are merged
+    over all ranks and every rank returns the result (arrays given to `compute` alone stay local).
 Returns:
     A flat dict of Python scalars. For every subspace `S`: `accuracy/S` (fraction correct), `dims/S`
     (number of PCA components) and `explained_variance/S` (share of the training variance); plus `probe`
@@ -138,11 +139,13 @@ class SubspaceProbeAccuracy(evaluate.Metric):
     def compute(self, *, predictions=None, references=None, **kwargs):
         """Compute the metric from arrays, from the batches added so far, or both (arrays count as a last batch).
 
-        Arrays alone take the direct path (no copy of the rows). Streamed state is merged across processes
-        first (evaluate's `num_process` files, or `torch.distributed`), then reset.
+        Arrays alone take the direct path (no copy of the rows), on this process only unless evaluate's
+        `num_process > 1`. Streamed state is merged across processes first (evaluate's `num_process` files,
+        or every rank of an initialised `torch.distributed` group: all must call `compute`), then reset.
         """
-        distributed = self.num_process > 1 or _world_size() > 1
-        if getattr(self, "_probe_stream", None) is None and not distributed:
+        # Arrays alone, without add_batch, are scored as given even under torch.distributed: a common pattern
+        # gathers the features itself and calls compute on rank 0 only, which a collective here would hang.
+        if getattr(self, "_probe_stream", None) is None and self.num_process == 1:
             if predictions is None and references is None:
                 raise ValueError("compute: no data; pass predictions/references or call add_batch() first")
             return self._compute(predictions=predictions, references=references, **kwargs)
@@ -183,7 +186,7 @@ class SubspaceProbeAccuracy(evaluate.Metric):
                         f"({path(process_id)}); every process must call compute() with the same experiment_id"
                     )
                 time.sleep(_POLL_SECONDS)
-            stream.merge(torch.load(path(process_id), weights_only=False))
+            stream.merge(torch.load(path(process_id), weights_only=True))
             os.remove(path(process_id))
         return True
 
