@@ -15,7 +15,8 @@ Two ways to use each:
 
 Targets (issue 13): streamed <= 1.2 x direct time; peak extra memory O(D^2 + evaluated rows); no Arrow
 file written (the module's cache directory is listed after the runs). Times are the fastest of
-``--repeats`` interleaved runs (interference on a shared machine only adds time). Peak memory is the RSS
+``--repeats`` interleaved runs (interference on a shared machine only adds time), as wall-clock and as
+process CPU time (steadier when other processes compete for the cores). Peak memory is the RSS
 above its level before the call, sampled every 5 ms in separate untimed runs (benchmarks/subspace_probe.py).
 """
 
@@ -75,9 +76,11 @@ def streamed(metric, case):
 
 
 def timed(function, metric, case):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of this process, result). With one thread, CPU time excludes the time other
+    processes held the cores: on a shared machine it is the steadier measure of the work done."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = function(metric, case)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu, result
 
 
 def main():
@@ -107,12 +110,14 @@ def main():
             "train": {"X": X_test, "y": y_test, "train": (X, y)},
         }
         for case_name, case in cases.items():
-            direct_times, stream_times = [], []
+            direct_times, stream_times, direct_cpu, stream_cpu = [], [], [], []
             for _ in range(args.repeats):
-                seconds, expected = timed(direct, metric, case)
+                seconds, cpu, expected = timed(direct, metric, case)
                 direct_times.append(seconds)
-                seconds, result = timed(streamed, metric, case)
+                direct_cpu.append(cpu)
+                seconds, cpu, result = timed(streamed, metric, case)
                 stream_times.append(seconds)
+                stream_cpu.append(cpu)
             difference = max(abs(result[k] - expected[k]) for k in expected if isinstance(expected[k], float))
             with PeakRSS() as direct_memory:
                 direct(metric, case)
@@ -125,6 +130,8 @@ def main():
                     case_name,
                     min(direct_times),
                     min(stream_times),
+                    min(direct_cpu),
+                    min(stream_cpu),
                     direct_memory.extra,
                     stream_memory.extra,
                     evaluated_bytes,
@@ -134,7 +141,8 @@ def main():
             )
             print(
                 f"{data_name} [{case_name}]: direct {min(direct_times):.2f} s, streamed {min(stream_times):.2f} s "
-                f"(x{min(stream_times) / min(direct_times):.2f}); peak extra memory direct "
+                f"(x{min(stream_times) / min(direct_times):.2f}); CPU {min(direct_cpu):.2f} s vs {min(stream_cpu):.2f} s "
+                f"(x{min(stream_cpu) / min(direct_cpu):.2f}); peak extra memory direct "
                 f"{direct_memory.extra / 2**20:.0f} MiB, streamed {stream_memory.extra / 2**20:.0f} MiB "
                 f"(evaluated rows {evaluated_bytes / 2**20:.0f} MiB, D^2 float64 {dim * dim * 8 / 2**20:.0f} MiB); "
                 f"max |streamed - direct| {difference:.1e}",
@@ -143,13 +151,15 @@ def main():
     written = [str(p) for p in Path(cache_dir).rglob("*") if p.is_file()]
     print(f"\nfiles in the module's cache directory after every run: {written or 'none'}")
     print(
-        "\n| data | training rows | direct | add_batch + compute | ratio | peak extra memory (direct / streamed) |"
+        "\n| data | training rows | direct: wall / CPU | add_batch + compute: wall / CPU | ratio: wall / CPU "
+        "| peak extra memory: direct / streamed |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
-    for data_name, case_name, d, s, dm, sm, *_ in rows:
+    for data_name, case_name, d, s, dc, sc, dm, sm, *_ in rows:
         how = "80/20 split of the evaluated rows" if case_name == "split" else 'streamed, `split="train"`'
         print(
-            f"| {data_name} | {how} | {d:.2f} s | {s:.2f} s | {s / d:.2f} | {dm / 2**20:.0f} / {sm / 2**20:.0f} MiB |"
+            f"| {data_name} | {how} | {d:.2f} / {dc:.2f} s | {s:.2f} / {sc:.2f} s | {s / d:.2f} / {sc / dc:.2f} "
+            f"| {dm / 2**20:.0f} / {sm / 2**20:.0f} MiB |"
         )
 
 

@@ -70,9 +70,62 @@ def subspace_probe_accuracy(
     given rows (``test_size``, ``seed``). See the metric card for the returned keys.
     """
     features = as_float_tensor(predictions, "predictions")
+    return _probe_accuracy(
+        [features],
+        references,
+        train_predictions,
+        train_references,
+        train_probe=train_probe,
+        subspaces=subspaces,
+        probe=probe,
+        ridge=ridge,
+        standardize=standardize,
+        seed=seed,
+        test_size=test_size,
+    )
+
+
+def _take_rows(blocks: list[torch.Tensor], index: np.ndarray) -> torch.Tensor:
+    """``torch.cat(blocks)[index]`` for a sorted ``index`` `(M,)`, without building the concatenation.
+
+    The stratified split copies 80% + 20% of the rows; gathering them straight from the streamed batches
+    saves one full copy of the evaluated rows, in time and in peak memory.
+    """
+    if len(blocks) == 1:
+        block = blocks[0]
+        return block[torch.from_numpy(index).to(block.device)]
+    dtype = blocks[0].dtype
+    for block in blocks[1:]:
+        dtype = torch.promote_types(dtype, block.dtype)
+    out = torch.empty(len(index), blocks[0].shape[1], dtype=dtype, device=blocks[0].device)  # (M, D)
+    offsets = np.cumsum([0] + [len(block) for block in blocks])
+    bounds = np.searchsorted(index, offsets)  # index[bounds[i]:bounds[i+1]] falls in block i
+    for block, offset, low, high in zip(blocks, offsets, bounds[:-1], bounds[1:]):
+        if high > low:
+            rows = torch.from_numpy(index[low:high] - offset).to(block.device)
+            out[low:high] = block.index_select(0, rows)
+    return out
+
+
+def _probe_accuracy(
+    blocks: list[torch.Tensor],
+    references,
+    train_predictions=None,
+    train_references=None,
+    *,
+    train_probe: SubspaceProbe | None = None,
+    subspaces=DEFAULT_SUBSPACES,
+    probe: str = "ridge",
+    ridge: float = 1e-3,
+    standardize: bool = False,
+    seed: int = 0,
+    test_size: float = 0.2,
+) -> dict[str, float | int | str]:
+    """:func:`subspace_probe_accuracy` (same defaults) of validated row blocks `(n_i, D)`, read as their concatenation."""
+    num_rows = sum(len(block) for block in blocks)
     has_train = train_probe is not None or train_references is not None
     # The evaluated rows may all belong to one class (a per-class report); only training needs two.
-    labels = _labels(references, "references", len(features), min_classes=1 if has_train else 2)
+    labels = _labels(references, "references", num_rows, min_classes=1 if has_train else 2)
     if (train_predictions is None) != (train_references is None):
         raise ValueError("train_predictions and train_references: give both or neither")
     if train_probe is not None and train_predictions is not None:
@@ -82,6 +135,8 @@ def subspace_probe_accuracy(
     if isinstance(subspaces, str):
         subspaces = [subspaces]
     estimator = SubspaceProbe(subspaces=tuple(subspaces), probe=probe, ridge=ridge, standardize=standardize)
+    if train_probe is not None or train_predictions is not None:
+        features = blocks[0] if len(blocks) == 1 else torch.cat(blocks)  # (N, D), all of them are scored
     if train_probe is not None:
         estimator._validate_params()
         if probe != "ridge":
@@ -102,9 +157,8 @@ def subspace_probe_accuracy(
         if not (0 < test_size < 1):
             raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
         train_index, test_index = stratified_split(labels.cpu().numpy(), test_size, seed)
-        train_index, test_index = torch.from_numpy(train_index), torch.from_numpy(test_index)
-        train_features, train_labels = features[train_index.to(features.device)], labels[train_index]
-        features, labels = features[test_index.to(features.device)], labels[test_index]
+        train_features, train_labels = _take_rows(blocks, train_index), labels[torch.from_numpy(train_index)]
+        features, labels = _take_rows(blocks, test_index), labels[torch.from_numpy(test_index)]
     else:
         train_features = as_float_tensor(train_predictions, "train_predictions")
         train_labels = _labels(train_references, "train_references", len(train_features))
@@ -116,23 +170,14 @@ def subspace_probe_accuracy(
     return estimator.fit(train_features, train_labels).score(features, labels)
 
 
-def _detached(values, name: str, ndim: int) -> torch.Tensor:
-    """A private copy of a batch (the caller may reuse its buffer), validated, on its own device."""
-    if ndim == 2:
-        tensor = as_float_tensor(values, name)
-    else:
-        tensor = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
-    return tensor.detach().clone()
-
-
 class ProbeStream:
     """Batches of features and labels, accumulated for :func:`subspace_probe_accuracy`.
 
     * ``add(features (n, D), labels (n,), split="test")`` keeps the rows: they are scored at the end and,
       without training rows, split 80/20 exactly as the array path would.
-    * ``add(..., split="train")`` folds the rows into second moments. They are buffered up to 16,384 rows
-      first so that the moments see the same chunks as a one-shot fit (identical shift and products, hence
-      the same numbers) and large matrix products stay efficient; memory ``O(16384 D + D^2)``.
+    * ``add(..., split="train")`` folds the rows into second moments. They are copied into a reused
+      16,384-row buffer first, so that the moments see the same chunks as a one-shot fit (identical shift
+      and products, hence the same numbers) and matrix products stay large; memory ``O(16384 D + D^2)``.
 
     Mergeable: :meth:`state` / :meth:`merge` move the statistics between processes (files or
     ``torch.distributed``); merging in process order reproduces a single process that saw all rows.
@@ -142,7 +187,9 @@ class ProbeStream:
         self.features: list[torch.Tensor] = []  # evaluated rows, (n_i, D) each
         self.labels: list[torch.Tensor] = []  # (n_i,) int64 each
         self.train: SubspaceProbe | None = None  # second moments of the flushed training rows
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # training rows not yet flushed
+        # Training rows not yet folded in: one reused (16384, D) buffer, so each row is copied once.
+        self._buffer: torch.Tensor | None = None
+        self._pending_labels: list[torch.Tensor] = []
         self._pending_rows = 0
 
     @property
@@ -155,7 +202,7 @@ class ProbeStream:
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
         name = "predictions" if split == "test" else "train_predictions"
-        features = _detached(features, name, 2)
+        features = as_float_tensor(features, name)  # a view: the one copy is made below
         labels = check_labels(name.replace("predictions", "references"), labels, len(features))
         dim = self._dim()
         if dim is not None and features.shape[1] != dim:
@@ -165,34 +212,46 @@ class ProbeStream:
         if len(features) == 0:
             return
         if split == "test":
-            self.features.append(features)
-            self.labels.append(labels)
+            # A private copy: the caller may reuse its batch buffer.
+            self.features.append(features.detach().clone())
+            self.labels.append(labels.clone())
             return
-        self._pending.append((features, labels))
-        self._pending_rows += len(features)
-        if self._pending_rows >= _ACCUMULATE_ROWS:
-            self._flush(whole_chunks_only=True)
+        start = 0
+        while start < len(features):
+            if self._buffer is None or self._buffer.dtype != features.dtype:
+                self._flush()  # a new dtype (rare): finish the rows of the old one first
+                self._buffer = torch.empty(
+                    _ACCUMULATE_ROWS, features.shape[1], dtype=features.dtype, device=features.device
+                )
+            take = min(len(features) - start, _ACCUMULATE_ROWS - self._pending_rows)
+            self._buffer[self._pending_rows : self._pending_rows + take] = features[
+                start : start + take
+            ].detach()
+            self._pending_labels.append(labels[start : start + take].clone())
+            self._pending_rows += take
+            start += take
+            if self._pending_rows == _ACCUMULATE_ROWS:
+                self._flush()
 
     def _dim(self) -> int | None:
-        for rows in (self.features, [f for f, _ in self._pending]):
-            if rows:
-                return rows[0].shape[1]
+        if self.features:
+            return self.features[0].shape[1]
+        if self._buffer is not None:
+            return self._buffer.shape[1]
         return None if self.train is None else self.train.moments_.dim
 
-    def _flush(self, whole_chunks_only: bool = False) -> None:
-        """Fold pending training rows into the moments (whole 16,384-row chunks only, unless finishing)."""
-        if not self._pending:
+    def _flush(self) -> None:
+        """Fold the buffered training rows into the moments.
+
+        Full buffers are 16,384-row chunks, the chunks a one-shot ``SubspaceProbe.fit`` uses, so the first
+        chunk fixes the same shift and every product is the same: streamed == one call, bit for bit.
+        """
+        if not self._pending_rows:
             return
-        features = torch.cat([f for f, _ in self._pending])
-        labels = torch.cat([y for _, y in self._pending])
-        cut = (len(features) // _ACCUMULATE_ROWS) * _ACCUMULATE_ROWS if whole_chunks_only else len(features)
-        if cut:
-            if self.train is None:
-                self.train = SubspaceProbe()
-            self.train.partial_fit(features[:cut], labels[:cut])
-        rest = features[cut:], labels[cut:]
-        self._pending = [rest] if len(rest[1]) else []
-        self._pending_rows = len(rest[1])
+        if self.train is None:
+            self.train = SubspaceProbe()
+        self.train.partial_fit(self._buffer[: self._pending_rows], torch.cat(self._pending_labels))
+        self._pending_labels, self._pending_rows = [], 0
 
     # ------------------------------------------------------------------------------------ merging
 
@@ -263,8 +322,7 @@ class ProbeStream:
             raise ValueError(
                 "predictions: no evaluated rows were added; add_batch(predictions=..., references=...)"
             )
-        # Concatenate once and keep only the result: the batches' memory is released before the probe's own
-        # copies (the 80/20 split) are made, so the peak stays ~2x the evaluated rows, not 3x.
-        self.features = [torch.cat(self.features)] if len(self.features) > 1 else self.features
-        self.labels = [torch.cat(self.labels)] if len(self.labels) > 1 else self.labels
-        return subspace_probe_accuracy(self.features[0], self.labels[0], train_probe=self.train, **kwargs)
+        labels = torch.cat(self.labels) if len(self.labels) > 1 else self.labels[0]
+        settings = {"train_probe": self.train, **kwargs}
+        # The batches are read in place (_take_rows / one cat): no extra copy of the evaluated rows.
+        return _probe_accuracy(self.features, labels, **settings)
