@@ -37,6 +37,7 @@ from .configuration_recperc import RecPercAEConfig
 from .corruption import Corruption, parse_corruption
 from .layers import conv_bn_relu
 from .processing import image_processor_for
+from .validation import check_labels as _check_label_ids
 
 __all__ = [
     "RecPercModelOutput",
@@ -160,14 +161,16 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
 
 def check_labels(labels: torch.Tensor, num_labels: int, batch_size: int) -> None:
     """Raise a ValueError unless ``labels`` is `(batch_size,)` integers in ``[0, num_labels)``."""
-    if not isinstance(labels, torch.Tensor) or labels.shape != (batch_size,) or labels.is_floating_point():
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected an integer tensor of shape ({batch_size},), got {shape}")
-    # One host sync per step; cross_entropy would otherwise fail with an opaque device assert on CUDA.
-    low, high = labels.min().item(), labels.max().item()
-    if low < 0 or high >= num_labels:
+    if not isinstance(labels, torch.Tensor):
         raise ValueError(
-            f"labels: values must lie in [0, {num_labels}) (num_labels), got range [{low}, {high}]"
+            f"labels: expected an integer tensor of shape ({batch_size},), got {type(labels).__name__}"
+        )
+    _check_label_ids("labels", labels, batch_size)  # shape, integer dtype, >= 0: shared with the probes
+    # A host sync per check; cross_entropy would otherwise fail with an opaque device assert on CUDA.
+    high = labels.max().item()
+    if high >= num_labels:
+        raise ValueError(
+            f"labels: values must lie in [0, {num_labels}) (num_labels), got a maximum of {high}"
         )
 
 

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .spectral import PCA, SecondMoments, as_float_tensor, parse_subspace
+from .spectral import PCA, SecondMoments, as_float_tensor, compute_dtype, parse_subspace
+from .validation import check_labels
 
 __all__ = ["SubspaceProbe", "PROBES", "DEFAULT_SUBSPACES"]
 
@@ -41,23 +42,8 @@ _CURVE_ROWS = 256
 
 
 def _as_labels(y, num_rows: int, name: str = "y") -> torch.Tensor:
-    """Integer labels `(N,)` as int64, validated against the number of feature rows."""
-    labels = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
-    if labels.ndim != 1:
-        raise ValueError(
-            f"{name}: expected a 1-D sequence of integer class ids, got shape {tuple(labels.shape)}"
-        )
-    if labels.is_floating_point():
-        if not torch.equal(labels, labels.round()):
-            raise ValueError(f"{name}: expected integer class ids, got non-integer values")
-        labels = labels.long()
-    if labels.dtype == torch.bool or not (labels.dtype.is_signed or labels.dtype == torch.uint8):
-        raise ValueError(f"{name}: expected integer class ids, got dtype {labels.dtype}")
-    if labels.numel() != num_rows:
-        raise ValueError(f"{name}: expected {num_rows} labels (one per feature row), got {labels.numel()}")
-    if labels.numel() and labels.min() < 0:
-        raise ValueError(f"{name}: class ids must be >= 0, got {labels.min().item()}")
-    return labels.long()
+    """Integer labels `(N,)` as int64, validated against the number of feature rows (whole floats accepted)."""
+    return check_labels(name, y, num_rows, allow_float=True)
 
 
 def _fit_softmax(inputs, targets, num_classes, scale, alpha, max_iter):
@@ -100,7 +86,7 @@ class SubspaceProbe:
 
     Fitted attributes (after :meth:`fit`, or lazily after :meth:`partial_fit`):
         pca_ (:class:`~hf_recperc.spectral.PCA`), components_ (`(D, D)`), eigenvalues_ (`(D,)`),
-        explained_variance_ratio_ (`(D,)`), mean_ (`(D,)`), classes_ (`(C,)`), alpha_ (`float`),
+        explained_variance_ratio_ (`(D,)`), mean_ (`(D,)`), classes_ (`(C,)` ids of the classes with training rows, increasing), alpha_ (`float`),
         coef_ (`(D, C)`, ridge coefficients in the PCA basis), intercept_ (`(C,)`), n_samples_seen_.
 
     Example:
@@ -143,13 +129,27 @@ class SubspaceProbe:
         if self.probe == "logistic" and self.ridge == 0:
             raise ValueError("ridge: probe='logistic' needs ridge > 0 (an unpenalised softmax can diverge)")
 
+    def _columns(self, labels: torch.Tensor) -> torch.Tensor:
+        """Target column `(N,)` of each label: a class gets the next free column when first seen.
+
+        Compacting ids keeps memory ``O(D C)`` in the number of classes *present*: labels ``{0, 10**6}``
+        take two columns, not a million (one-hot by raw id took 10 GB).
+        """
+        ids, inverse = torch.unique(labels, return_inverse=True)  # sorted ids (U,), (N,) positions
+        columns = self._class_columns
+        for class_id in ids.tolist():
+            columns.setdefault(class_id, len(columns))
+        lookup = torch.tensor([columns[class_id] for class_id in ids.tolist()], dtype=torch.long)
+        return lookup.to(inverse.device)[inverse]
+
     def _accumulate(self, X, y) -> None:
         X = as_float_tensor(X)
         labels = _as_labels(y, X.shape[0])
         if X.shape[0] == 0:
             return
-        one_hot = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).to(
-            device=X.device, dtype=X.dtype
+        columns = self._columns(labels)
+        one_hot = torch.nn.functional.one_hot(columns, len(self._class_columns)).to(
+            device=X.device, dtype=compute_dtype(X.dtype)
         )
         self.moments_.update(X, one_hot)  # (N, D) features, (N, C) targets
         self._stale = True
@@ -166,6 +166,7 @@ class SubspaceProbe:
             raise ValueError(f"probe={self.probe!r} needs the training rows: use fit(X, y), not partial_fit")
         if not hasattr(self, "moments_"):
             self.moments_ = SecondMoments()
+            self._class_columns = {}
         self._accumulate(X, y)
         return self
 
@@ -173,6 +174,7 @@ class SubspaceProbe:
         """Fit the PCA and every subspace's probe on features ``X`` `(N, D)` and labels ``y`` `(N,)`."""
         self._validate_params()
         self.moments_ = SecondMoments()
+        self._class_columns = {}
         self._accumulate(X, y)
         self._solve()
         if self.probe == "logistic":
@@ -188,9 +190,43 @@ class SubspaceProbe:
         if self.probe != "ridge":
             raise ValueError("all_reduce: only probe='ridge' merges across processes")
         self._check_has_data()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self._align_classes_across_processes()
         self.moments_.all_reduce()
         self._stale = True
         return self
+
+    def _align_classes_across_processes(self) -> None:
+        """Give every rank the same target columns: the sorted union of the class ids all ranks saw.
+
+        Ranks assign columns in the order they meet classes, so column ``j`` may mean different classes on
+        different ranks; summing the statistics needs one common layout first.
+        """
+        dist = torch.distributed
+        device = self.moments_.sum.device
+        local = torch.tensor(sorted(self._class_columns), dtype=torch.long, device=device)  # (U,)
+        width = torch.tensor([local.numel()], device=device)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        padded = torch.full((int(width.item()),), -1, dtype=torch.long, device=device)
+        padded[: local.numel()] = local
+        gathered = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, padded)
+        union = torch.unique(torch.cat(gathered))
+        self._remap_columns([int(i) for i in union.tolist() if i >= 0])
+
+    def _remap_columns(self, class_ids: list[int]) -> None:
+        """Re-lay the target statistics out as columns ``class_ids`` (a superset of the classes seen)."""
+        moments = self.moments_
+        position = {class_id: index for index, class_id in enumerate(class_ids)}
+        old = torch.tensor(list(self._class_columns.values()), dtype=torch.long)
+        new = torch.tensor([position[c] for c in self._class_columns], dtype=torch.long)
+        target_sum = torch.zeros(len(class_ids), dtype=torch.float64, device=moments.sum.device)
+        cross = torch.zeros(moments.dim, len(class_ids), dtype=torch.float64, device=moments.sum.device)
+        if old.numel():
+            target_sum[new] = moments.target_sum[old]
+            cross[:, new] = moments.cross[:, old]
+        moments.target_sum, moments.cross = target_sum, cross
+        self._class_columns = position
 
     def _check_has_data(self) -> None:
         if not hasattr(self, "moments_") or self.moments_.count == 0:
@@ -202,12 +238,22 @@ class SubspaceProbe:
         """PCA of the accumulated features and the ridge coefficients in its basis."""
         self._check_has_data()
         moments = self.moments_
-        counts = moments.target_sum
-        if int((counts > 0).sum()) < 2:
-            raise ValueError(f"y: need at least 2 classes to fit a probe, got {int((counts > 0).sum())}")
+        # Columns -> classes in increasing id order, keeping only classes with training rows (after a merge a
+        # column may exist for a class this data never had). Sorted ids make argmax ties go to the smaller id.
+        ids = torch.tensor(list(self._class_columns), dtype=torch.long)
+        columns = torch.tensor(list(self._class_columns.values()), dtype=torch.long)
+        order = torch.argsort(ids)
+        ids, columns = ids[order], columns[order]
+        counts_all = moments.target_sum.cpu()[columns]
+        present = counts_all > 0
+        ids, columns = ids[present], columns[present].to(moments.target_sum.device)
+        if ids.numel() < 2:
+            raise ValueError(f"y: need at least 2 classes to fit a probe, got {ids.numel()}")
+        counts = moments.target_sum[columns]
         pca = PCA(standardize=self.standardize).fit_from_moments(moments)
         # Cross-covariance of the (scaled) features with the one-hot labels, in the PCA basis: (D, C).
-        projected = pca.components_ @ (moments.cross_covariance() / pca.scale_[:, None])
+        cross_covariance = moments.cross_covariance()[:, columns]
+        projected = pca.components_ @ (cross_covariance / pca.scale_[:, None])
         self.alpha_ = float(self.ridge * pca.eigenvalues_.mean())
         denominator = pca.eigenvalues_ + self.alpha_
         # Directions with no variance carry no signal; guard 0/0 when ridge == 0.
@@ -215,8 +261,7 @@ class SubspaceProbe:
             denominator[:, None] > 0, projected / denominator.clamp_min(1e-300)[:, None], 0.0
         )
         self.intercept_ = counts / moments.count  # training label mean (unpenalised)
-        self.classes_ = torch.arange(counts.numel())
-        self._present = counts > 0
+        self._classes = ids.to(counts.device)  # (C,) original class ids, increasing
         self.pca_ = pca
         self._logistic = {}
         self._stale = False
@@ -243,6 +288,12 @@ class SubspaceProbe:
         return self._fitted_pca().mean_
 
     @property
+    def classes_(self) -> torch.Tensor:
+        """`(C,)` int64 ids of the classes with training rows, increasing (column order of the scores)."""
+        self._fitted_pca()
+        return self._classes
+
+    @property
     def n_samples_seen_(self) -> int:
         self._check_has_data()
         return self.moments_.count
@@ -259,7 +310,8 @@ class SubspaceProbe:
         pca = self.pca_
         num_classes = self.classes_.numel()
         coordinates = pca.transform(X)  # (N, D) float64
-        targets = labels.to(coordinates.device)
+        # Cross-entropy wants column indices: position of each label in the sorted classes_ (all present).
+        targets = torch.searchsorted(self.classes_, labels.to(self.classes_.device)).to(coordinates.device)
         for spec in self.subspaces:
             index = pca.subspace(spec).to(coordinates.device)
             scale = (pca.eigenvalues_[index] + self.alpha_).sqrt()  # (d,)
@@ -277,7 +329,8 @@ class SubspaceProbe:
     def decision_function(self, X, subspace: str) -> torch.Tensor:
         """Class scores `(N, C)` float64 of the probe restricted to ``subspace``.
 
-        Absent classes (no training row) score ``-inf``.
+        Column ``j`` scores class ``classes_[j]``: only classes with training rows get a column (scikit-learn's
+        convention), so ids need not be contiguous.
         """
         return self._decision_functions(X, [subspace])[str(parse_subspace(subspace))]
 
@@ -290,7 +343,6 @@ class SubspaceProbe:
             raise ValueError(
                 f"X: expected {pca.mean_.numel()} features per row (as in training), got {X.shape[1]}"
             )
-        absent = ~self._present.to(pca.mean_.device)
         if self.probe == "logistic":
             missing = sorted(set(names) - set(self._logistic))
             if missing:
@@ -299,9 +351,7 @@ class SubspaceProbe:
             scores = {}
             for name in names:
                 weight, bias = self._logistic[name]
-                scores[name] = (coordinates[:, pca.subspace(name)] @ weight + bias).masked_fill(
-                    absent, float("-inf")
-                )
+                scores[name] = coordinates[:, pca.subspace(name)] @ weight + bias
             return scores
         # Fold each basis into its coefficients, scores = mean_y + ((x - mu) / s) @ (U_S coef_S), and stack
         # the subspaces: one (D, S*C) matrix, so scoring every subspace costs a single N*D*S*C pass.
@@ -315,8 +365,7 @@ class SubspaceProbe:
             ]
         )  # (N, S*C)
         return {
-            name: (self.intercept_ + block).masked_fill(absent, float("-inf"))
-            for name, block in zip(names, stacked.split(num_classes, dim=1))
+            name: self.intercept_ + block for name, block in zip(names, stacked.split(num_classes, dim=1))
         }
 
     def _restricted_coef(self, subspace: str) -> torch.Tensor:
@@ -326,8 +375,9 @@ class SubspaceProbe:
         return self.coef_ * keep
 
     def predict(self, X, subspace: str = "all") -> torch.Tensor:
-        """Predicted class ids `(N,)` of the probe restricted to ``subspace``."""
-        return self.decision_function(X, subspace).argmax(1)
+        """Predicted class ids `(N,)` (values of ``classes_``) of the probe restricted to ``subspace``."""
+        self._fitted_pca()
+        return self.classes_[self.decision_function(X, subspace).argmax(1)]
 
     def score(self, X, y) -> dict[str, float | int | str]:
         """Accuracy of every subspace's probe on features ``X`` `(N, D)` with labels ``y`` `(N,)`.
@@ -345,7 +395,8 @@ class SubspaceProbe:
         scores = self._decision_functions(X, self.subspaces)
         result: dict[str, float | int | str] = {}
         for name, subspace_scores in scores.items():
-            result[f"accuracy/{name}"] = float((subspace_scores.argmax(1) == labels).double().mean())
+            predicted = self.classes_[subspace_scores.argmax(1)]  # original ids
+            result[f"accuracy/{name}"] = float((predicted == labels).double().mean())
             result[f"dims/{name}"] = int(pca.subspace(name).numel())
             result[f"explained_variance/{name}"] = pca.explained_variance(name)
         result["probe"] = self.probe
@@ -373,15 +424,14 @@ class SubspaceProbe:
             "top": torch.zeros(dim, dtype=torch.float64),
             "bottom": torch.zeros(dim, dtype=torch.float64),
         }
-        absent = (~self._present).to(pca.mean_.device)
         for start in range(0, X.shape[0], _CURVE_ROWS):
             z = pca.transform(X[start : start + _CURVE_ROWS])  # (b, D)
             contributions = z[:, :, None] * self.coef_[None]  # (b, D, C)
             chunk_labels = labels[start : start + _CURVE_ROWS, None]  # (b, 1)
             for name, ordered in (("top", contributions), ("bottom", contributions.flip(1))):
                 scores = self.intercept_ + ordered.cumsum(1)  # (b, K, C)
-                scores.masked_fill_(absent, float("-inf"))
-                correct[name] += (scores.argmax(2) == chunk_labels).sum(0).double().cpu()
+                predicted = self.classes_[scores.argmax(2)]  # (b, K) original ids
+                correct[name] += (predicted == chunk_labels).sum(0).double().cpu()
         ratio = pca.explained_variance_ratio_.cpu()
         return {
             "k": np.arange(1, dim + 1),

@@ -1,8 +1,9 @@
 """Streaming second moments, PCA and variance subspaces (docs/science.md section 2).
 
 Everything here works on rows: ``X`` has shape `(num_samples, num_features)` (``D = C * H * W`` for
-flattened images). Inputs may be numpy arrays or torch tensors on any device; statistics are summed in
-float64 whatever the input dtype.
+flattened images). Inputs may be numpy arrays or torch tensors on any device, in any float precision
+(half-precision embeddings of mixed-precision models included); products are formed in float32 or wider and
+statistics are summed in float64 whatever the input dtype, and non-finite statistics are an error.
 
 Subspaces are named by short strings, validated by :func:`parse_subspace`:
 
@@ -17,6 +18,7 @@ Subspaces are named by short strings, validated by :func:`parse_subspace`:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,7 @@ __all__ = [
     "SecondMoments",
     "PCA",
     "as_float_tensor",
+    "compute_dtype",
     "num_components",
     "fix_eigenvector_signs",
 ]
@@ -39,6 +42,11 @@ SUBSPACE_FORMS = "'top:P' or 'bottom:P' (0 < P <= 1), 'first:K' or 'last:K' (int
 # Cumulative sums of float64 ratios can land a hair above an exact threshold (0.9 -> 0.9000000000000001);
 # this tolerance keeps `top:p` and `bottom:(1-p)` exact complements without moving any real boundary.
 _CUMULATIVE_TOL = 1e-10
+
+# Half-precision inputs are widened to float32 before any arithmetic: float16 overflows at 65504, so sums of
+# squares of ordinary embeddings (a few thousand rows of magnitude ~5) would become inf (docs/design.md,
+# "Half precision").
+_HALF = (torch.float16, torch.bfloat16)
 
 # Rows per matrix product when accumulating: big enough for BLAS efficiency, small enough that the
 # temporary (batch_rows, D) copy stays a small fraction of the input.
@@ -131,8 +139,15 @@ def subspace_indices(spec: str | SubspaceSpec, explained_variance_ratio) -> torc
     return indices
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision arithmetic on inputs of ``dtype`` runs in: float64 stays, anything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def as_float_tensor(X, name: str = "X", ndim: int = 2) -> torch.Tensor:
     """A float tensor view of ``X`` (numpy or torch, no copy when possible), validated.
+
+    Half-precision inputs keep their dtype (no copy); consumers widen them chunk by chunk (:func:`compute_dtype`).
 
     Raises:
         ValueError: naming ``name`` when ``X`` is ragged, has the wrong number of dimensions, or holds
@@ -154,7 +169,7 @@ def as_float_tensor(X, name: str = "X", ndim: int = 2) -> torch.Tensor:
         tensor = tensor.to(torch.float64 if tensor.dtype == torch.int64 else torch.float32)
     # One reduction pass is enough: a sum is finite unless some entry is NaN/inf (or it overflows, in
     # which case the exact element-wise check below decides).
-    if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+    if not torch.isfinite(tensor.sum(dtype=compute_dtype(tensor.dtype))) and not torch.isfinite(tensor).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
     return tensor
 
@@ -166,17 +181,45 @@ def _reference_shift(first_rows: torch.Tensor) -> torch.Tensor:
     a relative error of about ``eps * (1 + mu_j^2 / sigma_j^2)``; when every ``mu_j^2 <= sigma_j^2`` that is
     at most one bit, and skipping the shift saves a copy of every batch (15% of the time on CIFAR-10).
     """
+    first_rows = first_rows.to(compute_dtype(first_rows.dtype))  # half would overflow in the variance
     mean = first_rows.mean(0)  # a decision, not a statistic: the input precision is enough
+    # A variance that overflows float32 (|x| ~ 1e20 and up) reads as inf, which selects no shift; the
+    # products of such rows are then formed in float64 by SecondMoments.update.
     variance = first_rows.var(0, correction=0)
     mean = mean.to(torch.float64)
     return torch.zeros_like(mean) if bool((mean.square() <= variance.to(torch.float64)).all()) else mean
+
+
+def _chunk_products(chunk: torch.Tensor, targets: torch.Tensor | None):
+    """float64 ``(sum (D,), outer (D, D), cross (D, T) or None)`` of one chunk `(b, D)` (targets `(b, T)`).
+
+    The products run in the chunk's precision: torch reduces float32 with cascaded partial sums (error ~
+    eps log b), so this is safe and 10x cheaper than casting every entry to float64 first. When a float32
+    product overflows (features of magnitude ~1e19 and up) the chunk is redone in float64; the diagonal
+    bounds every entry (``|o_ij| <= sqrt(o_ii o_jj)``), so checking it is enough and costs only ``O(D)``.
+    """
+    for attempt in (chunk, chunk.to(torch.float64)):
+        outer = attempt.T @ attempt  # (D, D)
+        chunk_sum = attempt.sum(0)
+        if bool(torch.isfinite(outer.diagonal()).all()) and bool(torch.isfinite(chunk_sum).all()):
+            break
+        if attempt.dtype == torch.float64:
+            peak = float(chunk.abs().max())
+            raise ValueError(
+                f"X: second moments overflow float64 (max |x| = {peak:.3g}); rescale the features"
+            )
+    cross = None
+    if targets is not None:
+        # (T, b) @ (b, D) runs as a proper GEMM; chunk.T @ targets takes a slow skinny path (5x).
+        cross = (targets.to(attempt.dtype).T @ attempt).T.to(torch.float64)
+    return chunk_sum.to(torch.float64), outer.to(torch.float64), cross
 
 
 class SecondMoments:
     """Streaming, mergeable first and second moments of rows, summed in float64.
 
     Memory is ``O(D^2)`` whatever the number of rows. Each batch's products are formed in the input's
-    precision after subtracting a fixed shift (the first batch's mean), then added to float64 sums: the
+    precision (float32 for half-precision inputs, float64 where float32 would overflow) after subtracting a fixed shift (the first batch's mean), then added to float64 sums: the
     shift keeps float32 round-off at the scale of the data's spread instead of its offset (the classic
     shifted-data variance algorithm), while float32 batches keep float32 BLAS speed. Data that is already
     about centred (no feature's offset exceeds its spread) skips the shift and its copy of every batch.
@@ -220,25 +263,24 @@ class SecondMoments:
                 f"X: expected {self.dim} features per row (as in earlier batches), got {X.shape[1]}"
             )
         if targets is not None:
-            targets = as_float_tensor(targets, "targets").to(device=self.device, dtype=X.dtype)
+            targets = as_float_tensor(targets, "targets").to(device=self.device, dtype=compute_dtype(X.dtype))
             if targets.shape[0] != X.shape[0]:
                 raise ValueError(f"targets: expected {X.shape[0]} rows like X, got {targets.shape[0]}")
             self._grow_targets(targets.shape[1])
-        shift = self.shift.to(X.dtype) if self.shift.any() else None
+        dtype = compute_dtype(X.dtype)
+        shift = self.shift.to(dtype) if self.shift.any() else None
         for start in range(0, X.shape[0], _ACCUMULATE_ROWS):
-            chunk = X[start : start + _ACCUMULATE_ROWS].to(self.device)  # (b, D), input precision
+            chunk = X[start : start + _ACCUMULATE_ROWS].to(self.device, dtype)  # (b, D), float32/64
             if shift is not None:
                 chunk = chunk - shift
-            # torch reduces float32 with cascaded partial sums (error ~ eps log b), so summing a batch in
-            # the input precision is safe and 10x cheaper than casting every entry to float64 first.
-            self.sum += chunk.sum(0).to(torch.float64)
-            self.outer += (chunk.T @ chunk).to(torch.float64)
-            if targets is not None:
-                target_chunk = targets[start : start + _ACCUMULATE_ROWS]  # (b, T')
+            target_chunk = None if targets is None else targets[start : start + _ACCUMULATE_ROWS]  # (b, T')
+            chunk_sum, outer, cross = _chunk_products(chunk, target_chunk)
+            self.sum += chunk_sum
+            self.outer += outer
+            if target_chunk is not None:
                 width = target_chunk.shape[1]
                 self.target_sum[:width] += target_chunk.sum(0, dtype=torch.float64)
-                # (T, b) @ (b, D) runs as a proper GEMM; chunk.T @ targets takes a slow skinny path (5x).
-                self.cross[:, :width] += (target_chunk.T @ chunk).T.to(torch.float64)
+                self.cross[:, :width] += cross
         self.count += X.shape[0]
         if X.dtype == torch.float64:
             self.dtype = torch.float64
@@ -347,6 +389,10 @@ class SecondMoments:
     def _check_fitted(self) -> None:
         if self.count == 0:
             raise ValueError("no rows accumulated yet: call update() with data first")
+        # Cheap (O(D)) guard: a non-finite entry anywhere makes the diagonal or the sum non-finite in practice,
+        # and the eigensolver checks the rest; a silent NaN would give chance-level probe accuracy.
+        if not (bool(torch.isfinite(self.sum).all()) and bool(torch.isfinite(self.outer.diagonal()).all())):
+            raise ValueError("second moments are not finite: the features overflow float64; rescale them")
 
 
 def _eigh_descending(
@@ -359,7 +405,21 @@ def _eigh_descending(
     positive (sklearn's ``svd_flip`` convention), which makes components reproducible across runs,
     processes and BLAS libraries.
     """
-    values, vectors = torch.linalg.eigh(matrix.to(dtype))  # ascending; eigenvectors as columns
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError("covariance: contains NaN or infinite values; the features overflow, rescale them")
+    # float32 spans ~1e-38 .. 3e38: a covariance of features ~1e30 (entries ~1e60) would become inf in a
+    # float32 solve. Scaling by a power of two is exact, so out-of-range matrices are brought to unit scale
+    # and the eigenvalues scaled back; in-range matrices are left alone (results bit-identical).
+    peak = float(matrix.diagonal().abs().max()) if matrix.numel() else 0.0
+    scale = 1.0
+    if dtype != torch.float64 and peak > 0 and not (2.0**-60 < peak < 2.0**60):
+        scale = 2.0 ** round(math.log2(peak))
+    values, vectors = torch.linalg.eigh((matrix / scale).to(dtype))  # ascending; eigenvectors as columns
+    values = values.to(torch.float64) * scale
+    if not (bool(torch.isfinite(values).all()) and bool(torch.isfinite(vectors).all())):
+        raise ValueError(
+            "covariance: the eigendecomposition returned non-finite values; rescale the features"
+        )
     components = vectors.T.flip(0)  # (D, D) rows, decreasing; one copy, in the solver's precision
     return values.flip(0).to(torch.float64).clamp_min(0), fix_eigenvector_signs(components).to(torch.float64)
 

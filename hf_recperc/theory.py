@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .corruption import Corruption, parse_corruption
 from .spectral import as_float_tensor, fix_eigenvector_signs
-from .validation import check_finite_number, check_positive_int
+from .validation import check_finite_number, check_labels, check_positive_int
 
 __all__ = [
     "LinearTheory",
@@ -103,6 +103,8 @@ def _targets(labels, num_samples: int, name: str = "labels") -> np.ndarray:
     if array.shape[0] != num_samples:
         raise ValueError(f"{name}: got {array.shape[0]} rows but X has {num_samples} samples")
     if array.ndim == 1:
+        if array.dtype.kind in "iu":
+            array = check_labels(name, array, num_samples).numpy()  # shared checks: dtype, >= 0
         # One-hot over the classes present (docs/science.md section 4: Y one-hot); label order is irrelevant.
         _, inverse = np.unique(array, return_inverse=True)
         return np.eye(inverse.max() + 1)[inverse]

@@ -124,7 +124,7 @@ def test_float32_and_float64_inputs_and_tensors_agree():
         ({"subspaces": "top:0.9"}, None, "subspaces: expected a non-empty list"),
         ({"subspaces": ("top:2",)}, None, "fraction must be in"),
         ({}, "nan", "X: contains NaN"),
-        ({}, "length", "y: expected 600 labels"),
+        ({}, "length", "y: expected 600 integer labels"),
         ({}, "one_class", "at least 2 classes"),
         ({}, "negative", "class ids must be >= 0"),
     ],

@@ -1,15 +1,20 @@
 """Subspace-restricted probe accuracy: an `evaluate` metric over features and labels.
 
-A thin shell over :class:`hf_recperc.probing.SubspaceProbe`; see the metric card (README.md beside this
-file) and docs/science.md section 2 for the definitions.
+A thin shell over :mod:`hf_recperc.streaming` (the same code as the torchmetrics twin,
+``hf_recperc.torchmetrics.SubspaceProbeAccuracy``); see the metric card (README.md beside this file) and the
+paper (Balestriero & LeCun, arXiv 2402.11337, section 2) for the definitions. Requires the ``hf_recperc``
+package (declared in ``requirements.txt`` of the Hub layout, ``scripts/push_metric.py``).
 """
+
+import os
+import time
 
 import datasets
 import evaluate
-import numpy as np
+import torch
 
-from hf_recperc.probing import DEFAULT_SUBSPACES, SubspaceProbe
-from hf_recperc.spectral import as_float_tensor
+from hf_recperc.probing import DEFAULT_SUBSPACES
+from hf_recperc.streaming import ProbeStream, subspace_probe_accuracy
 
 _CITATION = """\
 @inproceedings{balestriero2024learning,
@@ -34,23 +39,32 @@ subspace; perception often needs the bottom one (Balestriero & LeCun, ICML 2024)
 The default read-out is closed-form ridge regression to one-hot labels in the PCA basis (penalty
 `ridge * mean eigenvalue`, unpenalised intercept); `probe="logistic"` fits a multinomial logistic
 regression with L-BFGS. The PCA and the probes are fitted on the training features and scored on the
-evaluated ones. Array inputs skip evaluate's Arrow buffer (slow for large float arrays,
-huggingface/evaluate#513).
+evaluated ones. Neither arrays nor `add_batch` go through evaluate's Arrow buffer (slow and disk-hungry
+for large float arrays, huggingface/evaluate#513): streamed batches are kept as tensors (evaluated rows) or
+folded into `D x D` second moments (training rows, `add_batch(..., split="train")`).
 """
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`array` of shape `(N, D)`): features to score (raw pixels flattened, or embeddings).
-    references (`array` of shape `(N,)`): integer class ids of `predictions`.
+    predictions (`array` of shape `(N, D)`): features to score (raw pixels flattened, or embeddings); any
+        float dtype (float16 / bfloat16 embeddings are widened, statistics are summed in float64).
+    references (`array` of shape `(N,)`): integer class ids of `predictions` (any integer dtype, ids need
+        not be contiguous).
     train_predictions (`array` of shape `(M, D)`, *optional*): features to fit the PCA and the probes on.
-    train_references (`array` of shape `(M,)`, *optional*): their class ids. Without `train_*`, the given
-        data is split into a deterministic stratified 80/20 train/test split (`seed`, `test_size`).
+    train_references (`array` of shape `(M,)`, *optional*): their class ids. Without `train_*` (given here
+        or streamed with `add_batch(..., split="train")`), the evaluated rows are split into a deterministic
+        stratified 80/20 train/test split (`seed`, `test_size`).
     subspaces (`list[str]`, defaults to `["top:0.9", "bottom:0.2", "all"]`): `top:P`, `bottom:P`
         (0 < P <= 1), `first:K`, `last:K`, `all`.
-    probe (`str`, defaults to `"ridge"`): `"ridge"` or `"logistic"`.
+    probe (`str`, defaults to `"ridge"`): `"ridge"` or `"logistic"` (logistic needs `train_*` as arrays).
     ridge (`float`, defaults to 1e-3): penalty as a fraction of the mean eigenvalue.
     standardize (`bool`, defaults to `False`): scale features to unit variance before the PCA.
     seed (`int`, defaults to 0) and test_size (`float`, defaults to 0.2): the split used without `train_*`.
+Streaming: `add_batch(predictions=..., references=..., split="test")` (or `add(prediction=..., reference=...)`)
+    inside the evaluation loop, `split="train"` for training rows, then `compute(**settings)`. All processes
+    call `compute`: with evaluate's `num_process`/`process_id` it returns the result on process 0 and `None`
+    elsewhere; under an initialised `torch.distributed` group, batches added with `add_batch` are merged
+    over all ranks and every rank returns the result (arrays given to `compute` alone stay local).
 Returns:
     A flat dict of Python scalars. For every subspace `S`: `accuracy/S` (fraction correct), `dims/S`
     (number of PCA components) and `explained_variance/S` (share of the training variance); plus `probe`
@@ -68,19 +82,15 @@ Examples:
     True
     >>> result["dims/last:7"], result["probe"], result["num_train"]
     (7, 'ridge', 320)
+    >>> for rows in np.array_split(np.arange(400), 4):  # the same, batch by batch
+    ...     metric.add_batch(predictions=features[rows], references=labels[rows])
+    >>> metric.compute(subspaces=["first:1", "last:7"]) == result
+    True
 """
 
-
-def _stratified_split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified split: within each class, a seeded permutation sends `test_size` to test."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        num_test = int(round(test_size * members.size))
-        test.append(members[:num_test])
-        train.append(members[num_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+# How long process 0 waits for the other processes' state files in evaluate's multi-process mode when the
+# module's own `timeout` (evaluate's argument, default 100 s) is not set.
+_POLL_SECONDS = 0.05
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -99,14 +109,86 @@ class SubspaceProbeAccuracy(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2402.11337"],
         )
 
-    def compute(self, *, predictions=None, references=None, **kwargs):
-        """Compute the metric; array inputs go straight to the probe, without the Arrow buffer.
+    # evaluate's constructor appends the inputs description to these docstrings: each needs one.
+    def add_batch(self, *, predictions=None, references=None, split="test"):
+        """Add a batch: features `predictions` `(n, D)` and class ids `references` `(n,)`.
 
-        Data added earlier with `add_batch` / `add` is read back through evaluate's usual path.
+        `split="test"` (default) keeps the rows to score them; `split="train"` folds them into the probe's
+        second moments (training rows are never stored). No Arrow file is written.
         """
-        if predictions is None and references is None:
-            return super().compute(**kwargs)
-        return self._compute(predictions=predictions, references=references, **kwargs)
+        if predictions is None or references is None:
+            raise ValueError("add_batch: expected both predictions (n, D) and references (n,)")
+        self._stream().add(predictions, references, split)
+
+    def add(self, *, prediction=None, reference=None, split="test"):
+        """Add one row: feature vector `prediction` `(D,)` and its class id `reference`."""
+        if prediction is None or reference is None:
+            raise ValueError("add: expected both prediction (D,) and reference")
+        row = prediction if isinstance(prediction, torch.Tensor) else torch.as_tensor(prediction)
+        self._stream().add(row.reshape(1, -1), [reference], split)
+
+    def _stream(self) -> ProbeStream:
+        if getattr(self, "_probe_stream", None) is None:
+            self._probe_stream = ProbeStream()
+        return self._probe_stream
+
+    def __len__(self):
+        stream = getattr(self, "_probe_stream", None)
+        return 0 if stream is None else stream.num_rows
+
+    def compute(self, *, predictions=None, references=None, **kwargs):
+        """Compute the metric from arrays, from the batches added so far, or both (arrays count as a last batch).
+
+        Arrays alone take the direct path (no copy of the rows), on this process only unless evaluate's
+        `num_process > 1`. Streamed state is merged across processes first (evaluate's `num_process` files,
+        or every rank of an initialised `torch.distributed` group: all must call `compute`), then reset.
+        """
+        # Arrays alone, without add_batch, are scored as given even under torch.distributed: a common pattern
+        # gathers the features itself and calls compute on rank 0 only, which a collective here would hang.
+        if getattr(self, "_probe_stream", None) is None and self.num_process == 1:
+            if predictions is None and references is None:
+                raise ValueError("compute: no data; pass predictions/references or call add_batch() first")
+            return self._compute(predictions=predictions, references=references, **kwargs)
+        if predictions is not None or references is not None:
+            self.add_batch(predictions=predictions, references=references)
+        stream, self._probe_stream = self._stream(), None  # a fresh stream for the next evaluation
+        if self.num_process > 1:
+            if not self._exchange_through_files(stream):
+                return None
+        elif _world_size() > 1:
+            stream.gather()
+        return stream.compute(**kwargs)
+
+    def _exchange_through_files(self, stream: ProbeStream) -> bool:
+        """evaluate's multi-process mode: processes > 0 write their state file, process 0 merges them all.
+
+        Files live beside evaluate's own cache files (`data_dir`, named by `experiment_id`, `num_process`,
+        `process_id`), are written atomically (temporary name, then rename) and deleted once read. Returns
+        True on process 0, which then holds every process's rows in process order.
+        """
+
+        def path(process_id):
+            return os.path.join(
+                self.data_dir, f"{self.experiment_id}-{self.num_process}-{process_id}.probe.pt"
+            )
+
+        if self.process_id > 0:
+            partial = path(self.process_id) + ".partial"
+            torch.save(stream.state(), partial)
+            os.replace(partial, path(self.process_id))
+            return False
+        deadline = time.monotonic() + self.timeout
+        for process_id in range(1, self.num_process):
+            while not os.path.exists(path(process_id)):
+                if time.monotonic() > deadline:
+                    raise ValueError(
+                        f"num_process: waited {self.timeout} s for process {process_id}'s state "
+                        f"({path(process_id)}); every process must call compute() with the same experiment_id"
+                    )
+                time.sleep(_POLL_SECONDS)
+            stream.merge(torch.load(path(process_id), weights_only=True))
+            os.remove(path(process_id))
+        return True
 
     def _compute(
         self,
@@ -121,45 +203,21 @@ class SubspaceProbeAccuracy(evaluate.Metric):
         seed=0,
         test_size=0.2,
     ):
-        features = as_float_tensor(predictions, "predictions")
-        # The evaluated rows may all belong to one class (a per-class report); only training needs two.
-        labels = _check_labels(
-            references, "references", len(features), min_classes=2 if train_references is None else 1
+        return subspace_probe_accuracy(
+            predictions,
+            references,
+            train_predictions,
+            train_references,
+            subspaces=subspaces,
+            probe=probe,
+            ridge=ridge,
+            standardize=standardize,
+            seed=seed,
+            test_size=test_size,
         )
-        if (train_predictions is None) != (train_references is None):
-            raise ValueError("train_predictions and train_references: give both or neither")
-        if isinstance(subspaces, str):
-            subspaces = [subspaces]
-        estimator = SubspaceProbe(
-            subspaces=tuple(subspaces), probe=probe, ridge=ridge, standardize=standardize
-        )
-        if train_predictions is None:
-            if not (0 < test_size < 1):
-                raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
-            train_index, test_index = _stratified_split(labels, test_size, seed)
-            train_features, train_labels = features[train_index], labels[train_index]
-            features, labels = features[test_index], labels[test_index]
-        else:
-            train_features = as_float_tensor(train_predictions, "train_predictions")
-            train_labels = _check_labels(train_references, "train_references", len(train_features))
-            if train_features.shape[1] != features.shape[1]:
-                raise ValueError(
-                    f"train_predictions: expected {features.shape[1]} features per row like predictions, "
-                    f"got {train_features.shape[1]}"
-                )
-        return estimator.fit(train_features, train_labels).score(features, labels)
 
 
-def _check_labels(labels, name: str, num_rows: int, min_classes: int = 2) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.ndim != 1 or len(array) != num_rows:
-        raise ValueError(
-            f"{name}: expected {num_rows} integer labels (one per feature row), got shape {array.shape}"
-        )
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name}: expected integer class ids, got dtype {array.dtype}")
-    if array.size and array.min() < 0:
-        raise ValueError(f"{name}: class ids must be >= 0, got {array.min()}")
-    if len(np.unique(array)) < min_classes:
-        raise ValueError(f"{name}: need at least {min_classes} classes, got {len(np.unique(array))}")
-    return array
+def _world_size() -> int:
+    """Processes in the default torch.distributed group (1 when none is initialised)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

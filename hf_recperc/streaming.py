@@ -1,0 +1,328 @@
+"""The subspace probe metric computed where users call it: from whole arrays or batch by batch.
+
+One code path behind both front ends, the `evaluate` module (``metrics/subspace_probe_accuracy``) and the
+torchmetrics twin (:mod:`hf_recperc.torchmetrics`):
+
+* :func:`subspace_probe_accuracy` scores arrays: fit a :class:`~hf_recperc.probing.SubspaceProbe` on the
+  training rows (or on a stratified 80/20 split of the evaluated rows when none are given), score the
+  evaluated rows.
+* :class:`ProbeStream` accumulates batches. Training rows (``split="train"``) go into the probe's
+  second moments (``O(D^2 + D C)`` memory, never the rows); evaluated rows are kept as tensors, because
+  they can only be scored once the PCA is known and, without training rows, 80% of them *are* the
+  training rows. ``compute`` then equals :func:`subspace_probe_accuracy` on the concatenated arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .probing import DEFAULT_SUBSPACES, SubspaceProbe
+from .spectral import _ACCUMULATE_ROWS, SecondMoments, as_float_tensor
+from .validation import check_labels
+
+__all__ = ["SPLITS", "ProbeStream", "stratified_split", "subspace_probe_accuracy"]
+
+SPLITS = ("test", "train")
+
+
+def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified split of row indices: within each class a seeded permutation sends
+    ``round(test_size * n_class)`` rows to test. Returns sorted ``(train (M,), test (N - M,))`` indices."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        num_test = int(round(test_size * members.size))
+        test.append(members[:num_test])
+        train.append(members[num_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _labels(labels, name: str, num_rows: int, min_classes: int = 1) -> torch.Tensor:
+    """Shared label checks plus the metric's own: at least ``min_classes`` distinct ids."""
+    tensor = check_labels(name, labels, num_rows)
+    found = int(torch.unique(tensor).numel())
+    if found < min_classes:
+        raise ValueError(f"{name}: need at least {min_classes} classes, got {found}")
+    return tensor
+
+
+def subspace_probe_accuracy(
+    predictions,
+    references,
+    train_predictions=None,
+    train_references=None,
+    *,
+    train_probe: SubspaceProbe | None = None,
+    subspaces=DEFAULT_SUBSPACES,
+    probe: str = "ridge",
+    ridge: float = 1e-3,
+    standardize: bool = False,
+    seed: int = 0,
+    test_size: float = 0.2,
+) -> dict[str, float | int | str]:
+    """Subspace-restricted probe accuracy of features ``predictions`` `(N, D)` with labels ``references`` `(N,)`.
+
+    Training data, in order of precedence: ``train_probe`` (a ridge :class:`SubspaceProbe` that accumulated
+    training rows with ``partial_fit``; its statistics are reused, its settings replaced by these),
+    ``train_predictions`` `(M, D)` / ``train_references`` `(M,)`, or a deterministic stratified split of the
+    given rows (``test_size``, ``seed``). See the metric card for the returned keys.
+    """
+    features = as_float_tensor(predictions, "predictions")
+    return _probe_accuracy(
+        [features],
+        references,
+        train_predictions,
+        train_references,
+        train_probe=train_probe,
+        subspaces=subspaces,
+        probe=probe,
+        ridge=ridge,
+        standardize=standardize,
+        seed=seed,
+        test_size=test_size,
+    )
+
+
+def _take_rows(blocks: list[torch.Tensor], index: np.ndarray) -> torch.Tensor:
+    """``torch.cat(blocks)[index]`` for a sorted ``index`` `(M,)`, without building the concatenation.
+
+    The stratified split copies 80% + 20% of the rows; gathering them straight from the streamed batches
+    saves one full copy of the evaluated rows, in time and in peak memory.
+    """
+    if len(blocks) == 1:
+        block = blocks[0]
+        return block[torch.from_numpy(index).to(block.device)]
+    dtype = blocks[0].dtype
+    for block in blocks[1:]:
+        dtype = torch.promote_types(dtype, block.dtype)
+    out = torch.empty(len(index), blocks[0].shape[1], dtype=dtype, device=blocks[0].device)  # (M, D)
+    offsets = np.cumsum([0] + [len(block) for block in blocks])
+    bounds = np.searchsorted(index, offsets)  # index[bounds[i]:bounds[i+1]] falls in block i
+    for block, offset, low, high in zip(blocks, offsets, bounds[:-1], bounds[1:]):
+        if high > low:
+            rows = torch.from_numpy(index[low:high] - offset).to(block.device)
+            out[low:high] = block.index_select(0, rows)
+    return out
+
+
+def _probe_accuracy(
+    blocks: list[torch.Tensor],
+    references,
+    train_predictions=None,
+    train_references=None,
+    *,
+    train_probe: SubspaceProbe | None = None,
+    subspaces=DEFAULT_SUBSPACES,
+    probe: str = "ridge",
+    ridge: float = 1e-3,
+    standardize: bool = False,
+    seed: int = 0,
+    test_size: float = 0.2,
+) -> dict[str, float | int | str]:
+    """:func:`subspace_probe_accuracy` (same defaults) of validated row blocks `(n_i, D)`, read as their concatenation."""
+    num_rows = sum(len(block) for block in blocks)
+    has_train = train_probe is not None or train_references is not None
+    # The evaluated rows may all belong to one class (a per-class report); only training needs two.
+    labels = _labels(references, "references", num_rows, min_classes=1 if has_train else 2)
+    if (train_predictions is None) != (train_references is None):
+        raise ValueError("train_predictions and train_references: give both or neither")
+    if train_probe is not None and train_predictions is not None:
+        raise ValueError(
+            "train_predictions: training rows were already streamed with split='train'; give them one way"
+        )
+    if isinstance(subspaces, str):
+        subspaces = [subspaces]
+    estimator = SubspaceProbe(subspaces=tuple(subspaces), probe=probe, ridge=ridge, standardize=standardize)
+    if train_probe is not None or train_predictions is not None:
+        features = blocks[0] if len(blocks) == 1 else torch.cat(blocks)  # (N, D), all of them are scored
+    if train_probe is not None:
+        estimator._validate_params()
+        if probe != "ridge":
+            raise ValueError(
+                f"probe={probe!r} needs the training rows themselves: pass train_predictions to compute() "
+                "instead of streaming them with split='train'"
+            )
+        estimator.moments_ = train_probe.moments_
+        estimator._class_columns = dict(train_probe._class_columns)
+        estimator._stale = True
+        if features.shape[1] != train_probe.moments_.dim:
+            raise ValueError(
+                f"predictions: expected {train_probe.moments_.dim} features per row like the training rows, "
+                f"got {features.shape[1]}"
+            )
+        return estimator.score(features, labels)
+    if train_predictions is None:
+        if not (0 < test_size < 1):
+            raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
+        train_index, test_index = stratified_split(labels.cpu().numpy(), test_size, seed)
+        train_features, train_labels = _take_rows(blocks, train_index), labels[torch.from_numpy(train_index)]
+        features, labels = _take_rows(blocks, test_index), labels[torch.from_numpy(test_index)]
+    else:
+        train_features = as_float_tensor(train_predictions, "train_predictions")
+        train_labels = _labels(train_references, "train_references", len(train_features))
+        if train_features.shape[1] != features.shape[1]:
+            raise ValueError(
+                f"train_predictions: expected {features.shape[1]} features per row like predictions, "
+                f"got {train_features.shape[1]}"
+            )
+    return estimator.fit(train_features, train_labels).score(features, labels)
+
+
+class ProbeStream:
+    """Batches of features and labels, accumulated for :func:`subspace_probe_accuracy`.
+
+    * ``add(features (n, D), labels (n,), split="test")`` keeps the rows: they are scored at the end and,
+      without training rows, split 80/20 exactly as the array path would.
+    * ``add(..., split="train")`` folds the rows into second moments. They are copied into a reused
+      16,384-row buffer first, so that the moments see the same chunks as a one-shot fit (identical shift
+      and products, hence the same numbers) and matrix products stay large; memory ``O(16384 D + D^2)``.
+
+    Mergeable: :meth:`state` / :meth:`merge` move the statistics between processes (files or
+    ``torch.distributed``); merging in process order reproduces a single process that saw all rows.
+    """
+
+    def __init__(self):
+        self.features: list[torch.Tensor] = []  # evaluated rows, (n_i, D) each
+        self.labels: list[torch.Tensor] = []  # (n_i,) int64 each
+        self.train: SubspaceProbe | None = None  # second moments of the flushed training rows
+        # Training rows not yet folded in: one reused (16384, D) buffer, so each row is copied once.
+        self._buffer: torch.Tensor | None = None
+        self._pending_labels: list[torch.Tensor] = []
+        self._pending_rows = 0
+
+    @property
+    def num_rows(self) -> int:
+        """Evaluated rows held."""
+        return sum(len(labels) for labels in self.labels)
+
+    def add(self, features, labels, split: str = "test") -> None:
+        """Add a batch: ``features`` `(n, D)` (any float dtype, numpy or torch), integer ``labels`` `(n,)`."""
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        name = "predictions" if split == "test" else "train_predictions"
+        features = as_float_tensor(features, name)  # a view: the one copy is made below
+        labels = check_labels(name.replace("predictions", "references"), labels, len(features))
+        dim = self._dim()
+        if dim is not None and features.shape[1] != dim:
+            raise ValueError(
+                f"{name}: expected {dim} features per row (as in earlier batches), got {features.shape[1]}"
+            )
+        if len(features) == 0:
+            return
+        if split == "test":
+            # A private copy: the caller may reuse its batch buffer.
+            self.features.append(features.detach().clone())
+            self.labels.append(labels.clone())
+            return
+        start = 0
+        while start < len(features):
+            if self._buffer is None or self._buffer.dtype != features.dtype:
+                self._flush()  # a new dtype (rare): finish the rows of the old one first
+                self._buffer = torch.empty(
+                    _ACCUMULATE_ROWS, features.shape[1], dtype=features.dtype, device=features.device
+                )
+            take = min(len(features) - start, _ACCUMULATE_ROWS - self._pending_rows)
+            self._buffer[self._pending_rows : self._pending_rows + take] = features[
+                start : start + take
+            ].detach()
+            self._pending_labels.append(labels[start : start + take].clone())
+            self._pending_rows += take
+            start += take
+            if self._pending_rows == _ACCUMULATE_ROWS:
+                self._flush()
+
+    def _dim(self) -> int | None:
+        if self.features:
+            return self.features[0].shape[1]
+        if self._buffer is not None:
+            return self._buffer.shape[1]
+        return None if self.train is None else self.train.moments_.dim
+
+    def _flush(self) -> None:
+        """Fold the buffered training rows into the moments.
+
+        Full buffers are 16,384-row chunks, the chunks a one-shot ``SubspaceProbe.fit`` uses, so the first
+        chunk fixes the same shift and every product is the same: streamed == one call, bit for bit.
+        """
+        if not self._pending_rows:
+            return
+        if self.train is None:
+            self.train = SubspaceProbe()
+        self.train.partial_fit(self._buffer[: self._pending_rows], torch.cat(self._pending_labels))
+        self._pending_labels, self._pending_rows = [], 0
+
+    # ------------------------------------------------------------------------------------ merging
+
+    def state(self) -> dict:
+        """Picklable CPU snapshot: evaluated rows and the training moments (flushes pending rows)."""
+        self._flush()
+        state = {
+            "features": torch.cat(self.features).cpu() if self.features else None,
+            "labels": torch.cat(self.labels).cpu() if self.labels else None,
+            "train": None,
+        }
+        if self.train is not None:
+            moments = self.train.moments_
+            state["train"] = {
+                "count": moments.count,
+                "float64": moments.dtype == torch.float64,  # plain types: loadable with weights_only=True
+                "shift": moments.shift.cpu(),
+                "sum": moments.sum.cpu(),
+                "outer": moments.outer.cpu(),
+                "target_sum": moments.target_sum.cpu(),
+                "cross": moments.cross.cpu(),
+                "classes": dict(self.train._class_columns),
+            }
+        return state
+
+    def merge(self, state: dict) -> None:
+        """Append another stream's :meth:`state` (rows after this stream's, moments summed)."""
+        self._flush()
+        if state["features"] is not None:
+            self.features.append(state["features"])
+            self.labels.append(state["labels"])
+        train = state["train"]
+        if train is None:
+            return
+        other = SubspaceProbe()
+        other.moments_ = SecondMoments()
+        other.moments_._allocate(train["sum"].numel(), train["sum"].device, train["shift"])
+        other.moments_.sum, other.moments_.outer = train["sum"], train["outer"]
+        other.moments_.target_sum, other.moments_.cross = train["target_sum"], train["cross"]
+        other.moments_.count = train["count"]
+        other.moments_.dtype = torch.float64 if train["float64"] else torch.float32
+        other._class_columns = dict(train["classes"])
+        if self.train is None:
+            self.train = other
+            return
+        # One column layout for both: the sorted union of their class ids.
+        union = sorted(set(self.train._class_columns) | set(other._class_columns))
+        self.train._remap_columns(union)
+        other._remap_columns(union)
+        self.train.moments_.merge(other.moments_)
+        self.train._stale = True
+
+    def gather(self) -> None:
+        """Replace this rank's data with every ``torch.distributed`` rank's, in rank order (call on all ranks)."""
+        dist = torch.distributed
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, self.state())
+        self.__init__()
+        for state in states:
+            self.merge(state)
+
+    # ---------------------------------------------------------------------------------- computing
+
+    def compute(self, **kwargs) -> dict[str, float | int | str]:
+        """:func:`subspace_probe_accuracy` of the accumulated rows (``kwargs``: its settings and train_*)."""
+        self._flush()
+        if not self.labels:
+            raise ValueError(
+                "predictions: no evaluated rows were added; add_batch(predictions=..., references=...)"
+            )
+        labels = torch.cat(self.labels) if len(self.labels) > 1 else self.labels[0]
+        settings = {"train_probe": self.train, **kwargs}
+        # The batches are read in place (_take_rows / one cat): no extra copy of the evaluated rows.
+        return _probe_accuracy(self.features, labels, **settings)

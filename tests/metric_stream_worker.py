@@ -1,0 +1,68 @@
+"""Run by tests/test_metric_streaming.py and tests/test_torchmetrics.py as one of two processes.
+
+Usage: ``metric_stream_worker.py MODE OUT_DIR [PROCESS_ID]`` with MODE one of
+``evaluate`` (evaluate's num_process/process_id files; PROCESS_ID given), ``torch`` (the evaluate module under
+torchrun/gloo) or ``torchmetrics`` (the torchmetrics twin under torchrun/gloo). Process p streams the p-th
+contiguous half of the rows, so the one-process answer is that of the rows in their original order.
+Writes ``OUT_DIR/{MODE}-{p}.json``: the result without training rows (80/20 split) and with streamed ones.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import torch
+
+import hf_recperc
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_metric_streaming import SUBSPACES, make_problem  # noqa: E402
+
+mode, out_dir = sys.argv[1], Path(sys.argv[2])
+if mode == "evaluate":
+    process_id, num_process = int(sys.argv[3]), 2
+else:
+    torch.distributed.init_process_group("gloo")
+    process_id, num_process = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+(X, y), (X_train, y_train) = make_problem(), make_problem(num_rows=900, seed=1)
+mine = np.array_split(np.arange(len(X)), num_process)[process_id]
+mine_train = np.array_split(np.arange(len(X_train)), num_process)[process_id]
+
+
+def stream(with_train: bool):
+    if mode == "torchmetrics":
+        from hf_recperc.torchmetrics import SubspaceProbeAccuracy
+
+        metric = SubspaceProbeAccuracy(X.shape[1], 3, subspaces=SUBSPACES)
+        for rows in np.array_split(mine, 3):
+            metric.update(torch.from_numpy(X[rows]), torch.from_numpy(y[rows]))
+        if with_train:
+            for rows in np.array_split(mine_train, 4):
+                metric.update(torch.from_numpy(X_train[rows]), torch.from_numpy(y_train[rows]), split="train")
+        return metric.compute()
+    kwargs = {"num_process": num_process, "process_id": process_id} if mode == "evaluate" else {}
+    metric = evaluate.load(
+        hf_recperc.SUBSPACE_PROBE_ACCURACY,
+        experiment_id=f"stream-{with_train}",
+        cache_dir=str(out_dir / "cache"),
+        **kwargs,
+    )
+    for rows in np.array_split(mine, 3):
+        metric.add_batch(predictions=X[rows], references=y[rows])
+    if with_train:
+        for rows in np.array_split(mine_train, 4):
+            metric.add_batch(predictions=X_train[rows], references=y_train[rows], split="train")
+    return metric.compute(subspaces=SUBSPACES)
+
+
+result = {"split": stream(False), "streamed_train": stream(True)}
+if mode == "torch" and process_id == 0:
+    # Arrays given to compute() alone stay local: rank 0 alone may score features it gathered itself.
+    metric = evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY, cache_dir=str(out_dir / "cache"))
+    result["rank0_arrays"] = metric.compute(predictions=X, references=y, subspaces=SUBSPACES)
+(out_dir / f"{mode}-{process_id}.json").write_text(json.dumps(result))
+if mode != "evaluate":
+    torch.distributed.destroy_process_group()

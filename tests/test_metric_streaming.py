@@ -1,0 +1,218 @@
+"""Issue 13: the evaluate module streamed batch by batch equals the array call, across processes too."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import pytest
+import torch
+
+import hf_recperc
+
+SUBSPACES = ["top:0.9", "bottom:0.2", "first:3", "last:4", "all"]
+WORKER = Path(__file__).with_name("metric_stream_worker.py")
+
+
+def make_problem(num_rows=600, dim=12, seed=0):
+    """float64 features with a loud label-free top and a quiet label-carrying bottom, 3 classes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(num_rows) % 3)
+    features = (
+        rng.normal(size=(num_rows, dim)) * np.geomspace(5, 0.2, dim) + 2.0
+    )  # offset: exercises the shift
+    features[:, -3:] += 0.5 * np.eye(3)[labels]
+    return features, labels
+
+
+def load(**kwargs):
+    return evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY, **kwargs)
+
+
+def assert_close_results(result, expected, tol=1e-9):
+    assert result.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert result[key] == pytest.approx(value, abs=tol), key
+        else:
+            assert result[key] == value, key
+
+
+def test_streamed_evaluated_rows_equal_the_array_call_exactly():
+    metric = load()
+    X, y = make_problem()
+    expected = metric.compute(predictions=X, references=y, subspaces=SUBSPACES)
+    for rows in np.array_split(np.arange(550), 15):  # numpy batches, torch batches and single rows
+        if rows[0] % 2:
+            metric.add_batch(predictions=torch.from_numpy(X[rows]), references=torch.from_numpy(y[rows]))
+        else:
+            metric.add_batch(predictions=X[rows], references=y[rows])
+    for row in range(550, 580):
+        metric.add(prediction=X[row], reference=y[row])
+    assert len(metric) == 580
+    # The last rows as compute arguments count as a final batch (evaluate's convention).
+    streamed = metric.compute(predictions=X[580:], references=y[580:], subspaces=SUBSPACES)
+    assert streamed == expected  # the same concatenated rows through the same code: bit for bit
+    with pytest.raises(ValueError, match="compute: no data"):
+        metric.compute()  # compute() resets the stream
+
+
+@pytest.mark.parametrize("num_train", [900, 20_000])  # 20,000 > one 16,384-row flush of the buffer
+def test_streamed_training_rows_equal_train_predictions(num_train):
+    metric = load()
+    X, y = make_problem()
+    X_train, y_train = make_problem(num_rows=num_train, seed=1)
+    expected = metric.compute(
+        predictions=X, references=y, train_predictions=X_train, train_references=y_train, subspaces=SUBSPACES
+    )
+    for rows in np.array_split(np.arange(num_train), max(1, num_train // 256)):
+        metric.add_batch(predictions=X_train[rows], references=y_train[rows], split="train")
+    for rows in np.array_split(np.arange(len(X)), 5):
+        metric.add_batch(predictions=X[rows], references=y[rows])
+    streamed = metric.compute(subspaces=SUBSPACES)
+    assert streamed["num_train"] == num_train
+    assert_close_results(streamed, expected)
+
+
+def test_half_precision_batches_stream_like_their_float32_values():
+    metric = load()
+    X, y = make_problem(num_rows=3000, dim=16)
+    half = X.astype(np.float16)
+    expected = metric.compute(predictions=half.astype(np.float32), references=y, subspaces=["all", "first:4"])
+    for rows in np.array_split(np.arange(3000), 12):
+        metric.add_batch(predictions=torch.from_numpy(half[rows]), references=y[rows])
+    assert_close_results(metric.compute(subspaces=["all", "first:4"]), expected, 1e-6)
+
+
+def test_no_arrow_file_is_written(tmp_path):
+    metric = load(cache_dir=str(tmp_path))
+    X, y = make_problem()
+    for rows in np.array_split(np.arange(len(X)), 6):
+        metric.add_batch(predictions=X[rows], references=y[rows])
+        metric.add_batch(predictions=X[rows], references=y[rows], split="train")
+    metric.compute(subspaces=["all"])
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert written == [], written  # evaluate's buffer would leave <experiment>-1-0.arrow here
+
+
+def test_streaming_errors_name_the_argument():
+    metric = load()
+    X, y = make_problem()
+    with pytest.raises(ValueError, match="split: expected one of"):
+        metric.add_batch(predictions=X, references=y, split="validation")
+    with pytest.raises(ValueError, match="predictions: expected 12 features per row"):
+        metric.add_batch(predictions=X, references=y)
+        metric.add_batch(predictions=X[:, :5], references=y)
+    metric.add_batch(predictions=X, references=y, split="train")
+    with pytest.raises(ValueError, match="train_predictions: training rows were already streamed"):
+        metric.compute(train_predictions=X, train_references=y)
+    metric.add_batch(predictions=X, references=y)
+    metric.add_batch(predictions=X, references=y, split="train")
+    with pytest.raises(ValueError, match="probe='logistic' needs the training rows"):
+        metric.compute(probe="logistic")
+
+
+def test_combine_streams_into_every_module_and_forwards_settings():
+    X, y = make_problem()
+    X_train, y_train = make_problem(num_rows=900, seed=1)
+    combined = evaluate.combine({"a": load(), "b": load()})
+    for rows in np.array_split(np.arange(len(X)), 4):
+        combined.add_batch(predictions=X[rows], references=y[rows])
+    # compute() settings, train_* included, reach every module; combine keeps results apart by prefix.
+    result = combined.compute(train_predictions=X_train, train_references=y_train, subspaces=["all"])
+    expected = load().compute(
+        predictions=X, references=y, train_predictions=X_train, train_references=y_train, subspaces=["all"]
+    )
+    assert result == {f"{name}_{key}": value for name in "ab" for key, value in expected.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_processes(mode, out_dir):
+    """Two processes of tests/metric_stream_worker.py (torchrun for torch.distributed modes)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    if mode == "evaluate":
+        commands = [[sys.executable, str(WORKER), mode, str(out_dir), str(p)] for p in (0, 1)]
+    else:
+        commands = [
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(_free_port()),
+                str(WORKER),
+                mode,
+                str(out_dir),
+            ]
+        ]
+    processes = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    return [json.loads((out_dir / f"{mode}-{p}.json").read_text()) for p in (0, 1)]
+
+
+def one_process_answers():
+    X, y = make_problem()
+    X_train, y_train = make_problem(num_rows=900, seed=1)
+    metric = load()
+    return {
+        "split": metric.compute(predictions=X, references=y, subspaces=SUBSPACES),
+        "streamed_train": metric.compute(
+            predictions=X,
+            references=y,
+            train_predictions=X_train,
+            train_references=y_train,
+            subspaces=SUBSPACES,
+        ),
+    }
+
+
+def test_evaluate_two_process_mode_gives_the_one_process_answer(tmp_path):
+    first, second = run_two_processes("evaluate", tmp_path)
+    expected = one_process_answers()
+    assert second == {"split": None, "streamed_train": None}  # evaluate's convention: process 0 reports
+    assert first["split"] == expected["split"]
+    assert_close_results(first["streamed_train"], expected["streamed_train"])
+    assert not list((tmp_path / "cache").rglob("*.pt")), "state files are removed once merged"
+    assert not list((tmp_path / "cache").rglob("*.arrow"))
+
+
+def test_torch_distributed_gives_the_one_process_answer_on_every_rank(tmp_path):
+    expected = one_process_answers()
+    first, second = run_two_processes("torch", tmp_path)
+    assert first.pop("rank0_arrays") == expected["split"] and "rank0_arrays" not in second
+    for got in (first, second):
+        assert got["split"] == expected["split"]
+        assert_close_results(got["streamed_train"], expected["streamed_train"])
+
+
+def readme_snippets() -> list[str]:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("### Three ways to call the metric")[1].split("\nOn CIFAR-10 pixels")[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_readme_snippets_run_as_written(index, capsys):
+    snippets = readme_snippets()
+    assert len(snippets) == 3
+    if index == 2:
+        pytest.importorskip("lightning")
+    exec(compile(snippets[index], f"README snippet {index + 1}", "exec"), {"__name__": "readme"})
+    assert "accuracy/" in capsys.readouterr().out
