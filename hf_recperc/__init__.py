@@ -46,6 +46,7 @@ SUBSPACE_PROBE_ACCURACY = str(Path(__file__).parent / "metrics" / "subspace_prob
 
 __all__ = [
     "SUBSPACE_PROBE_ACCURACY",
+    "perception_report",
     # spectral + probing
     "PCA",
     "SecondMoments",
@@ -85,3 +86,12 @@ __all__ = [
     "subspace_audit",
     "task_alignment",
 ]
+
+
+def __getattr__(name: str):
+    # The perception report pulls datasets and the model loaders: imported on first use only.
+    if name == "perception_report":
+        from .report import perception_report  # noqa: PLC0415
+
+        return perception_report
+    raise AttributeError(f"module 'hf_recperc' has no attribute {name!r}")

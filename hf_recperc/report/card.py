@@ -20,8 +20,15 @@ REPORT_CONFIG_PREFIX = "perception_report/"
 def report_eval_results(report: dict) -> list[EvalResult]:
     """``model-index`` entries of a perception report: subspace accuracies and kNN accuracy per layer x pooling."""
     data = report["data"]
-    dataset = {"dataset_type": data["source"], "dataset_name": Path(data["source"]).name, "dataset_split": "validation"}
-    task = {"task_type": "image-feature-extraction", "task_name": "Perception report (linear probes per layer)"}
+    dataset = {
+        "dataset_type": data["source"],
+        "dataset_name": Path(data["source"]).name,
+        "dataset_split": "validation",
+    }
+    task = {
+        "task_type": "image-feature-extraction",
+        "task_name": "Perception report (linear probes per layer)",
+    }
     entries = []
     for feature, row in report["features"].items():
         for spec, accuracy in row.get("accuracy", {}).items():
@@ -70,7 +77,9 @@ def update_model_card(model_dir: str | Path, report: dict) -> Path:
         card = ModelCard.from_template(ModelCardData(), model_id=Path(model_dir).name)
     new = report_eval_results(report)
     kept = [
-        r for r in (card.data.eval_results or []) if not str(r.metric_config or "").startswith(REPORT_CONFIG_PREFIX)
+        r
+        for r in (card.data.eval_results or [])
+        if not str(r.metric_config or "").startswith(REPORT_CONFIG_PREFIX)
     ]
     card.data.eval_results = kept + new
     if not card.data.model_name:

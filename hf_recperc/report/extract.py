@@ -79,7 +79,7 @@ class Backbone:
             return self._timm_hidden_states(pixel_values)
         kwargs = dict(self.extra_forward_kwargs)
         if "noise" in kwargs:  # ViTMAE: an increasing noise keeps every patch in order (see load_backbone)
-            num_patches = self.model.embeddings.num_patches
+            num_patches = self.model.embeddings.patch_embeddings.num_patches
             kwargs["noise"] = (
                 torch.arange(num_patches, device=pixel_values.device, dtype=torch.float32)
                 .expand(pixel_values.shape[0], -1)
@@ -240,7 +240,9 @@ def load_backbone(
             if processor is None:
                 raise ValueError(f"image_processor: required for a built {name}; {PIXEL_PROCESSOR_HINT}")
     elif not isinstance(model_name_or_path, str) or not model_name_or_path:
-        raise ValueError(f"model_name_or_path: expected a Hub id, a path or timm:<name>, got {model_name_or_path!r}")
+        raise ValueError(
+            f"model_name_or_path: expected a Hub id, a path or timm:<name>, got {model_name_or_path!r}"
+        )
     else:
         name = model_name_or_path
         path = Path(name).expanduser()

@@ -46,7 +46,14 @@ from ..results import KNN_ACCURACY, KNN_WEIGHTED_ACCURACY, LAYERS, SPECTRUM_FIEL
 from ..spectral import parse_subspace
 from .extract import Backbone, load_backbone, pooled_features
 
-__all__ = ["perception_report", "MONITORS", "MIXED_PRECISION", "main_finding", "write_report", "extract_split"]
+__all__ = [
+    "perception_report",
+    "MONITORS",
+    "MIXED_PRECISION",
+    "main_finding",
+    "write_report",
+    "extract_split",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +77,9 @@ def _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings,
         except ValueError as err:
             raise ValueError(f"subspaces: {err}") from None
     if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision: expected one of {tuple(MIXED_PRECISION)}, got {mixed_precision!r}")
+        raise ValueError(
+            f"mixed_precision: expected one of {tuple(MIXED_PRECISION)}, got {mixed_precision!r}"
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     for pooling in poolings or ():
@@ -178,15 +187,21 @@ def _bank_dtype(device: torch.device, num_train: int, dims: Sequence[int]) -> to
     return torch.float16 if needed < free / 4 else torch.float32
 
 
-def main_finding(metrics: dict[str, float], layers: Sequence[int], pooling: str, subspaces: Sequence[str]) -> str:
+def main_finding(
+    metrics: dict[str, float], layers: Sequence[int], pooling: str, subspaces: Sequence[str]
+) -> str:
     """One sentence on where the class information sits: the first ``bottom:*`` against the first ``top:*``
     subspace across layers (the paper's comparison, arXiv 2402.11337 section 3)."""
     top = next((s for s in subspaces if s.startswith("top:")), None)
     bottom = next((s for s in subspaces if s.startswith("bottom:")), None)
-    name = {s: f"the {s.split(':')[0]} {float(s.split(':')[1]):.0%} of the variance" for s in (top, bottom) if s}
+    name = {
+        s: f"the {s.split(':')[0]} {float(s.split(':')[1]):.0%} of the variance" for s in (top, bottom) if s
+    }
     if top is None or bottom is None:
         spec = subspaces[0]
-        accuracy = {i: metrics.get(layer_key(layer_feature(i, pooling), "accuracy", spec), math.nan) for i in layers}
+        accuracy = {
+            i: metrics.get(layer_key(layer_feature(i, pooling), "accuracy", spec), math.nan) for i in layers
+        }
         finite = {i: a for i, a in accuracy.items() if math.isfinite(a)}
         if not finite:
             return f"No {spec} subspace could be probed ({pooling} pooling)."
@@ -227,13 +242,19 @@ def _nested(metrics: dict[str, float], features: Sequence[str], subspaces: Seque
         prefix = f"{LAYERS}/{feature}/"
         row: dict[str, Any] = {}
         for field_name in ("accuracy", "dims", "explained_variance"):
-            values = {s: metrics[f"{prefix}{field_name}/{s}"] for s in subspaces if f"{prefix}{field_name}/{s}" in metrics}
+            values = {
+                s: metrics[f"{prefix}{field_name}/{s}"]
+                for s in subspaces
+                if f"{prefix}{field_name}/{s}" in metrics
+            }
             if values:
                 row[field_name] = values
         for key, name in ((KNN_ACCURACY, "knn_accuracy"), (KNN_WEIGHTED_ACCURACY, "knn_weighted_accuracy")):
             if f"{prefix}{key}" in metrics:
                 row[name] = metrics[f"{prefix}{key}"]
-        spectrum = {f: metrics[f"{prefix}spectrum/{f}"] for f in SPECTRUM_FIELDS if f"{prefix}spectrum/{f}" in metrics}
+        spectrum = {
+            f: metrics[f"{prefix}spectrum/{f}"] for f in SPECTRUM_FIELDS if f"{prefix}spectrum/{f}" in metrics
+        }
         if spectrum:
             row["spectrum"] = spectrum
         table[feature] = row
@@ -322,7 +343,11 @@ def perception_report(
     started = time.perf_counter()
     subspaces, monitors = list(subspaces), list(dict.fromkeys(monitors))
     _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     backbone = load_backbone(
         model,
         image_processor=image_processor,
@@ -333,9 +358,9 @@ def perception_report(
     if isinstance(dataset, ImageData):
         data = dataset
     else:
-        data = load_image_dataset(
-            dataset, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, **(data_kwargs or {})
-        )
+        limits = {"max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
+        kwargs = {**(data_kwargs or {}), **{k: v for k, v in limits.items() if v is not None}}
+        data = load_image_dataset(dataset, **kwargs)
     hidden, pooled = _dry_run(backbone, data, mixed_precision)
     num_layers = len(hidden) - 1
     layer_ids = parse_layers(layers, num_layers, argument="layers")
@@ -344,14 +369,18 @@ def perception_report(
         raise ValueError(
             f"pooling: 'pooler' is the model's pooled output of the last layer ({num_layers}); add it to --layers"
         )
-    sample = pooled_features(hidden, pooled, layer_ids, poolings, backbone.num_prefix_tokens)  # pooling errors here
+    sample = pooled_features(
+        hidden, pooled, layer_ids, poolings, backbone.num_prefix_tokens
+    )  # pooling errors here
     features = list(sample)
 
     rank, world = _rank_and_world()
     train_rows = list(range(rank, len(data.train), world))
     eval_rows = list(range(rank, len(data.validation), world))
     bank_dtype = _bank_dtype(device, len(data.train), [sample[f].shape[1] for f in features])
-    probes, spectra, knns = _build_monitors(features, monitors, subspaces, ridge, knn_k, knn_temperature, bank_dtype)
+    probes, spectra, knns = _build_monitors(
+        features, monitors, subspaces, ridge, knn_k, knn_temperature, bank_dtype
+    )
     all_monitors = [*probes.values(), *spectra.values(), *knns.values()]
 
     extraction_started = time.perf_counter()
@@ -462,7 +491,9 @@ def _figures(report: dict, probes: dict, spectra: dict) -> dict:
     if not eigenvalues:
         eigenvalues = {feature: monitor.probe.eigenvalues_ for feature, monitor in probes.items()}
     if eigenvalues:
-        figures["eigenvalue_spectrum_per_layer"] = spectrum_figure(eigenvalues, "Eigenvalue spectrum per layer")
+        figures["eigenvalue_spectrum_per_layer"] = spectrum_figure(
+            eigenvalues, "Eigenvalue spectrum per layer"
+        )
     for feature, curve in report["accuracy_curves"].items():
         figure, axis = new_figure()
         axis.plot(curve["k"], curve["top"], label="top K components")
@@ -497,7 +528,9 @@ def _markdown(report: dict) -> str:
         "",
     ]
     header = ["layer", "pooling"]
-    header += [f"acc {s} (dims)" for s in subspaces if any("accuracy" in r for r in report["features"].values())]
+    header += [
+        f"acc {s} (dims)" for s in subspaces if any("accuracy" in r for r in report["features"].values())
+    ]
     has_knn = any("knn_accuracy" in r for r in report["features"].values())
     has_spectrum = any("spectrum" in r for r in report["features"].values())
     header += ["kNN acc"] if has_knn else []
@@ -512,7 +545,10 @@ def _markdown(report: dict) -> str:
             cells.append(f"{row.get('knn_accuracy', math.nan):.4f}")
         if has_spectrum:
             spectrum = row.get("spectrum", {})
-            cells += [f"{spectrum.get('effective_rank', math.nan):.1f}", f"{spectrum.get('alpha', math.nan):.2f}"]
+            cells += [
+                f"{spectrum.get('effective_rank', math.nan):.1f}",
+                f"{spectrum.get('alpha', math.nan):.2f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
