@@ -315,6 +315,7 @@ def pooled_features(
                     raise ValueError("pooling: 'pooler' requested, but this model has no pooled output")
                 features[layer_feature(layer, pooling)] = pooled.float()
             else:
-                row = pool_hidden_state(hidden[layer], pooling, num_prefix_tokens)  # (B, D)
-                features[layer_feature(layer, pooling)] = row.float()
+                # pool in float32: a bf16 mean over tokens would round once more after the forward's own rounding
+                row = pool_hidden_state(hidden[layer].float(), pooling, num_prefix_tokens)  # (B, D)
+                features[layer_feature(layer, pooling)] = row
     return features
