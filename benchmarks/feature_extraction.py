@@ -130,7 +130,7 @@ def main(argv=None) -> None:
             centred = X64 - X64.mean(0)
             torch.linalg.eigh(centred.T @ centred)
 
-        def fit(chunks=chunks, name=name):
+        def fit(X=X, y=y, name=name):
             monitor = SubspaceProbeMonitor(name, ["top:0.9", "bottom:0.2", "all"])
             # blocks of UPDATE_ROWS rows, as extract_split hands them over
             for start in range(0, X.shape[0], UPDATE_ROWS):
