@@ -72,9 +72,9 @@ class Backbone:
             vectors, index 0 the embedding/input stage); ``pooled`` the model's own pooled output `(B, D)` (the
             ``pooler`` pooling), or ``None`` when it has none.
         """
-        if self.kind == "recperc":  # ours answer for themselves (and the MAE family never masks here)
-            hidden = list(self.model.hidden_states(pixel_values))
-            return hidden, None
+        if self.kind == "recperc":  # ours never mask in forward; `embeddings` (get_embeddings) is the pooler
+            outputs = self.model(pixel_values=pixel_values, output_hidden_states=True)
+            return list(outputs.hidden_states), outputs.embeddings
         if self.kind == "timm":
             return self._timm_hidden_states(pixel_values)
         kwargs = dict(self.extra_forward_kwargs)

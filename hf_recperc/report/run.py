@@ -431,6 +431,12 @@ def perception_report(
     main_pooling = poolings[0]
     report = {
         "finding": main_finding(metrics, layer_ids, main_pooling, subspaces) if probes else None,
+        "findings": {  # the same sentence for every pooling (pooler: the last layer only)
+            p: main_finding(metrics, [i for i in layer_ids if layer_feature(i, p) in probes], p, subspaces)
+            for p in poolings
+        }
+        if probes
+        else {},
         "metrics": metrics,
         "features": _nested(metrics, features, subspaces),
         "layers": layer_ids,
@@ -536,6 +542,12 @@ def _markdown(report: dict) -> str:
         f"# Perception report: {model['name_or_path']}",
         "",
         f"**{report['finding']}**" if report["finding"] else "",
+        "",
+        *[
+            f"- {sentence}"
+            for p, sentence in report.get("findings", {}).items()
+            if sentence != report["finding"]
+        ],
         "",
         f"Model: {model['class']} ({model['kind']}, {model['num_parameters']:,} parameters, {model['dtype']}). "
         f"Data: {data['source']} ({data['num_train']} train / {data['num_eval']} evaluation images, "
