@@ -19,6 +19,8 @@ from hf_recperc.report import load_backbone, perception_report
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 SUBSPACES = ["top:0.9", "bottom:0.2", "all"]
+KINDS = ("vit", "vit_mae", "convnext", "resnet", "timm", "dinov2", "swin", "clip", "timm_vit")
+PREFIX_TOKENS = {"vit": 1, "vit_mae": 1, "dinov2": 3, "clip": 1, "timm_vit": 1}  # others: 0
 # 8x8 digits, resized by each model's processor; a few hundred images keep every report under seconds.
 DATA = ["--dataset_name", "digits", "--max_train_samples", "240", "--max_eval_samples", "120"]
 
@@ -60,6 +62,31 @@ def _build(kind: str, path: Path) -> str:
     if kind == "resnet":
         config = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
         return _save(tf.ResNetModel(config), _vit_processor(32), path)
+    if kind == "dinov2":  # CLS + 2 register tokens in front of the patches
+        config = tf.Dinov2WithRegistersConfig(
+            image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_register_tokens=2,
+        )  # fmt: skip
+        return _save(tf.Dinov2WithRegistersModel(config), _vit_processor(16), path)
+    if kind == "swin":  # tokens without a CLS token
+        config = tf.SwinConfig(
+            image_size=28, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=7
+        )
+        return _save(tf.SwinModel(config), _vit_processor(28), path)
+    if kind == "clip":  # the vision tower of a CLIP checkpoint
+        config = tf.CLIPConfig(
+            text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+            vision_config=dict(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32),
+        )  # fmt: skip
+        return _save(tf.CLIPModel(config), _vit_processor(16), path)
+    if kind == "timm_vit":  # prefix tokens come back apart from forward_intermediates' patch grids
+        import timm
+
+        model = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=0
+        )
+        timm.models.save_for_hf(model, str(path))
+        return str(path)
     if kind == "timm":
         import timm
 
@@ -73,7 +100,7 @@ def _build(kind: str, path: Path) -> str:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {kind: _build(kind, root / kind) for kind in ("vit", "vit_mae", "convnext", "resnet", "timm")}
+    return {kind: _build(kind, root / kind) for kind in KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -114,20 +141,16 @@ def _check_complete(report: dict, output_dir: Path):
     assert report["runtime"]["images_per_second"] > 0 and report["versions"]["torch"]
 
 
-@pytest.mark.parametrize("kind", ["vit", "vit_mae", "convnext", "resnet", "timm"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_model_kind_gives_a_complete_report(models, kind, tmp_path):
     report = perception_report(
         models[kind], "digits", layers="all", subspaces=SUBSPACES, output_dir=tmp_path / "report",
         max_train_samples=200, max_eval_samples=80,
     )  # fmt: skip
     _check_complete(report, tmp_path / "report")
-    expected = {
-        "vit": ("cls", "mean"),
-        "vit_mae": ("cls", "mean"),
-        "convnext": ("mean",),
-        "resnet": ("mean",),
-    }
-    assert tuple(report["poolings"]) == expected.get(kind, ("mean",))
+    prefix = PREFIX_TOKENS.get(kind, 0)
+    assert report["model"]["num_prefix_tokens"] == prefix
+    assert tuple(report["poolings"]) == (("cls", "mean") if prefix else ("mean",))
 
 
 @pytest.mark.parametrize("family", ["ae", "mae"])

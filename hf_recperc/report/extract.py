@@ -284,7 +284,9 @@ def _transformers_prefix_tokens(model: nn.Module, config) -> int:
     if hasattr(model, "num_prefix_tokens"):  # ours
         return int(model.num_prefix_tokens)
     embeddings = getattr(model, "embeddings", None)
-    if embeddings is None or getattr(embeddings, "cls_token", None) is None:
+    # ViT, DINOv2, ViTMAE, DeiT call it cls_token; CLIP's vision tower class_embedding
+    has_cls = any(getattr(embeddings, name, None) is not None for name in ("cls_token", "class_embedding"))
+    if embeddings is None or not has_cls:
         return 0  # CNNs, Swin: no CLS token
     count = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
     if getattr(embeddings, "distillation_token", None) is not None:  # DeiT
