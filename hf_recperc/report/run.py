@@ -195,14 +195,11 @@ def _build_monitors(features, names, subspaces, ridge, knn_k, knn_temperature, b
     return probes, spectra, knns
 
 
-def _bank_dtype(device: torch.device, num_train: int, dims: Sequence[int]) -> torch.dtype | None:
-    """float16 for the kNN banks on an accelerator when they fit in a quarter of its free memory (the probes and
-    the model need the rest); otherwise the monitor's default (float32), which KNNMonitor scores in chunks."""
-    if device.type != "cuda":
-        return None
-    free, _ = torch.cuda.mem_get_info(device)
-    needed = 2 * num_train * sum(dims)
-    return torch.float16 if needed < free / 4 else torch.float32
+def _bank_dtype(device: torch.device) -> torch.dtype | None:
+    """The kNN banks' dtype: float16 on an accelerator (half the memory; similarities are accumulated by the matmul
+    and ranked in float32), the monitor's float32 elsewhere (CPU float16 matmuls are slow). Queries are scored in
+    chunks of 1024 against the bank (:func:`~hf_recperc.monitors.knn_predict`)."""
+    return torch.float16 if device.type == "cuda" else None
 
 
 def main_finding(
@@ -395,7 +392,7 @@ def perception_report(
     rank, world = _rank_and_world()
     train_rows = list(range(rank, len(data.train), world))
     eval_rows = list(range(rank, len(data.validation), world))
-    bank_dtype = _bank_dtype(device, len(data.train), [sample[f].shape[1] for f in features])
+    bank_dtype = _bank_dtype(device)
     probes, spectra, knns = _build_monitors(
         features, monitors, subspaces, ridge, knn_k, knn_temperature, bank_dtype
     )
