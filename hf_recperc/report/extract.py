@@ -70,7 +70,8 @@ class Backbone:
         Returns:
             ``(hidden, pooled)``: ``hidden[i]`` is stage ``i`` (`(B, T, D)` tokens, `(B, C, h, w)` maps or `(B, D)`
             vectors, index 0 the embedding/input stage); ``pooled`` the model's own pooled output `(B, D)` (the
-            ``pooler`` pooling), or ``None`` when it has none.
+            ``pooler`` pooling: transformers' ``pooler_output``, our ``embeddings``, timm's
+            ``forward_head(pre_logits=True)``), or ``None`` when it has none.
         """
         if self.kind == "recperc":  # ours never mask in forward; `embeddings` (get_embeddings) is the pooler
             outputs = self.model(pixel_values=pixel_values, output_hidden_states=True)

@@ -44,6 +44,7 @@ from ..monitors import (
 )
 from ..results import KNN_ACCURACY, KNN_WEIGHTED_ACCURACY, LAYERS, SPECTRUM_FIELDS, layer_key
 from ..spectral import parse_subspace
+from ..validation import check_finite_number, check_positive_int
 from .extract import Backbone, load_backbone, pooled_features
 
 __all__ = [
@@ -60,11 +61,14 @@ logger = logging.getLogger(__name__)
 MONITORS = ("subspace", "knn", "spectrum")
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 UPDATE_ROWS = 1024  # rows per monitor update (extract_split)
-REPORT_FILES = ("report.json", "report.md", "accuracy_per_layer.png", "eigenvalue_spectrum_per_layer.png")
 
 
-def _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir) -> None:
+def _check_arguments(
+    monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge
+) -> None:
     """The cheap checks, before any model or data is loaded."""
+    check_positive_int("knn_k", knn_k)
+    check_finite_number("ridge", ridge, minimum=0)
     if not monitors:
         raise ValueError(f"monitors: expected at least one of {MONITORS}, got none")
     for name in monitors:
@@ -357,7 +361,7 @@ def perception_report(
     """
     started = time.perf_counter()
     subspaces, monitors = list(subspaces), list(dict.fromkeys(monitors))
-    _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir)
+    _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge)
     device = (
         torch.device(device)
         if device is not None
