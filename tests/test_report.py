@@ -382,3 +382,24 @@ def test_model_card_gets_model_index_entries_and_push_uploads_it_alone(models, t
     # a second report replaces its own entries and keeps the rest
     assert report_main(argv) == 0
     assert len(ModelCard.load(model_dir / "README.md").data.eval_results) == len(values)
+
+
+def test_a_built_module_reports_like_its_directory_and_a_card_is_created_when_absent(models, tmp_path):
+    import shutil
+
+    from huggingface_hub import ModelCard
+    from transformers import AutoImageProcessor, ResNetModel
+
+    from hf_recperc.report import update_model_card
+
+    data = load_image_dataset("digits", max_train_samples=160, max_eval_samples=80)
+    from_dir = perception_report(models["resnet"], data, layers="all", curves=False)
+    module = ResNetModel.from_pretrained(models["resnet"])
+    processor = AutoImageProcessor.from_pretrained(models["resnet"])
+    built = perception_report(module, data, layers="all", image_processor=processor, curves=False)
+    assert built["metrics"] == pytest.approx(from_dir["metrics"], abs=1e-9, nan_ok=True)
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(models["resnet"], model_dir)
+    card = ModelCard.load(update_model_card(model_dir, from_dir))
+    assert len(card.data.eval_results) == sum(len(r["accuracy"]) + 1 for r in from_dir["features"].values())
