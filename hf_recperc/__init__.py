@@ -50,6 +50,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "RecPercMAEPreTrainedModel",
     ),
     "processing": ("image_processor_for",),
+    # the perception report of any vision model
+    "report": ("perception_report",),
     # theory
     "theory": (
         "LinearTheory",

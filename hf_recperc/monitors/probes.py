@@ -105,10 +105,14 @@ class SubspaceProbeMonitor:
             self.probe.all_reduce()
             self._reduced = True
 
+    def eval_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``"eval"`` rows of every process, `(N_eval, D)` float64, and their labels `(N_eval,)` (collective:
+        call on every process)."""
+        return gather_rows(torch.cat(self._eval_rows)).double(), gather_rows(torch.cat(self._eval_labels))
+
     def compute(self) -> dict[str, float]:
         self.all_reduce()
-        X = gather_rows(torch.cat(self._eval_rows)).double()  # (N_eval, D) on every process
-        y = gather_rows(torch.cat(self._eval_labels))
+        X, y = self.eval_data()  # (N_eval, D) on every process
         scores = score_subspace_probe(self.probe, X, y)
         keys = [f"{name}/{spec}" for name in SUBSPACE_FIELDS for spec in self.subspaces] + ["num_train"]
         return {f"{self.prefix}{key}": scores[key] for key in keys}

@@ -1,0 +1,151 @@
+"""``scripts/perception_report.py`` / ``recperc-report``: the perception report of any vision model, one command.
+
+    accelerate launch scripts/perception_report.py --model_name_or_path MODEL --dataset_name DATA \
+        [--layers last|all|IDX ...] [--pooling cls|mean|pooler ...] [--subspaces top:0.9 bottom:0.2 all] \
+        [--monitors subspace knn spectrum] [--max_train_samples N] [--output_dir DIR] [--update_model_card]
+
+Bad input is one line ``error: <argument>: ...`` on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..cli import DataArguments, parse_arguments
+from ..monitors import DEFAULT_SUBSPACES
+from . import run_command
+
+__all__ = ["ReportArguments", "main"]
+
+
+@dataclass
+class ReportArguments:
+    """What to report on and where (data flags: :class:`hf_recperc.cli.DataArguments`)."""
+
+    model_name_or_path: str = field(
+        metadata={
+            "help": "Hub id or local directory of a transformers vision model (ours included), timm:<name>, "
+            "hf-hub:timm/<name>, or a timm save_for_hf directory."
+        }
+    )
+    layers: list[str] = field(
+        default_factory=lambda: ["last"],
+        metadata={
+            "help": "'last', 'all' (every block) or layer indices (0 = embeddings/input, negative from the end)."
+        },
+    )
+    pooling: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Among cls, mean, pooler (the model's pooled output, last layer). Default: the model's."
+        },
+    )
+    subspaces: list[str] = field(
+        default_factory=lambda: list(DEFAULT_SUBSPACES),
+        metadata={"help": "Probe subspaces (top:p, bottom:q, all...)."},
+    )
+    monitors: list[str] = field(
+        default_factory=lambda: ["subspace", "knn", "spectrum"],
+        metadata={"help": "Among subspace, knn, spectrum."},
+    )
+    output_dir: str = field(default="perception_report", metadata={"help": "Where the report goes."})
+    per_device_batch_size: int = field(default=64, metadata={"help": "Images per forward pass, per process."})
+    mixed_precision: str = field(
+        default="no", metadata={"help": "'no' (the model's dtype), 'bf16' or 'fp16'."}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Resize images to this size (default: processor's)."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Passed to the Auto classes."})
+    ridge: float = field(default=1e-3, metadata={"help": "Ridge penalty of the probes."})
+    knn_k: int = field(default=20, metadata={"help": "Neighbours of the kNN vote."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Image decoding workers per process."})
+    seed: int = field(default=0, metadata={"help": "Seed of a validation split carved out of train."})
+    update_model_card: bool = field(
+        default=False,
+        metadata={"help": "Add the results as model-index entries to the local model's README.md."},
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the updated README.md (card only)."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repository the card is pushed to."})
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Token for the push (default: the stored login)."}
+    )
+
+
+def _no_accelerator_device() -> bool:
+    """On machines without an accelerator, accelerate needs ``cpu=True`` to form a multi-process gloo group
+    (accelerate 1.15; docs/design.md, accelerate conventions)."""
+    accelerator_api = getattr(torch, "accelerator", None)
+    return (
+        not accelerator_api.is_available() if accelerator_api is not None else not torch.cuda.is_available()
+    )
+
+
+def run(args: ReportArguments, data_args: DataArguments) -> dict:
+    """Check the arguments, run :func:`hf_recperc.perception_report` on every process, update the card."""
+    from ..report import perception_report  # noqa: PLC0415
+    from ..report.card import check_model_card_target, push_model_card, update_model_card  # noqa: PLC0415
+
+    if args.push_to_hub and not args.update_model_card:
+        raise ValueError("push_to_hub: uploads the updated model card, so it needs --update_model_card")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("hub_model_id: required with --push_to_hub (the repository the card goes to)")
+    if args.update_model_card:
+        check_model_card_target(args.model_name_or_path)
+    from accelerate import PartialState  # noqa: PLC0415
+
+    state = PartialState(cpu=_no_accelerator_device())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes != launched:
+        raise RuntimeError(
+            f"launched as {launched} processes but accelerate formed a group of {state.num_processes}"
+        )
+    data_kwargs = {k: v for k, v in asdict(data_args).items() if k not in ("dataset_name",)}
+    data_kwargs["seed"] = args.seed
+    report = perception_report(
+        args.model_name_or_path,
+        data_args.dataset_name,
+        layers=args.layers,
+        poolings=args.pooling,
+        subspaces=args.subspaces,
+        monitors=args.monitors,
+        output_dir=args.output_dir,
+        batch_size=args.per_device_batch_size,
+        mixed_precision=args.mixed_precision,
+        image_size=args.image_size,
+        trust_remote_code=args.trust_remote_code,
+        device=state.device,
+        ridge=args.ridge,
+        knn_k=args.knn_k,
+        num_workers=args.dataloader_num_workers,
+        data_kwargs=data_kwargs,
+    )
+    if state.is_main_process and args.update_model_card:
+        card = update_model_card(args.model_name_or_path, report)
+        print(f"model card updated: {card}")
+        if args.push_to_hub:
+            print(
+                f"model card pushed: {push_model_card(args.model_name_or_path, args.hub_model_id, args.hub_token)}"
+            )
+    return report
+
+
+def _report(argv: Sequence[str] | None) -> int:
+    """Parse, report, print the finding and where the report went."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    args, data_args = parse_arguments([ReportArguments, DataArguments], argv)
+    report = run(args, data_args)
+    if os.environ.get("RANK", "0") == "0":
+        print(report["finding"] or "")
+        print(f"report in {args.output_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point: one-line ``error: ...`` and exit code 2 on bad input."""
+    return run_command(_report, argv)

@@ -1,0 +1,101 @@
+"""The report's results as ``model-index`` entries of a local model's README card (what is there is kept).
+
+Each probed layer x pooling x subspace becomes one :class:`~huggingface_hub.EvalResult` (plus the kNN accuracy);
+entries this report wrote before (same ``metric_config``) are replaced, every other entry and the card's text stay.
+:func:`push_model_card` uploads the README alone (``HfApi().upload_file``): the weights on the Hub are untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+__all__ = ["report_eval_results", "update_model_card", "push_model_card", "REPORT_CONFIG_PREFIX"]
+
+REPORT_CONFIG_PREFIX = "perception_report/"
+
+
+def report_eval_results(report: dict) -> list[EvalResult]:
+    """``model-index`` entries of a perception report: subspace accuracies and kNN accuracy per layer x pooling."""
+    data = report["data"]
+    dataset = {
+        "dataset_type": data["source"],
+        "dataset_name": Path(data["source"]).name,
+        "dataset_split": "validation",
+    }
+    task = {
+        "task_type": "image-feature-extraction",
+        "task_name": "Perception report (linear probes per layer)",
+    }
+    entries = []
+    for feature, row in report["features"].items():
+        for spec, accuracy in row.get("accuracy", {}).items():
+            if not math.isfinite(accuracy):
+                continue  # an empty subspace: nothing was measured
+            dims, variance = row["dims"][spec], row["explained_variance"][spec]
+            entries.append(
+                EvalResult(
+                    **task,
+                    **dataset,
+                    metric_type="accuracy",
+                    metric_name=f"Subspace probe accuracy, {feature} ({spec}: {dims} dims, {variance:.1%} of the variance)",
+                    metric_config=f"{REPORT_CONFIG_PREFIX}{feature}/{spec}",
+                    metric_value=round(float(accuracy), 4),
+                )
+            )
+        if "knn_accuracy" in row:
+            entries.append(
+                EvalResult(
+                    **task,
+                    **dataset,
+                    metric_type="accuracy",
+                    metric_name=f"kNN accuracy, {feature} (k={report['settings']['knn_k']})",
+                    metric_config=f"{REPORT_CONFIG_PREFIX}{feature}/knn",
+                    metric_value=round(float(row["knn_accuracy"]), 4),
+                )
+            )
+    return entries
+
+
+def check_model_card_target(model_name_or_path) -> Path:
+    """``--update_model_card`` needs a local model directory; checked before any costly work."""
+    if not isinstance(model_name_or_path, str) or not Path(model_name_or_path).expanduser().is_dir():
+        raise ValueError(
+            f"update_model_card: expected model_name_or_path to be a local model directory, got {model_name_or_path!r}"
+        )
+    return Path(model_name_or_path).expanduser()
+
+
+def update_model_card(model_dir: str | Path, report: dict) -> Path:
+    """Add the report's results to ``model_dir/README.md`` (created when absent) and return its path."""
+    path = check_model_card_target(str(model_dir)) / "README.md"
+    if path.exists():
+        card = ModelCard(path.read_text())
+    else:
+        card = ModelCard.from_template(ModelCardData(), model_id=Path(model_dir).name)
+    new = report_eval_results(report)
+    kept = [
+        r
+        for r in (card.data.eval_results or [])
+        if not str(r.metric_config or "").startswith(REPORT_CONFIG_PREFIX)
+    ]
+    card.data.eval_results = kept + new
+    if not card.data.model_name:
+        card.data.model_name = Path(model_dir).resolve().name  # model-index needs a name
+    partial = path.with_name(f".{path.name}.partial")
+    card.save(partial)
+    partial.replace(path)
+    return path
+
+
+def push_model_card(model_dir: str | Path, repo_id: str, token: str | None = None) -> str:
+    """Upload ``model_dir/README.md`` alone to ``repo_id``; returns the commit URL."""
+    info = HfApi(token=token).upload_file(
+        path_or_fileobj=str(Path(model_dir) / "README.md"),
+        path_in_repo="README.md",
+        repo_id=repo_id,
+        commit_message="Perception report results (hf_recperc)",
+    )
+    return str(getattr(info, "commit_url", info))
