@@ -26,8 +26,6 @@ from typing import Any, NoReturn
 import yaml
 from transformers import HfArgumentParser
 
-from .data import ImageData, load_image_dataset
-
 __all__ = [
     "ArgumentError",
     "ArgumentParser",
@@ -54,8 +52,24 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ArgumentError(message)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" suffix, except where the help text already says what the default is (an
+    argument whose default is ``None`` and means "decided later", or a help that names it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
 class DataclassArgumentParser(HfArgumentParser):
-    """``HfArgumentParser`` that raises :class:`ArgumentError` instead of printing usage and exiting."""
+    """``HfArgumentParser`` that raises :class:`ArgumentError` instead of printing usage and exiting, and states
+    each default once in ``--help``."""
+
+    def __init__(self, dataclass_types, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(dataclass_types, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise ArgumentError(message)
@@ -86,8 +100,10 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
 
-    def load(self, seed: int = 0) -> ImageData:
+    def load(self, seed: int = 0):
         """The train and validation splits these flags name (``seed`` drives a carved-out validation split)."""
+        from .data import load_image_dataset  # noqa: PLC0415  (datasets, torch: not for --help)
+
         return load_image_dataset(
             self.dataset_name,
             dataset_config_name=self.dataset_config_name,

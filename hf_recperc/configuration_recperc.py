@@ -30,6 +30,7 @@ __all__ = [
     "check_config_overrides",
     "config_fields",
     "preset_for_data",
+    "FAMILY_CONFIGS",
 ]
 
 AE_ENCODERS = ("mlp", "conv")  # plus "timm:<model name>"
@@ -366,7 +367,7 @@ class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
 
 
 # family name of the training scripts (`--model_family`) -> configuration class
-_FAMILY_CONFIGS: dict[str, type[PreTrainedConfig]] = {"ae": RecPercAEConfig, "mae": RecPercMAEConfig}
+FAMILY_CONFIGS: dict[str, type[PreTrainedConfig]] = {"ae": RecPercAEConfig, "mae": RecPercMAEConfig}
 
 
 def preset_for_data(family: str, image_size: int, num_channels: int) -> str:
@@ -386,11 +387,11 @@ def preset_for_data(family: str, image_size: int, num_channels: int) -> str:
         ValueError: when no preset matches, naming the presets that fit once ``image_size`` is overridden
             (same channels and, for the MAE family, an image size divisible by the patch size).
     """
-    if family not in _FAMILY_CONFIGS:
-        raise ValueError(f"family: expected one of {tuple(_FAMILY_CONFIGS)}, got {family!r}")
+    if family not in FAMILY_CONFIGS:
+        raise ValueError(f"family: expected one of {tuple(FAMILY_CONFIGS)}, got {family!r}")
     check_positive_int("image_size", image_size)
     check_positive_int("num_channels", num_channels)
-    presets = _FAMILY_CONFIGS[family]._presets
+    presets = FAMILY_CONFIGS[family]._presets
     for name, fields in presets.items():
         if fields["image_size"] == image_size and fields["num_channels"] == num_channels:
             return name

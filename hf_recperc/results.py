@@ -24,6 +24,8 @@ __all__ = [
     "LAYERS",
     "SUBSPACE_FIELDS",
     "SPECTRUM_FIELDS",
+    "DEFAULT_BAND_EDGES",
+    "POOLINGS",
     "RunInfo",
     "RunResults",
     "eval_key",
@@ -46,6 +48,10 @@ KNN_WEIGHTED_ACCURACY = "knn/weighted_accuracy"  # votes weighted by exp(similar
 SPECTRUM = "spectrum"  # spectrum/{effective_rank,alpha,participation_ratio,components_90}
 LAYERS = "layers"  # layers/<feature>/{accuracy,dims,explained_variance}/<subspace>
 SUBSPACE_FIELDS = ("accuracy", "dims", "explained_variance")
+# Cumulative explained-variance edges of the pixel-spectrum bands of the band-error monitor.
+DEFAULT_BAND_EDGES = (0.0, 0.5, 0.8, 0.9, 0.97, 1.0)
+# How a hidden state becomes one vector per image (hf_recperc.monitors.layers).
+POOLINGS = ("cls", "mean", "pooler")
 SPECTRUM_FIELDS = ("effective_rank", "alpha", "participation_ratio", "components_90")
 
 

@@ -20,15 +20,17 @@ __all__ = ["main", "run"]
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse, train, print where the results went; raises ``ValueError`` on bad input."""
+    from ..training.arguments import parse_args  # noqa: PLC0415  (light: --help needs no torch)
+
+    data_args, model_args, args = parse_args(argv)
     from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
 
     from ..cards import HubPushError  # noqa: PLC0415
-    from ..training import NonFiniteLossError, parse_args, train  # noqa: PLC0415
+    from ..training import NonFiniteLossError, train  # noqa: PLC0415
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # accelerate reports every file of every checkpoint at INFO; keep its warnings only.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    data_args, model_args, args = parse_args(argv)
     try:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             results = train(data_args, model_args, args)

@@ -13,14 +13,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ..results import LAYERS
+from ..results import LAYERS, POOLINGS
 from .base import MonitorBatch
 from .probes import DEFAULT_SUBSPACES, SubspaceProbeMonitor
 from .spectrum import spectrum_figure, spectrum_statistics
 
 __all__ = ["LayerProbeMonitor", "parse_layers", "pool_hidden_state", "layer_feature", "POOLINGS"]
-
-POOLINGS = ("cls", "mean", "pooler")
 
 
 def layer_feature(layer: int, pooling: str) -> str:

@@ -8,13 +8,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..results import RECONSTRUCTION_MSE, band_key
+from ..results import DEFAULT_BAND_EDGES, RECONSTRUCTION_MSE, band_key
 from ..spectral import PCA, SecondMoments
 from .base import EVAL, MonitorBatch, distributed_sum
 
 __all__ = ["ReconstructionMonitor", "BandErrorMonitor", "SpectralBands", "DEFAULT_BAND_EDGES", "band_names"]
-
-DEFAULT_BAND_EDGES = (0.0, 0.5, 0.8, 0.9, 0.97, 1.0)
 
 
 def band_names(edges: Sequence[float]) -> list[str]:

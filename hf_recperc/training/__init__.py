@@ -10,12 +10,27 @@
 What each evaluation measures is up to the monitors (:mod:`hf_recperc.monitors`, ``--monitors``).
 """
 
-from ..monitors import SpectralBands, score_subspace_probe
-from .arguments import DataArguments, ModelArguments, PretrainingArguments, parse_args, parse_config_overrides
-from .builders import EpochShuffleSampler, build_model, build_monitors
-from .checkpointing import find_checkpoint, write_json_atomic
-from .loop import NonFiniteLossError, PretrainingRun, train
-from .state import TrainerState
+import importlib
+
+# name -> submodule: imported on first access (PEP 562), so that `--help` and argument parsing do not import
+# torch, accelerate and the models.
+_EXPORTS = {
+    "DataArguments": "arguments",
+    "ModelArguments": "arguments",
+    "PretrainingArguments": "arguments",
+    "parse_args": "arguments",
+    "parse_config_overrides": "arguments",
+    "build_model": "builders",
+    "build_monitors": "builders",
+    "EpochShuffleSampler": "builders",
+    "find_checkpoint": "checkpointing",
+    "write_json_atomic": "checkpointing",
+    "NonFiniteLossError": "loop",
+    "PretrainingRun": "loop",
+    "train": "loop",
+    "TrainerState": "state",
+}
+_MONITOR_EXPORTS = ("SpectralBands", "score_subspace_probe")
 
 __all__ = [
     "DataArguments",
@@ -43,3 +58,11 @@ def main(argv=None) -> int:
     from ..commands.pretrain import main as pretrain_main  # noqa: PLC0415
 
     return pretrain_main(argv)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name in _MONITOR_EXPORTS:
+        return getattr(importlib.import_module("..monitors", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,17 +13,23 @@ from pathlib import Path
 
 from ..cli import DataArguments as SharedDataArguments
 from ..cli import parse_arguments, parse_config_overrides
-from ..configuration_recperc import RecPercAEConfig, RecPercMAEConfig
-from ..monitors import DEFAULT_BAND_EDGES, POOLINGS
-from ..spectral import parse_subspace
+from ..results import DEFAULT_BAND_EDGES, POOLINGS
 from ..validation import check_finite_number, check_hub_repo_id, check_positive_int
 from .state import TRAINER_STATE
 
 __all__ = ["DataArguments", "ModelArguments", "PretrainingArguments", "parse_args", "parse_config_overrides"]
 
 # family -> (config class, default preset); the model classes live with the builders (no torch import here).
-FAMILY_CONFIGS = {"ae": (RecPercAEConfig, "digits-mlp"), "mae": (RecPercMAEConfig, "digits-vit-tiny")}
-FAMILIES = FAMILY_CONFIGS  # the names users pass as --model_family
+FAMILIES = ("ae", "mae")  # the names users pass as --model_family
+
+
+def family_config(family: str):
+    """The configuration class of a model family (imported on use: ``--help`` stays fast without torch)."""
+    from ..configuration_recperc import FAMILY_CONFIGS  # noqa: PLC0415
+
+    return FAMILY_CONFIGS[family]
+
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MONITOR_NAMES = ("reconstruction", "online_probe", "subspace", "band_errors", "knn", "spectrum", "layers")
 
@@ -91,7 +97,7 @@ class ModelArguments:
                 f"preset: give either --preset ({self.preset!r}) or --model_name_or_path "
                 f"({self.model_name_or_path!r}), not both"
             )
-        config_class = FAMILY_CONFIGS[self.model_family][0]
+        config_class = family_config(self.model_family)
         if self.preset is not None and self.preset not in config_class.presets():
             raise ValueError(
                 f"preset: {self.preset!r} is not a {self.model_family} preset; known: {config_class.presets()}"
@@ -258,6 +264,8 @@ class PretrainingArguments:
             )
         if not self.probe_subspaces:
             raise ValueError("probe_subspaces: expected at least one subspace, e.g. top:0.9 bottom:0.2 all")
+        from ..spectral import parse_subspace  # noqa: PLC0415  (torch: imported after --help)
+
         self.probe_subspaces = [str(parse_subspace(spec)) for spec in self.probe_subspaces]
         edges = [float(edge) for edge in self.band_edges]
         if (

@@ -26,7 +26,7 @@ from ..monitors import (
     SubspaceProbeMonitor,
     parse_layers,
 )
-from .arguments import FAMILY_CONFIGS, ModelArguments, PretrainingArguments, parse_config_overrides
+from .arguments import ModelArguments, PretrainingArguments, family_config, parse_config_overrides
 
 __all__ = [
     "build_model",
@@ -47,7 +47,7 @@ def build_model(model_args: ModelArguments, data: ImageData):
     A ViTMAE checkpoint (``model_type="vit_mae"``, e.g. a local copy of ``facebook/vit-mae-base``) loads into the
     MAE family; its guidance probe starts fresh. So does the probe of one of our models trained on other labels.
     """
-    config_class, _ = FAMILY_CONFIGS[model_args.model_family]
+    config_class = family_config(model_args.model_family)
     model_class = MODEL_CLASSES[model_args.model_family]
     overrides = parse_config_overrides(model_args.config_overrides)
     if model_args.guidance is not None:
