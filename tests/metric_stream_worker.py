@@ -1,10 +1,11 @@
-"""Run by tests/test_metric_streaming.py and tests/test_torchmetrics.py as one of two processes.
+"""Run under torchrun (2 gloo processes) by tests/test_metric_streaming.py and tests/test_torchmetrics.py.
 
-Usage: ``metric_stream_worker.py MODE OUT_DIR [PROCESS_ID]`` with MODE one of
-``evaluate`` (evaluate's num_process/process_id files; PROCESS_ID given), ``torch`` (the evaluate module under
-torchrun/gloo) or ``torchmetrics`` (the torchmetrics twin under torchrun/gloo). Process p streams the p-th
+Usage: ``torchrun --nproc_per_node 2 metric_stream_worker.py OUT_DIR``. One launch (interpreter start-up is
+most of the cost) runs three modes in turn: ``evaluate`` (evaluate's own num_process/process_id files, the
+rank as process_id; torch.distributed is not used by it), ``torch`` (the evaluate module merging through
+torch.distributed) and ``torchmetrics`` (the twin, synced by torchmetrics). Process p streams the p-th
 contiguous half of the rows, so the one-process answer is that of the rows in their original order.
-Writes ``OUT_DIR/{MODE}-{p}.json``: the result without training rows (80/20 split) and with streamed ones.
+Writes ``OUT_DIR/{mode}-{p}.json``: the result without training rows (80/20 split) and with streamed ones.
 """
 
 import json
@@ -20,19 +21,16 @@ import hf_recperc
 sys.path.insert(0, str(Path(__file__).parent))
 from test_metric_streaming import SUBSPACES, make_problem  # noqa: E402
 
-mode, out_dir = sys.argv[1], Path(sys.argv[2])
-if mode == "evaluate":
-    process_id, num_process = int(sys.argv[3]), 2
-else:
-    torch.distributed.init_process_group("gloo")
-    process_id, num_process = torch.distributed.get_rank(), torch.distributed.get_world_size()
+out_dir = Path(sys.argv[1])
+torch.distributed.init_process_group("gloo")
+process_id, num_process = torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 (X, y), (X_train, y_train) = make_problem(), make_problem(num_rows=900, seed=1)
 mine = np.array_split(np.arange(len(X)), num_process)[process_id]
 mine_train = np.array_split(np.arange(len(X_train)), num_process)[process_id]
 
 
-def stream(with_train: bool):
+def stream(mode: str, with_train: bool):
     if mode == "torchmetrics":
         from hf_recperc.torchmetrics import SubspaceProbeAccuracy
 
@@ -46,7 +44,7 @@ def stream(with_train: bool):
     kwargs = {"num_process": num_process, "process_id": process_id} if mode == "evaluate" else {}
     metric = evaluate.load(
         hf_recperc.SUBSPACE_PROBE_ACCURACY,
-        experiment_id=f"stream-{with_train}",
+        experiment_id=f"{mode}-{with_train}",
         cache_dir=str(out_dir / "cache"),
         **kwargs,
     )
@@ -58,11 +56,11 @@ def stream(with_train: bool):
     return metric.compute(subspaces=SUBSPACES)
 
 
-result = {"split": stream(False), "streamed_train": stream(True)}
-if mode == "torch" and process_id == 0:
-    # Arrays given to compute() alone stay local: rank 0 alone may score features it gathered itself.
-    metric = evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY, cache_dir=str(out_dir / "cache"))
-    result["rank0_arrays"] = metric.compute(predictions=X, references=y, subspaces=SUBSPACES)
-(out_dir / f"{mode}-{process_id}.json").write_text(json.dumps(result))
-if mode != "evaluate":
-    torch.distributed.destroy_process_group()
+for mode in ("evaluate", "torch", "torchmetrics"):
+    result = {"split": stream(mode, False), "streamed_train": stream(mode, True)}
+    if mode == "torch" and process_id == 0:
+        # Arrays given to compute() alone stay local: rank 0 alone may score features it gathered itself.
+        metric = evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY, cache_dir=str(out_dir / "cache"))
+        result["rank0_arrays"] = metric.compute(predictions=X, references=y, subspaces=SUBSPACES)
+    (out_dir / f"{mode}-{process_id}.json").write_text(json.dumps(result))
+torch.distributed.destroy_process_group()

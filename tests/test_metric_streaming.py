@@ -1,11 +1,15 @@
 """Issue 13: the evaluate module streamed batch by batch equals the array call, across processes too."""
 
+import atexit
+import functools
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import evaluate
@@ -137,34 +141,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_two_processes(mode, out_dir):
-    """Two processes of tests/metric_stream_worker.py (torchrun for torch.distributed modes)."""
+@functools.lru_cache(maxsize=1)
+def two_process_results() -> tuple[dict[str, list[dict]], Path]:
+    """One torchrun launch of tests/metric_stream_worker.py (2 gloo processes) for every two-process test.
+
+    Returns ``({mode: [process 0 result, process 1 result]}, out_dir)``; cached, so the interpreter start-ups
+    (most of the cost) are paid once per test session.
+    """
+    out_dir = Path(tempfile.mkdtemp(prefix="metric_two_processes_"))
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    if mode == "evaluate":
-        commands = [[sys.executable, str(WORKER), mode, str(out_dir), str(p)] for p in (0, 1)]
-    else:
-        commands = [
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nproc_per_node",
-                "2",
-                "--master_port",
-                str(_free_port()),
-                str(WORKER),
-                mode,
-                str(out_dir),
-            ]
-        ]
-    processes = [
-        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for c in commands
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        str(out_dir),
     ]
-    for process in processes:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-3000:]
-    return [json.loads((out_dir / f"{mode}-{p}.json").read_text()) for p in (0, 1)]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    modes = ("evaluate", "torch", "torchmetrics")
+    return {m: [json.loads((out_dir / f"{m}-{p}.json").read_text()) for p in (0, 1)] for m in modes}, out_dir
 
 
 def one_process_answers():
@@ -183,19 +184,20 @@ def one_process_answers():
     }
 
 
-def test_evaluate_two_process_mode_gives_the_one_process_answer(tmp_path):
-    first, second = run_two_processes("evaluate", tmp_path)
+def test_evaluate_two_process_mode_gives_the_one_process_answer():
+    results, out_dir = two_process_results()
+    first, second = results["evaluate"]
     expected = one_process_answers()
     assert second == {"split": None, "streamed_train": None}  # evaluate's convention: process 0 reports
     assert first["split"] == expected["split"]
     assert_close_results(first["streamed_train"], expected["streamed_train"])
-    assert not list((tmp_path / "cache").rglob("*.pt")), "state files are removed once merged"
-    assert not list((tmp_path / "cache").rglob("*.arrow"))
+    assert not list((out_dir / "cache").rglob("*.pt")), "state files are removed once merged"
+    assert not list((out_dir / "cache").rglob("*.arrow"))
 
 
-def test_torch_distributed_gives_the_one_process_answer_on_every_rank(tmp_path):
+def test_torch_distributed_gives_the_one_process_answer_on_every_rank():
     expected = one_process_answers()
-    first, second = run_two_processes("torch", tmp_path)
+    first, second = two_process_results()[0]["torch"]
     assert first.pop("rank0_arrays") == expected["split"] and "rank0_arrays" not in second
     for got in (first, second):
         assert got["split"] == expected["split"]

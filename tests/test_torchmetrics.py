@@ -13,7 +13,7 @@ from test_metric_streaming import (  # noqa: E402
     assert_close_results,
     make_problem,
     one_process_answers,
-    run_two_processes,
+    two_process_results,
 )
 
 import hf_recperc.torchmetrics  # noqa: E402
@@ -96,9 +96,9 @@ def test_docstring_example_runs():
     assert tried > 0 and failures == 0
 
 
-def test_two_gloo_processes_give_the_one_process_answer(tmp_path):
+def test_two_gloo_processes_give_the_one_process_answer():
     expected = one_process_answers()
-    for got in run_two_processes("torchmetrics", tmp_path):
+    for got in two_process_results()[0]["torchmetrics"]:
         assert got["split"] == expected["split"]
         assert_close_results(got["streamed_train"], expected["streamed_train"])
 

@@ -88,8 +88,8 @@ Examples:
     True
 """
 
-# How long process 0 waits for the other processes' state files in evaluate's multi-process mode when the
-# module's own `timeout` (evaluate's argument, default 100 s) is not set.
+# Interval at which process 0 looks for the other processes' state files in evaluate's multi-process mode;
+# it gives up after evaluate's own `timeout` (default 100 s).
 _POLL_SECONDS = 0.05
 
 
