@@ -9,50 +9,9 @@ Layout: NAME.py (the module), README.md (metric card with the Space metadata), r
 it is named NAME, else OUTPUT_DIR/NAME): `evaluate.load("space/NAME")` loads it locally.
 """
 
-import argparse
 import sys
-import tempfile
 
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-from hf_recperc.metric_hub import metric_space_files, push_metric, write_metric_space
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--repo_id", required=True, help="Hub Space id, 'namespace/name' (name: letters, digits, _)."
-    )
-    parser.add_argument("--output_dir", help="Write the layout here; without --push nothing is uploaded.")
-    parser.add_argument("--push", action="store_true", help="Upload even when --output_dir is given.")
-    parser.add_argument("--private", action="store_true", help="Create the Space as private.")
-    parser.add_argument(
-        "--hf_recperc_requirement",
-        help="requirements.txt line that installs hf_recperc (e.g. a git+https URL); default hf_recperc>=VERSION.",
-    )
-    parser.add_argument("--commit_message", default="Upload subspace_probe_accuracy metric")
-    args = parser.parse_args(argv)
-    try:
-        if args.output_dir and not args.push:
-            folder = write_metric_space(args.output_dir, args.repo_id, args.hf_recperc_requirement)
-            print(f"wrote {', '.join(metric_space_files(args.repo_id))} to {folder}")
-            return 0
-        with tempfile.TemporaryDirectory() as scratch:
-            url = push_metric(
-                args.repo_id,
-                args.output_dir or scratch,
-                private=args.private,
-                commit_message=args.commit_message,
-                hf_recperc_requirement=args.hf_recperc_requirement,
-            )
-    except (ValueError, HfHubHTTPError, OfflineModeIsEnabled) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"pushed the metric to {url}; load it with evaluate.load({args.repo_id!r})")
-    return 0
-
+from hf_recperc.commands.push_metric import main
 
 if __name__ == "__main__":
     sys.exit(main())

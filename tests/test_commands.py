@@ -13,7 +13,15 @@ import pytest
 from hf_recperc.commands import run_command
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("pca_classification", "pca_figure", "alignment", "compare_runs", "push_to_hub")
+COMMANDS = (
+    "pca_classification",
+    "pca_figure",
+    "alignment",
+    "compare_runs",
+    "push_to_hub",
+    "push_metric",
+    "pretrain",
+)
 
 
 # (script, argv with {tmp} for a fresh directory, text the error line must contain): an unknown flag, an

@@ -110,9 +110,10 @@ def test_push_uploads_exactly_the_layout(monkeypatch, tmp_path):
 
 
 def test_bad_repo_id_and_offline_push_fail_with_a_message(capsys, tmp_path):
-    assert main(["--repo_id", "no-namespace", "--output_dir", str(tmp_path)]) == 1
+    # Bad arguments: exit code 2 with one line; a Hub that cannot be reached: exit code 1.
+    assert main(["--repo_id", "no-namespace", "--output_dir", str(tmp_path)]) == 2
     assert "repo_id: expected 'namespace/name'" in capsys.readouterr().err
-    assert main(["--repo_id", "someone/probe-metric", "--output_dir", str(tmp_path)]) == 1
+    assert main(["--repo_id", "someone/probe-metric", "--output_dir", str(tmp_path)]) == 2
     # conftest sets HF_HUB_OFFLINE=1: an un-intercepted push fails cleanly instead of reaching the network.
     assert main(["--repo_id", "someone/probe_metric"]) == 1
     assert "error:" in capsys.readouterr().err

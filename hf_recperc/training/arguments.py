@@ -14,7 +14,7 @@ from pathlib import Path
 from ..cli import DataArguments as SharedDataArguments
 from ..cli import parse_arguments, parse_config_overrides
 from ..results import DEFAULT_BAND_EDGES, POOLINGS
-from ..validation import check_finite_number, check_hub_repo_id, check_positive_int
+from ..validation import check_finite_number, check_hub_repo_id, check_model_path, check_positive_int
 from .state import TRAINER_STATE
 
 __all__ = ["DataArguments", "ModelArguments", "PretrainingArguments", "parse_args", "parse_config_overrides"]
@@ -90,6 +90,10 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        if self.model_name_or_path is not None:
+            check_model_path(
+                self.model_name_or_path
+            )  # a missing path or uncached offline id fails here, at once
         if self.model_family not in FAMILIES:
             raise ValueError(f"model_family: expected one of {tuple(FAMILIES)}, got {self.model_family!r}")
         if self.preset is not None and self.model_name_or_path is not None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,10 +70,6 @@ def build_model(model_args: ModelArguments, data: ImageData):
         ) from err
     if model_args.model_name_or_path is None:
         return model_class(config)
-    if not Path(model_args.model_name_or_path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        logger.warning(
-            f"HF_HUB_OFFLINE=1: {model_args.model_name_or_path!r} loads only if it is in the Hub cache"
-        )
     # The probe's shape follows the data's labels; a checkpoint trained on other labels (or a plain ViTMAE)
     # has another or no probe, which starts fresh.
     return model_class.from_pretrained(

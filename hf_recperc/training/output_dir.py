@@ -92,6 +92,7 @@ class OutputDirectory:
         # Publish by renaming files, not the directory (mount points, read-only parents).
         self.file_by_file = False
         self.locked = False  # whether this object holds the lock (only then does it release it)
+        self.created = False  # whether this run created output_dir (an empty one is removed on a failure)
 
     # ---------------------------------------------------------------------------------------------- at start
 
@@ -119,6 +120,7 @@ class OutputDirectory:
                 f"output_dir: {str(path)!r} is a file, expected a directory (or a path to create)"
             )
         try:
+            self.created = not path.exists()
             path.mkdir(parents=True, exist_ok=True)
             probe = path / f".hf_recperc_write_test-{os.getpid()}"
             probe.write_text("")
@@ -177,9 +179,12 @@ class OutputDirectory:
         lock.unlink(missing_ok=True)
 
     def release_lock(self) -> None:
+        """Release the lock; remove ``output_dir`` again if this run created it and wrote nothing into it."""
         if self.locked:
             self.lock_path.unlink(missing_ok=True)
             self.locked = False
+        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def clean_leftovers(self) -> None:
         """Staging and set-aside directories of runs killed while publishing (dead PIDs only): a directory set
