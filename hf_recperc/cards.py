@@ -237,6 +237,7 @@ def render_model_card(
     family = run["family"]
     card_data = ModelCardData(
         model_name=model_name,
+        license=args.get("model_license") or "apache-2.0",
         library_name="transformers",
         pipeline_tag="image-feature-extraction",
         tags=[

@@ -182,7 +182,9 @@ def load_run(run_dir: str | Path) -> RunHistory:
     run_dir = Path(run_dir)
     history = run_dir / "history.json"
     if not history.is_file():
-        raise FileNotFoundError(f"run_dirs: {str(run_dir)!r} holds no history.json (expected a pretraining output directory)")
+        raise FileNotFoundError(
+            f"run_dirs: {str(run_dir)!r} holds no history.json (expected a pretraining output directory)"
+        )
     try:
         records = json.loads(history.read_text())
     except json.JSONDecodeError as err:

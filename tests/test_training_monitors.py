@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from hf_recperc.monitors import EVAL, MonitorBatch
@@ -78,6 +79,9 @@ def test_a_custom_monitor_reaches_history_and_tensorboard(tmp_path):
     card = (output_dir / "README.md").read_text()
     assert "kNN accuracy" in card and "effective rank" in card and "| layer_2/mean |" in card
     assert "nan" not in card.lower().replace("nanoseconds", "")
+    # Issue 12, row 16: license metadata, the preset the data chose, band errors explained.
+    assert ModelCard.load(output_dir / "README.md").data.license == "apache-2.0"
+    assert "ae / digits-mlp" in card and "An error of 1 in a band" in card
 
 
 def test_monitors_flag_selects_the_measurements(tmp_path):

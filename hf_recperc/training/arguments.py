@@ -230,6 +230,10 @@ class PretrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload output_dir to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository, 'user/name'."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    model_license: str = field(
+        default="apache-2.0",
+        metadata={"help": "License of the trained model, in the model card's metadata (a Hub license id)."},
+    )
 
     def __post_init__(self):
         for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):

@@ -34,7 +34,7 @@ RESUME_SAFE_ARGS = frozenset(
     {
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "allow_changed_args", "logging_steps",
         "eval_steps", "checkpointing_steps", "checkpoints_total_limit", "report_to", "push_to_hub", "hub_model_id",
-        "hub_private", "dataloader_num_workers", "per_device_eval_batch_size", "monitors", "probe_subspaces",
+        "hub_private", "model_license", "dataloader_num_workers", "per_device_eval_batch_size", "monitors", "probe_subspaces",
         "probe_ridge", "probe_standardize", "probe_max_train_samples", "probe_layers", "probe_pooling", "knn_k",
         "knn_temperature", "band_edges", "spectral_max_dim",
     }
