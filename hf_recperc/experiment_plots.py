@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .plotting import save_figure, style_axis
+from .results import BAND_ERROR, ONLINE_PROBE_ACCURACY, RECONSTRUCTION_MSE, SUBSPACE_PROBE, eval_key
 
 __all__ = [
     "contrast_stretch",
@@ -39,10 +40,11 @@ __all__ = [
     "BAND_ERROR_PREFIX",
 ]
 
-RECONSTRUCTION_KEY = "eval/reconstruction_mse"
-ONLINE_PROBE_KEY = "eval/online_probe_accuracy"
-SUBSPACE_PROBE_PREFIX = "eval/subspace_probe/accuracy/"
-BAND_ERROR_PREFIX = "eval/band_error/"
+# The history.json keys these plots read, from the one schema (hf_recperc.results).
+RECONSTRUCTION_KEY = eval_key(RECONSTRUCTION_MSE)
+ONLINE_PROBE_KEY = eval_key(ONLINE_PROBE_ACCURACY)
+SUBSPACE_PROBE_PREFIX = eval_key(f"{SUBSPACE_PROBE}/accuracy/")
+BAND_ERROR_PREFIX = eval_key(f"{BAND_ERROR}/")
 
 
 def contrast_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
