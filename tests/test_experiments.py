@@ -151,6 +151,7 @@ def test_build_classifier_rejects_unknown_name():
         build_classifier("vgg", (3, 8, 8), 10)
 
 
+@pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_train_classifier_learns_digits(digits):
     config = TrainConfig(classifier="small_cnn", width=8, epochs=4, batch_size=64, lr=1e-2, augment=False,
                          disable_tqdm=True)  # fmt: skip

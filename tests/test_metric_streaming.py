@@ -184,6 +184,7 @@ def one_process_answers():
     }
 
 
+@pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_evaluate_two_process_mode_gives_the_one_process_answer():
     results, out_dir = two_process_results()
     first, second = results["evaluate"]

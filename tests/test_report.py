@@ -267,6 +267,7 @@ def _env(tmp_path):
     return env
 
 
+@pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_two_processes_give_the_one_process_report(models, tmp_path):
     argv = ["--model_name_or_path", models["vit"], *DATA, "--layers", "all", "--subspaces", *SUBSPACES]
     reports = {}

@@ -392,6 +392,7 @@ def launched_runs(tmp_path_factory):
     return reference, interrupted, killed_at, resumed.stderr
 
 
+@pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_launch_default_command_writes_a_hub_ready_model(launched_runs):
     reference = launched_runs[0]
     for name in OUTPUT_FILES:
@@ -406,6 +407,7 @@ def test_launch_default_command_writes_a_hub_ready_model(launched_runs):
     assert {r.metric_config for r in card.data.eval_results} >= set(SUBSPACES)
 
 
+@pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_readme_main_command_with_no_arguments(tmp_path):
     """README's second command exactly: `accelerate launch scripts/pretrain.py`, default budget and output dir."""
     completed = subprocess.run(
@@ -425,6 +427,7 @@ def test_readme_main_command_with_no_arguments(tmp_path):
     assert results["eval/subspace_probe/accuracy/all"] > 0.5
 
 
+@pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_sigkill_and_resume_reproduces_the_uninterrupted_run(launched_runs):
     reference, interrupted, killed_at, resumed_log = launched_runs
     assert f"resumed from {interrupted / 'checkpoints'}" in resumed_log
@@ -447,6 +450,7 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(launched_runs):
 # ---------------------------------------------------------------------------------- two processes (gloo on CPU)
 
 
+@pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_two_processes_report_the_same_metrics_and_merge_the_probe(tmp_path, launched_runs):
     output_dir = tmp_path / "two"
     done = subprocess.run(

@@ -136,6 +136,7 @@ def test_layer_probes_report_one_entry_per_layer(tmp_path, family, preset, layer
         assert results[f"eval/layers/{feature}/spectrum/effective_rank"] >= 1
 
 
+@pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_every_monitor_on_two_processes_equals_one_process(tmp_path):
     """The same freshly initialised model evaluated by 1 and by 2 gloo processes (each on its own shard of the
     probe rows and of the validation split): every monitor's number agrees."""
