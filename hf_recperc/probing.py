@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .distributed import gather_rows
 from .spectral import PCA, SecondMoments, as_float_tensor, compute_dtype, parse_subspace
 from .validation import check_labels
 
@@ -202,17 +203,10 @@ class SubspaceProbe:
         Ranks assign columns in the order they meet classes, so column ``j`` may mean different classes on
         different ranks; summing the statistics needs one common layout first.
         """
-        dist = torch.distributed
         device = self.moments_.sum.device
         local = torch.tensor(sorted(self._class_columns), dtype=torch.long, device=device)  # (U,)
-        width = torch.tensor([local.numel()], device=device)
-        dist.all_reduce(width, op=dist.ReduceOp.MAX)
-        padded = torch.full((int(width.item()),), -1, dtype=torch.long, device=device)
-        padded[: local.numel()] = local
-        gathered = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, padded)
-        union = torch.unique(torch.cat(gathered))
-        self._remap_columns([int(i) for i in union.tolist() if i >= 0])
+        union = torch.unique(gather_rows(local))  # every rank's class ids, concatenated, then deduplicated
+        self._remap_columns([int(i) for i in union.tolist()])
 
     def _remap_columns(self, class_ids: list[int]) -> None:
         """Re-lay the target statistics out as columns ``class_ids`` (a superset of the classes seen)."""

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from ..distributed import distributed_sum, gather_rows, is_distributed
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -72,41 +74,6 @@ class Monitor(Protocol):
 
     def figures(self) -> dict[str, Figure]:
         """Figures of the last ``compute``: file stem -> matplotlib Figure (may be empty)."""
-
-
-def is_distributed() -> bool:
-    """True inside an initialised ``torch.distributed`` group of more than one process."""
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and (torch.distributed.get_world_size() > 1)
-    )
-
-
-def distributed_sum(values: torch.Tensor) -> torch.Tensor:
-    """``values`` summed over processes (in place, and returned); unchanged in one process."""
-    if is_distributed():
-        torch.distributed.all_reduce(values)
-    return values
-
-
-def gather_rows(rows: torch.Tensor) -> torch.Tensor:
-    """Concatenate every process's `(n_p, ...)` rows, in rank order, on every process: `(sum_p n_p, ...)`.
-
-    Shards may differ in length (the last one is shorter): each is padded to the longest, gathered, and trimmed.
-    """
-    if not is_distributed():
-        return rows
-    world = torch.distributed.get_world_size()
-    count = torch.tensor([rows.shape[0]], device=rows.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    torch.distributed.all_gather(counts, count)
-    longest = int(max(c.item() for c in counts))
-    padded = rows.new_zeros((longest, *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = [torch.zeros_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(gathered, padded)
-    return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts)])
 
 
 def concat_or_empty(
