@@ -91,11 +91,13 @@ def test_push_to_hub_flag_uploads_the_run_with_our_card(tmp_path, hub):
     assert 'AutoModel.from_pretrained("someone/tiny")' in card.text
 
 
-def test_offline_push_fails_clearly_and_keeps_the_local_output(tmp_path):
+def test_offline_push_fails_clearly_and_keeps_the_local_output(tmp_path, caplog):
     output_dir = tmp_path / "run"
     argv = ["--output_dir", str(output_dir), *TINY, "--push_to_hub", "--hub_model_id", "someone/tiny"]
     with pytest.raises(HubPushError, match="offline") as error:
         train(*parse_args(argv))
+    # Issue 12, row 11: the user is warned at the start, not only when the push fails after training.
+    assert "--push_to_hub with HF_HUB_OFFLINE=1" in caplog.text
     assert "someone/tiny" in str(error.value) and "scripts/push_to_hub.py" in str(error.value)
     assert_complete(output_dir)
 

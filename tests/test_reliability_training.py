@@ -239,3 +239,20 @@ def test_more_accumulation_than_batches_is_refused(tmp_path):
 def test_an_invalid_hub_model_id_fails_before_training(repo_id):
     with pytest.raises(ValueError, match="hub_model_id: expected a Hub repository id"):
         parse_args(["--push_to_hub", "--hub_model_id", repo_id])
+
+
+CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.mark.cifar10
+@pytest.mark.skipif(not CIFAR10.is_dir(), reason=f"CIFAR-10 parquet copy not found at {CIFAR10}")
+def test_without_a_preset_the_data_picks_one_that_fits(tmp_path):
+    """Row 4: a CIFAR-10 directory used to train the 8x8 grayscale digits-mlp on downscaled images."""
+    results = train(
+        *parse_args(
+            ["--output_dir", str(tmp_path / "run"), "--dataset_name", str(CIFAR10), *TINY, "--max_steps", "1"]
+        )
+    )
+    assert results["run"]["preset"] == "cifar-conv-small"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["image_size"], config["num_channels"]) == (32, 3)

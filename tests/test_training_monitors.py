@@ -170,3 +170,28 @@ def test_pretrain_bad_arguments_exit_2_with_one_line(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: monitors:") and "Traceback" not in done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_under_accelerate_launch_the_error_line_comes_last(tmp_path):
+    """accelerate's launcher prints its own traceback after a failed child: our one line is printed again after it."""
+    accelerate = Path(sys.executable).parent / "accelerate"
+    done = subprocess.run(
+        [str(accelerate), "launch", "scripts/pretrain.py", "--output_dir", str(tmp_path / "x"), "--monitors", "nope"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: monitors:"), done.stderr[-2000:]
+
+
+def test_help_is_fast_and_states_each_default_once():
+    """--help imports no torch (it took 7 s before) and prints no default twice (issue 12, row 15)."""
+    code = (
+        "import sys\n"
+        "from hf_recperc.commands.pretrain import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'LIGHT')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().endswith("LIGHT"), done.stdout[-500:] + done.stderr[-2000:]
+    options = " ".join(done.stdout.split()).split(" --")
+    assert options and all(option.count("default") <= 1 for option in options)

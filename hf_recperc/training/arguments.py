@@ -63,8 +63,8 @@ class ModelArguments:
     preset: str | None = field(
         default=None,
         metadata={
-            "help": "Named configuration: ae: digits-mlp (default), cifar-conv-small, cifar-resnet18; "
-            "mae: digits-vit-tiny (default), cifar-vit-tiny."
+            "help": "Named configuration (default: the one that fits the data's image size and channels): "
+            "ae: digits-mlp, cifar-conv-small, cifar-resnet18; mae: digits-vit-tiny, cifar-vit-tiny."
         },
     )
     model_name_or_path: str | None = field(
