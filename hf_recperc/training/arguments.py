@@ -39,8 +39,26 @@ class DataArguments(SharedDataArguments):
     )
     random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes per data loader."})
+    pixel_store: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode every image once into a cached uint8 store and normalise/augment batches on the "
+            "training device (false: the image processor per batch, decoding every epoch)."
+        },
+    )
+    random_resized_crop: float | None = field(
+        default=None,
+        metadata={
+            "help": "MAE's RandomResizedCrop with area scale in (this, 1] (e.g. 0.2), batched on the device; "
+            "replaces --random_crop_padding; combines with --random_flip."
+        },
+    )
 
     def __post_init__(self):
+        if self.random_resized_crop is not None and not 0 < self.random_resized_crop <= 1:
+            raise ValueError(
+                f"random_resized_crop: expected a fraction in (0, 1], got {self.random_resized_crop!r}"
+            )
         if not isinstance(self.random_crop_padding, int) or self.random_crop_padding < 0:
             raise ValueError(
                 f"random_crop_padding: expected an integer >= 0, got {self.random_crop_padding!r}"

@@ -29,7 +29,6 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..data import processor_transform, random_crop_flip
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
 from ..results import TRAIN_LOSSES, RunInfo, RunResults, train_key
@@ -43,6 +42,7 @@ from .builders import (
     shard_loader,
 )
 from .checkpointing import publish, resolve_resume, save_checkpoint, write_json_atomic
+from .datapath import DevicePipeline, build_datasets, collate_stored
 from .environment import library_versions, no_accelerator_device, tracker_config
 from .evaluation import run_monitors, summary
 from .figures import history_figures, log_figures, reconstruction_figure, write_figures
@@ -156,12 +156,16 @@ class PretrainingRun:
         """Training loader shuffled by (seed, epoch), full batches only (BatchNorm); this process's own shards of
         the probe's training rows and of the validation split for the monitors."""
         args, accelerator, config = self.args, self.accelerator, self.model.config
-        transform = processor_transform(
-            self.image_processor, self.data.image_column, self.data.label_column, config.num_channels,
-            self.data.label_names,
-        )  # fmt: skip
-        self.train_set = self.data.train.with_transform(transform)
-        self.eval_set = self.data.validation.with_transform(transform)
+        data_args = self.data_args
+        with accelerator.main_process_first():  # one process decodes and caches, the others read the cache
+            self.train_set, self.eval_set, description = build_datasets(
+                self.data, config, self.image_processor, data_args.pixel_store
+            )
+        self.info(description)
+        crop_scale = (data_args.random_resized_crop, 1.0) if data_args.random_resized_crop else None
+        self.pipeline = DevicePipeline(
+            config, accelerator.device, data_args.random_crop_padding, data_args.random_flip, crop_scale
+        )
         if len(self.train_set) < args.per_device_train_batch_size * accelerator.num_processes:
             raise ValueError(
                 f"per_device_train_batch_size: {args.per_device_train_batch_size} x {accelerator.num_processes} "
@@ -171,6 +175,7 @@ class PretrainingRun:
         options = {
             "num_workers": self.data_args.dataloader_num_workers,
             "pin_memory": torch.cuda.is_available(),
+            "collate_fn": collate_stored,
         }
         self.train_loader = torch.utils.data.DataLoader(
             self.train_set, batch_size=args.per_device_train_batch_size, sampler=self.sampler, drop_last=True,
@@ -216,7 +221,7 @@ class PretrainingRun:
         if dim > self.args.spectral_max_dim:
             logger.warning(f"band errors not measured: {dim} pixel values per image > spectral_max_dim")
             return None
-        pixels = (batch["pixel_values"] for batch in self.probe_loader)
+        pixels = (self.pipeline.pixel_values(batch) for batch in self.probe_loader)
         return SpectralBands.from_pixels(pixels, self.args.band_edges, device=self.accelerator.device)
 
     def _resume(self, resume_dir: Path | None) -> None:
@@ -255,7 +260,7 @@ class PretrainingRun:
         torch.manual_seed(seed)  # dropout, if the configuration has any
         generator = torch.Generator(device=accelerator.device).manual_seed(seed)
         with accelerator.accumulate(model):
-            pixel_values = self._augment(batch["pixel_values"], generator)
+            pixel_values = self.pipeline.training(batch, generator)
             randomness = self.model.sample_forward_randomness(pixel_values, generator)
             outputs = model(pixel_values=pixel_values, labels=batch["labels"], **randomness)
             self._stop_on_non_finite(outputs.loss)
@@ -276,14 +281,6 @@ class PretrainingRun:
             state.step += 1
             self.progress.update(1)
         return accelerator.sync_gradients
-
-    def _augment(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.data_args.random_crop_padding or self.data_args.random_flip:
-            return random_crop_flip(
-                pixel_values, padding=self.data_args.random_crop_padding, flip=self.data_args.random_flip,
-                generator=generator,
-            )  # fmt: skip
-        return pixel_values
 
     def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
         """A NaN/inf loss on any process stops every process before the weights are touched."""
@@ -326,7 +323,8 @@ class PretrainingRun:
         generator = torch.Generator(device=self.accelerator.device).manual_seed(
             derived_seed(self.args.seed, self.accelerator.process_index, 1)
         )
-        splits = ((TRAIN, self.probe_loader), (EVAL, self.eval_loader))
+        evaluation = self.pipeline.evaluation
+        splits = ((TRAIN, map(evaluation, self.probe_loader)), (EVAL, map(evaluation, self.eval_loader)))
         record = self._train_record()
         record |= run_monitors(model, self.accelerator, self.monitors, splits, generator)
         self.state.history.append(record)
@@ -440,7 +438,9 @@ class PretrainingRun:
 
     def _final_figures(self, model) -> dict:
         count = min(8, len(self.eval_set))
-        pixel_values = self.eval_set[:count]["pixel_values"].to(self.accelerator.device)
+        rows = torch.utils.data.Subset(self.eval_set, range(count))
+        loader = torch.utils.data.DataLoader(rows, batch_size=count, collate_fn=collate_stored)
+        pixel_values = self.pipeline.evaluation(next(iter(loader)))["pixel_values"]
         generator = torch.Generator(device=self.accelerator.device).manual_seed(
             derived_seed(self.args.seed, 0, 1)
         )
