@@ -199,7 +199,11 @@ class PretrainingArguments:
         default=False, metadata={"help": "Standardise embeddings before the PCA."}
     )
     probe_max_train_samples: int | None = field(
-        default=None, metadata={"help": "Fit the subspace probe on the first N training rows only."}
+        default=2000,
+        metadata={
+            "help": "Training rows the monitors fit on at each evaluation (probes, kNN bank) and the pixel "
+            "spectrum's rows: the first N (default 2000; keeps the monitor under ~10% of a CIFAR run)."
+        },
     )
     band_edges: list[float] = field(
         default_factory=lambda: list(DEFAULT_BAND_EDGES),
@@ -233,6 +237,13 @@ class PretrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload output_dir to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository, 'user/name'."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    monitor_max_eval_samples: int = field(
+        default=2000,
+        metadata={
+            "help": "Validation rows the monitors score at each evaluation: the first N (0: all). The default "
+            "keeps the monitor under ~10% of a CIFAR run; use --max_eval_samples to shrink the split itself."
+        },
+    )
 
     def __post_init__(self):
         for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):
@@ -243,6 +254,10 @@ class PretrainingArguments:
             check_positive_int(name, getattr(self, name), allow_none=True)
         check_positive_int("probe_max_train_samples", self.probe_max_train_samples, allow_none=True)
         check_positive_int("spectral_max_dim", self.spectral_max_dim)
+        if not isinstance(self.monitor_max_eval_samples, int) or self.monitor_max_eval_samples < 0:
+            raise ValueError(
+                f"monitor_max_eval_samples: expected an integer >= 0, got {self.monitor_max_eval_samples!r}"
+            )
         check_positive_int("knn_k", self.knn_k)
         if check_finite_number("knn_temperature", self.knn_temperature) <= 0:
             raise ValueError(f"knn_temperature: expected a number > 0, got {self.knn_temperature!r}")

@@ -110,14 +110,18 @@ def shard_loader(dataset, rows: range, process_index: int, num_processes: int, b
     return torch.utils.data.DataLoader(subset, batch_size=batch_size, **kwargs)
 
 
-def build_optimizer(model: torch.nn.Module, args: PretrainingArguments, learning_rate: float):
-    """AdamW without weight decay on biases and normalisation weights."""
+def build_optimizer(
+    model: torch.nn.Module, args: PretrainingArguments, learning_rate: float, fused: bool = False
+):
+    """AdamW without weight decay on biases and normalisation weights; ``fused``: torch's fused kernel (it can skip
+    a step on the device, :class:`~hf_recperc.training.guard.NonFiniteGuard`)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
+        fused=fused or None,
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data import ImageData, processor_transform, random_crop_flip
-from ..pixel_store import decode_uint8, normalise_uint8, random_resized_crop_flip
+from ..pixel_store import decode_uint8, normalise_uint8, random_resized_crop_flip, store_key
 
 __all__ = ["StoredImages", "DevicePipeline", "build_datasets", "collate_stored"]
 
@@ -29,12 +29,13 @@ class StoredImages(torch.utils.data.Dataset):
     Args:
         pixels: `(N, C, S, S)` uint8 array (memory-mapped or in memory).
         labels: `(N,)` int64 class ids.
+        key: the store's cache key (:func:`hf_recperc.pixel_store.store_key`), ``None`` when not cached.
     """
 
-    def __init__(self, pixels: np.ndarray, labels: np.ndarray):
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, key: str | None = None):
         if len(pixels) != len(labels):
             raise ValueError(f"pixels ({len(pixels)}) and labels ({len(labels)}) differ in length")
-        self.pixels, self.labels = pixels, labels
+        self.pixels, self.labels, self.key = pixels, labels, key
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,7 +90,8 @@ def build_datasets(data: ImageData, config, image_processor, use_store: bool, ca
     built, where = [], []
     for split in (data.train, data.validation):
         pixels, phrase = decode_uint8(split, data.image_column, config.num_channels, config.image_size, cache)
-        built.append(StoredImages(pixels, _labels(split, data.label_column, data.label_names)))
+        key = store_key(split, data.image_column, config.num_channels, config.image_size) if cache else None
+        built.append(StoredImages(pixels, _labels(split, data.label_column, data.label_names), key))
         where.append(phrase)
     description = (
         f"data path: uint8 pixel store (train {where[0]}; validation {where[1]}), normalised and augmented "

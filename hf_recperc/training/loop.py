@@ -46,15 +46,13 @@ from .datapath import DevicePipeline, build_datasets, collate_stored
 from .environment import library_versions, no_accelerator_device, tracker_config
 from .evaluation import run_monitors, summary
 from .figures import history_figures, log_figures, reconstruction_figure, write_figures
-from .state import TrainerState
+from .guard import NonFiniteGuard, NonFiniteLossError, fused_available
+from .spectrum_cache import cached_pixel_spectrum, spectrum_key
+from .state import DeviceLossSums, PhaseTimer, TrainerState
 
 __all__ = ["PretrainingRun", "NonFiniteLossError", "train"]
 
 logger = logging.getLogger("hf_recperc.training")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 def train(
@@ -98,12 +96,16 @@ class PretrainingRun:
         ).resolve()  # '.' has no name to build sibling staging dirs from
         self.log_with = None if args.report_to == "none" else args.report_to.split(",")
         self.start_time = time.time()
-        self._log_sums = (0.0, 0)  # loss sum and micro-batches since the last log line
+        self.timer = PhaseTimer()  # seconds per phase, logged at the end (benchmarks/train_throughput.py)
 
     # ------------------------------------------------------------------------------------------------ setup
 
     def setup(self) -> None:
         """Accelerator, checkpoint to resume, data, model, loaders, optimiser, schedule, monitors, trackers."""
+        with self.timer("setup"):
+            self._setup()
+
+    def _setup(self) -> None:
         args = self.args
         self.accelerator = Accelerator(
             cpu=no_accelerator_device(),
@@ -130,6 +132,11 @@ class PretrainingRun:
         self._build_optimisation()
         self.monitors = build_monitors(args, self.model, self._pixel_spectrum()) + self.extra_monitors
         self._resume(resume_dir)
+        self.loss_sums = DeviceLossSums(self.accelerator.device)
+        self.guard = NonFiniteGuard(
+            self.accelerator, self.optimizer.optimizer, self.defer_non_finite, self.state.step,
+            args.gradient_accumulation_steps,
+        )  # fmt: skip
         self.all_args = {**asdict(self.data_args), **asdict(self.model_args), **asdict(args)}
         if self.log_with:
             self.accelerator.init_trackers("recperc", config=tracker_config(self.all_args))
@@ -181,10 +188,12 @@ class PretrainingRun:
             self.train_set, batch_size=args.per_device_train_batch_size, sampler=self.sampler, drop_last=True,
             **options,
         )  # fmt: skip
-        probe_rows = range(min(len(self.train_set), args.probe_max_train_samples or len(self.train_set)))
+        # The monitors read capped subsets (the first rows): their cost stays a small share of the run.
+        self.probe_rows = range(min(len(self.train_set), args.probe_max_train_samples or len(self.train_set)))
+        self.eval_rows = range(min(len(self.eval_set), args.monitor_max_eval_samples or len(self.eval_set)))
         shard = (accelerator.process_index, accelerator.num_processes, args.per_device_eval_batch_size)
-        self.probe_loader = shard_loader(self.train_set, probe_rows, *shard, **options)
-        self.eval_loader = shard_loader(self.eval_set, range(len(self.eval_set)), *shard, **options)
+        self.probe_loader = shard_loader(self.train_set, self.probe_rows, *shard, **options)
+        self.eval_loader = shard_loader(self.eval_set, self.eval_rows, *shard, **options)
 
     def _build_optimisation(self) -> None:
         """AdamW (learning rate optionally scaled with the total batch, MAE's rule), prepared for the distributed
@@ -196,7 +205,9 @@ class PretrainingRun:
         self.learning_rate = (
             args.learning_rate * self.total_batch_size / 256 if args.scale_lr else args.learning_rate
         )
-        optimizer = build_optimizer(self.model, args, self.learning_rate)
+        # The fused AdamW skips a non-finite step on the device (NonFiniteGuard): no host read per step.
+        self.defer_non_finite = fused_available(accelerator.device) and args.mixed_precision != "fp16"
+        optimizer = build_optimizer(self.model, args, self.learning_rate, fused=self.defer_non_finite)
         self.prepared_model, self.optimizer, self.train_loader = accelerator.prepare(
             self.model, optimizer, self.train_loader
         )
@@ -221,8 +232,17 @@ class PretrainingRun:
         if dim > self.args.spectral_max_dim:
             logger.warning(f"band errors not measured: {dim} pixel values per image > spectral_max_dim")
             return None
-        pixels = (self.pipeline.pixel_values(batch) for batch in self.probe_loader)
-        return SpectralBands.from_pixels(pixels, self.args.band_edges, device=self.accelerator.device)
+        rows = len(self.probe_rows)
+        key = spectrum_key(getattr(self.train_set, "key", None), rows, config)
+        with self.timer("spectrum"):
+            bands, where = cached_pixel_spectrum(
+                self.accelerator,
+                key,
+                lambda: map(self.pipeline.pixel_values, self.probe_loader),
+                self.args.band_edges,
+            )
+        self.info(f"pixel spectrum of {rows} training images: {where}")
+        return bands
 
     def _resume(self, resume_dir: Path | None) -> None:
         """Weights, optimiser, scheduler and RNG from accelerate; position, history and loss sums from ours."""
@@ -263,7 +283,7 @@ class PretrainingRun:
             pixel_values = self.pipeline.training(batch, generator)
             randomness = self.model.sample_forward_randomness(pixel_values, generator)
             outputs = model(pixel_values=pixel_values, labels=batch["labels"], **randomness)
-            self._stop_on_non_finite(outputs.loss)
+            self.guard.observe(outputs.loss, self.describe_checkpoint)
             accelerator.backward(outputs.loss)
             if accelerator.sync_gradients and self.args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
@@ -272,52 +292,52 @@ class PretrainingRun:
                 self.scheduler.step()
             self.optimizer.zero_grad()
         state.advance(self.batches_per_epoch)
-        for name in TRAIN_LOSSES:
-            value = getattr(outputs, name)
-            state.train_sums[name] += float(value.detach()) if value is not None else 0.0
+        self.loss_sums.add(outputs)
         state.train_count += 1
-        self._log_sums = (self._log_sums[0] + float(outputs.loss.detach()), self._log_sums[1] + 1)
         if accelerator.sync_gradients:
             state.step += 1
             self.progress.update(1)
         return accelerator.sync_gradients
 
-    def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
-        """A NaN/inf loss on any process stops every process before the weights are touched."""
-        non_finite = self.accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum")
-        if non_finite.item() > 0:
-            raise NonFiniteLossError(
-                f"step {self.state.step + 1}: the training loss is {loss.item()} (NaN or inf); stopped. "
-                f"Last good checkpoint: {self.last_checkpoint or 'none (no checkpoint was written yet)'}"
-            )
+    def describe_checkpoint(self) -> str:
+        return str(self.last_checkpoint or "none (no checkpoint was written yet)")
 
     def after_step(self) -> None:
         """Log, evaluate and checkpoint at their cadences (and at the last step)."""
         step, args = self.state.step, self.args
         end_of_epoch, last = self.state.batch_in_epoch == 0, step == self.max_steps
-        if step % args.logging_steps == 0:
+        log = step % args.logging_steps == 0
+        evaluate = step % self.eval_every == 0 or (args.eval_steps is None and end_of_epoch) or last
+        checkpoint = (
+            step % self.checkpoint_every == 0 or (args.checkpointing_steps is None and end_of_epoch) or last
+        )
+        if log or evaluate or checkpoint:  # nothing leaves the run touched by a non-finite step
+            self.guard.check(self.describe_checkpoint)
+        if log:
             self.log()
-        if step % self.eval_every == 0 or (args.eval_steps is None and end_of_epoch) or last:
+        if evaluate:
             self.evaluate()
-        if step % self.checkpoint_every == 0 or (args.checkpointing_steps is None and end_of_epoch) or last:
+        if checkpoint:
             self.checkpoint()
 
     def log(self) -> None:
         """Mean loss since the last log line and the learning rate, to the progress bar and the trackers."""
-        total, count = self._log_sums
         logs = {
-            "train/loss_step": total / max(count, 1),
+            "train/loss_step": self.loss_sums.pop_log_mean(),
             "train/learning_rate": self.scheduler.get_last_lr()[0],
         }
         self.progress.set_postfix(loss=f"{logs['train/loss_step']:.4g}")
         if self.log_with:
             self.accelerator.log(logs, step=self.state.step)
-        self._log_sums = (0.0, 0)
 
     # ----------------------------------------------------------------------------------------- evaluation
 
     def evaluate(self) -> dict:
         """Run every monitor over the probe's training rows and the validation split; append a history record."""
+        with self.timer("evaluate"):
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         model = self.accelerator.unwrap_model(self.prepared_model)
         # Fixed noise: every evaluation of a run sees the same corruption / masking, so its numbers compare.
         generator = torch.Generator(device=self.accelerator.device).manual_seed(
@@ -348,6 +368,7 @@ class PretrainingRun:
 
     def _reduced_sums(self) -> tuple[dict[str, float], int]:
         """Loss sums and micro-batch count summed over processes (float64, so the means are exact to print)."""
+        self.loss_sums.fold_into(self.state.train_sums)
         state = self.state
         values = torch.tensor(
             [state.train_sums[name] for name in TRAIN_LOSSES] + [state.train_count],
@@ -366,6 +387,10 @@ class PretrainingRun:
 
     def checkpoint(self) -> None:
         """Save a checkpoint (atomically) with everything needed to continue exactly from here."""
+        with self.timer("checkpoint"):
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
         sums, count = self._reduced_sums()
         state = TrainerState(**{**self.state.to_dict(), "train_sums": sums, "train_count": count})
         self.last_checkpoint = save_checkpoint(
@@ -409,6 +434,13 @@ class PretrainingRun:
 
     def publish(self) -> dict:
         """Model, processor, card, results, history and figures in a staging directory renamed at the end."""
+        self.guard.check(self.describe_checkpoint)  # the steps since the last log line
+        with self.timer("publish"):
+            results = self._publish()
+        self.info(self.timer.finish(time.time() - self.start_time))
+        return results
+
+    def _publish(self) -> dict:
         from .. import cards  # noqa: PLC0415  (card machinery: jinja2, huggingface_hub)
 
         self.progress.close()
