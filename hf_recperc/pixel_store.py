@@ -17,6 +17,7 @@ does the same arithmetic on the device.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -26,7 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["decode_uint8", "store_key", "normalise_uint8", "random_resized_crop_flip", "cache_root"]
+__all__ = [
+    "decode_uint8",
+    "image_to_uint8",
+    "store_key",
+    "normalise_uint8",
+    "random_resized_crop_flip",
+    "cache_root",
+]
 
 logger = logging.getLogger(__name__)
 _STORE_VERSION = "v1"  # bump when the stored values change
@@ -56,20 +64,26 @@ def _resize_uint8(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return tvF.resize(pixels, [size, size], interpolation=tvF.InterpolationMode.BILINEAR, antialias=True)
 
 
-def _decode(dataset: datasets.Dataset, image_column: str, num_channels: int, image_size: int) -> np.ndarray:
+def image_to_uint8(image, num_channels: int, image_size: int) -> tuple[np.ndarray, bool]:
+    """One image (PIL, or encoded ``{"bytes": ...}`` as a ``decode=False`` column gives) -> `(C, S, S)` uint8, and
+    whether it had to be resized."""
+    if isinstance(image, dict):  # undecoded datasets.Image value
+        image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
     mode = "L" if num_channels == 1 else "RGB"
+    pixels = np.asarray(image.convert(mode) if isinstance(image, Image.Image) else image, dtype=np.uint8)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, h, w)
+    if pixels.shape[1:] == (image_size, image_size):
+        return pixels, False
+    return _resize_uint8(torch.from_numpy(np.ascontiguousarray(pixels)), image_size).numpy(), True
+
+
+def _decode(dataset: datasets.Dataset, image_column: str, num_channels: int, image_size: int) -> np.ndarray:
     array = np.empty((len(dataset), num_channels, image_size, image_size), dtype=np.uint8)
     resized = 0
     for start in range(0, len(dataset), 1024):
         for offset, image in enumerate(dataset[start : start + 1024][image_column]):
-            pixels = np.asarray(
-                image.convert(mode) if isinstance(image, Image.Image) else image, dtype=np.uint8
-            )
-            pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, h, w)
-            if pixels.shape[1:] != (image_size, image_size):
-                pixels = _resize_uint8(torch.from_numpy(np.ascontiguousarray(pixels)), image_size).numpy()
-                resized += 1
-            array[start + offset] = pixels
+            array[start + offset], was_resized = image_to_uint8(image, num_channels, image_size)
+            resized += was_resized
     if resized:
         logger.info(f"pixel store: resized {resized} of {len(dataset)} images to {image_size}x{image_size}")
     return array

@@ -54,7 +54,22 @@ class DataArguments(SharedDataArguments):
         },
     )
 
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training split as a stream (datasets IterableDataset; parquet files or a Hub id): "
+            "shuffled through a buffer, rows split over processes, exact resume; the monitors read the first rows."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=10000, metadata={"help": "Rows in the --streaming shuffle buffer."}
+    )
+
     def __post_init__(self):
+        if not isinstance(self.shuffle_buffer_size, int) or self.shuffle_buffer_size < 1:
+            raise ValueError(
+                f"shuffle_buffer_size: expected an integer >= 1, got {self.shuffle_buffer_size!r}"
+            )
         if self.random_resized_crop is not None and not 0 < self.random_resized_crop <= 1:
             raise ValueError(
                 f"random_resized_crop: expected a fraction in (0, 1], got {self.random_resized_crop!r}"

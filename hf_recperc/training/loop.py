@@ -34,7 +34,6 @@ from ..processing import image_processor_for
 from ..results import TRAIN_LOSSES, RunInfo, RunResults, train_key
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .builders import (
-    EpochShuffleSampler,
     build_model,
     build_monitors,
     build_optimizer,
@@ -42,13 +41,15 @@ from .builders import (
     shard_loader,
 )
 from .checkpointing import publish, resolve_resume, save_checkpoint, write_json_atomic
-from .datapath import DevicePipeline, build_datasets, collate_stored
+from .datapath import DevicePipeline, collate_stored
 from .environment import library_versions, no_accelerator_device, tracker_config
 from .evaluation import run_monitors, summary
 from .figures import history_figures, log_figures, reconstruction_figure, write_figures
 from .guard import NonFiniteGuard, NonFiniteLossError, fused_available
+from .loaders import training_data
 from .spectrum_cache import cached_pixel_spectrum, spectrum_key
 from .state import DeviceLossSums, PhaseTimer, TrainerState
+from .streaming import load_stream
 
 __all__ = ["PretrainingRun", "NonFiniteLossError", "train"]
 
@@ -125,7 +126,9 @@ class PretrainingRun:
             self.info,
         )
         set_seed(args.seed)  # model initialisation
-        self.data = self.data_args.load(seed=args.seed)
+        self.data = (
+            load_stream(self.data_args) if self.data_args.streaming else self.data_args.load(seed=args.seed)
+        )
         self.model = build_model(self.model_args, self.data)
         self.image_processor = image_processor_for(self.model.config)
         self._build_loaders()
@@ -142,7 +145,7 @@ class PretrainingRun:
             self.accelerator.init_trackers("recperc", config=tracker_config(self.all_args))
         self.info(
             f"training {type(self.model).__name__} ({self.model.num_parameters():,} parameters) on {self.data.source}: "
-            f"{len(self.train_set)} train / {len(self.eval_set)} validation images, {self.max_steps} steps, total "
+            f"{self.num_train} train / {len(self.eval_set)} validation images, {self.max_steps} steps, total "
             f"batch {self.total_batch_size}, lr {self.learning_rate:g}, {self.accelerator.num_processes} "
             f"process(es) on {self.accelerator.device}; monitors: {', '.join(m.name for m in self.monitors)}"
         )
@@ -162,37 +165,27 @@ class PretrainingRun:
     def _build_loaders(self) -> None:
         """Training loader shuffled by (seed, epoch), full batches only (BatchNorm); this process's own shards of
         the probe's training rows and of the validation split for the monitors."""
-        args, accelerator, config = self.args, self.accelerator, self.model.config
-        data_args = self.data_args
-        with accelerator.main_process_first():  # one process decodes and caches, the others read the cache
-            self.train_set, self.eval_set, description = build_datasets(
-                self.data, config, self.image_processor, data_args.pixel_store
-            )
+        args, accelerator, config, data_args = self.args, self.accelerator, self.model.config, self.data_args
+        options = {"num_workers": data_args.dataloader_num_workers, "pin_memory": torch.cuda.is_available()}
+        options["collate_fn"] = collate_stored
+        built = training_data(self.data, config, self.image_processor, data_args, args, accelerator, options)
+        self.train_set, self.probe_set, self.eval_set, self.train_loader, self.sampler, description = built
+        self.num_train = self.data.num_train_rows if data_args.streaming else len(self.train_set)
         self.info(description)
+        if self.num_train < args.per_device_train_batch_size * accelerator.num_processes:
+            raise ValueError(
+                f"per_device_train_batch_size: {args.per_device_train_batch_size} x {accelerator.num_processes} "
+                f"process(es) is more than the {self.num_train} training images"
+            )
         crop_scale = (data_args.random_resized_crop, 1.0) if data_args.random_resized_crop else None
         self.pipeline = DevicePipeline(
             config, accelerator.device, data_args.random_crop_padding, data_args.random_flip, crop_scale
         )
-        if len(self.train_set) < args.per_device_train_batch_size * accelerator.num_processes:
-            raise ValueError(
-                f"per_device_train_batch_size: {args.per_device_train_batch_size} x {accelerator.num_processes} "
-                f"process(es) is more than the {len(self.train_set)} training images"
-            )
-        self.sampler = EpochShuffleSampler(len(self.train_set), args.seed)
-        options = {
-            "num_workers": self.data_args.dataloader_num_workers,
-            "pin_memory": torch.cuda.is_available(),
-            "collate_fn": collate_stored,
-        }
-        self.train_loader = torch.utils.data.DataLoader(
-            self.train_set, batch_size=args.per_device_train_batch_size, sampler=self.sampler, drop_last=True,
-            **options,
-        )  # fmt: skip
         # The monitors read capped subsets (the first rows): their cost stays a small share of the run.
-        self.probe_rows = range(min(len(self.train_set), args.probe_max_train_samples or len(self.train_set)))
+        self.probe_rows = range(min(len(self.probe_set), args.probe_max_train_samples or len(self.probe_set)))
         self.eval_rows = range(min(len(self.eval_set), args.monitor_max_eval_samples or len(self.eval_set)))
         shard = (accelerator.process_index, accelerator.num_processes, args.per_device_eval_batch_size)
-        self.probe_loader = shard_loader(self.train_set, self.probe_rows, *shard, **options)
+        self.probe_loader = shard_loader(self.probe_set, self.probe_rows, *shard, **options)
         self.eval_loader = shard_loader(self.eval_set, self.eval_rows, *shard, **options)
 
     def _build_optimisation(self) -> None:
@@ -208,9 +201,12 @@ class PretrainingRun:
         # The fused AdamW skips a non-finite step on the device (NonFiniteGuard): no host read per step.
         self.defer_non_finite = fused_available(accelerator.device) and args.mixed_precision != "fp16"
         optimizer = build_optimizer(self.model, args, self.learning_rate, fused=self.defer_non_finite)
-        self.prepared_model, self.optimizer, self.train_loader = accelerator.prepare(
-            self.model, optimizer, self.train_loader
-        )
+        if self.data_args.streaming:  # each process reads its own rows of the stream (no dispatching)
+            self.prepared_model, self.optimizer = accelerator.prepare(self.model, optimizer)
+        else:
+            self.prepared_model, self.optimizer, self.train_loader = accelerator.prepare(
+                self.model, optimizer, self.train_loader
+            )
         self.batches_per_epoch = len(self.train_loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         self.max_steps = args.max_steps or args.num_train_epochs * self.steps_per_epoch
@@ -261,6 +257,9 @@ class PretrainingRun:
         """The current epoch's batches from the current position (a resumed run skips what it consumed)."""
         state = self.state
         loader = self.train_loader
+        if self.data_args.streaming:
+            self.train_set.set_position(state.epoch, state.batch_in_epoch)
+            return loader
         if state.batch_in_epoch:
             loader = self.accelerator.skip_first_batches(self.train_loader, state.batch_in_epoch)
         loader.set_epoch(state.epoch)
@@ -411,7 +410,7 @@ class PretrainingRun:
             preset=self.model_args.preset or (None if self.model_args.model_name_or_path else "default"),
             num_parameters=model.num_parameters(),
             dataset=self.data.source,
-            num_train=len(self.train_set),
+            num_train=self.num_train,
             num_validation=len(self.eval_set),
             label_names=self.data.label_names,
             num_processes=self.accelerator.num_processes,
