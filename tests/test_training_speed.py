@@ -131,3 +131,60 @@ def test_evaluation_reuses_the_clean_embeddings_with_the_same_numbers(family, pr
     torch.testing.assert_close(reconstruction, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(logits, outputs.logits, rtol=0, atol=1e-5)
     assert (weight is None) == (expected_weight is None)
+
+
+TINY_RUN = [
+    "--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "32",
+    "--max_steps", "4", "--eval_steps", "4", "--report_to", "none", "--monitors", "reconstruction", "online_probe",
+]  # fmt: skip
+
+
+def tiny_train(output_dir, *extra):
+    from hf_recperc.training import parse_args, train
+
+    return train(*parse_args(["--output_dir", str(output_dir), *TINY_RUN, *extra]))
+
+
+def test_channels_last_and_bf16_train_to_finite_numbers(tmp_path, one_thread):
+    results = tiny_train(tmp_path / "run", "--preset", "cifar-conv-small", "--dataset_name", "digits",
+                         "--config_overrides", "num_channels=1,image_size=8,depth=2",
+                         "--channels_last", "--mixed_precision", "bf16")  # fmt: skip
+    assert results["args"]["channels_last"] and results["run"]["mixed_precision"] == "bf16"
+    assert all(v == v for k, v in results.items() if k.startswith(("train/", "eval/")))  # no NaN
+
+
+def test_the_pixel_store_and_the_processor_path_train_the_same_weights(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    tiny_train(tmp_path / "store")
+    tiny_train(tmp_path / "processor", "--pixel_store", "false")
+    store, processor = (
+        load_file(tmp_path / "store" / "model.safetensors"),
+        load_file(tmp_path / "processor" / "model.safetensors"),
+    )
+    for name in store:
+        torch.testing.assert_close(store[name], processor[name], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_on_cpu_with_inductor(tmp_path, one_thread):
+    eager = tiny_train(tmp_path / "eager", "--model_family", "mae")
+    compiled = tiny_train(tmp_path / "compiled", "--model_family", "mae", "--torch_compile")
+    assert compiled["args"]["torch_compile"]
+    assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-3)
+
+
+def test_dual_pca_gives_the_band_errors_of_the_full_pca():
+    from hf_recperc.monitors import SpectralBands
+    from hf_recperc.spectral import PCA
+    from hf_recperc.training.spectrum_cache import dual_pca
+
+    torch.manual_seed(0)
+    scales = torch.logspace(0, -3, 96)  # a decaying spectrum, like pixels'
+    rows = torch.randn(60, 96) * scales + 0.3  # N < D
+    edges = [0.0, 0.5, 0.8, 0.9, 0.97, 1.0]
+    full, dual = SpectralBands(PCA().fit(rows.double()), edges), SpectralBands(dual_pca(rows.double()), edges)
+    assert full.dims == dual.dims
+    images, reconstructions = torch.randn(5, 96) * scales, torch.randn(5, 96) * scales
+    for a, b in zip(full.energies(images, reconstructions), dual.energies(images, reconstructions)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)

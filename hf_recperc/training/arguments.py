@@ -252,10 +252,21 @@ class PretrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload output_dir to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository, 'user/name'."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
-    monitor_max_eval_samples: int = field(
-        default=2000,
+    torch_compile: bool = field(
+        default=False,
         metadata={
-            "help": "Validation rows the monitors score at each evaluation: the first N (0: all). The default "
+            "help": "torch.compile the training model (accelerate's dynamo_backend, inductor); evaluation and saving "
+            "use the eager model. Pays a compile time at the first steps; on CPU it needs a C++ compiler."
+        },
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "NHWC memory format for the model's weights and input batches (conv encoders)."},
+    )
+    monitor_max_eval_samples: int = field(
+        default=1000,
+        metadata={
+            "help": "Validation rows the monitors score at each evaluation: the first N (default 1000; 0: all). The default "
             "keeps the monitor under ~10% of a CIFAR run; use --max_eval_samples to shrink the split itself."
         },
     )

@@ -111,6 +111,7 @@ class PretrainingRun:
         self.accelerator = Accelerator(
             cpu=no_accelerator_device(),
             mixed_precision=args.mixed_precision,
+            dynamo_backend="inductor" if args.torch_compile else None,  # compiled in accelerator.prepare
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             log_with=self.log_with,
             project_config=ProjectConfiguration(
@@ -131,6 +132,8 @@ class PretrainingRun:
         )
         self.model = build_model(self.model_args, self.data)
         self.image_processor = image_processor_for(self.model.config)
+        if args.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self._build_loaders()
         self._build_optimisation()
         self.monitors = build_monitors(args, self.model, self._pixel_spectrum()) + self.extra_monitors
@@ -179,8 +182,9 @@ class PretrainingRun:
             )
         crop_scale = (data_args.random_resized_crop, 1.0) if data_args.random_resized_crop else None
         self.pipeline = DevicePipeline(
-            config, accelerator.device, data_args.random_crop_padding, data_args.random_flip, crop_scale
-        )
+            config, accelerator.device, data_args.random_crop_padding, data_args.random_flip, crop_scale,
+            channels_last=args.channels_last,
+        )  # fmt: skip
         # The monitors read capped subsets (the first rows): their cost stays a small share of the run.
         self.probe_rows = range(min(len(self.probe_set), args.probe_max_train_samples or len(self.probe_set)))
         self.eval_rows = range(min(len(self.eval_set), args.monitor_max_eval_samples or len(self.eval_set)))
