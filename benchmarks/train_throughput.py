@@ -84,7 +84,7 @@ def bare_steps(run, args):
     batches = [run.pipeline.evaluation(batch) for batch in loader]  # normalised, on the device
     pixels = torch.cat([b["pixel_values"] for b in batches])
     labels = torch.cat([b["labels"] for b in batches])
-    optimizer = build_optimizer(model, run.args, run.learning_rate)
+    optimizer = build_optimizer(model, run.args, run.learning_rate, fused=run.defer_non_finite)  # the job's
     scheduler = get_scheduler(
         run.args.lr_scheduler_type, optimizer, num_warmup_steps=10, num_training_steps=10**6
     )

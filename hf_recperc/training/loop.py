@@ -38,7 +38,10 @@ from .builders import (
     build_monitors,
     build_optimizer,
     derived_seed,
+    optimizer_update,
+    seed_global_generators,
     shard_loader,
+    step_seed,
 )
 from .checkpointing import publish, resolve_resume, save_checkpoint, write_json_atomic
 from .datapath import DevicePipeline, collate_stored
@@ -215,8 +218,11 @@ class PretrainingRun:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         self.max_steps = args.max_steps or args.num_train_epochs * self.steps_per_epoch
         warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.max_steps)
-        self.scheduler = get_scheduler(
-            args.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.max_steps
+        self.scheduler = get_scheduler(  # on the torch optimiser, which optimizer_update may step directly
+            args.lr_scheduler_type,
+            self.optimizer.optimizer,
+            num_warmup_steps=warmup,
+            num_training_steps=self.max_steps,
         )
         accelerator.register_for_checkpointing(self.scheduler)
         self.eval_every = args.eval_steps or self.steps_per_epoch
@@ -275,12 +281,12 @@ class PretrainingRun:
         an optimiser step completed."""
         accelerator, state, model = self.accelerator, self.state, self.prepared_model
         # Every random draw of this micro-batch is a function of (seed, micro-batch, process): exact resumption.
-        seed = derived_seed(
+        seed = step_seed(
             self.args.seed,
             state.epoch * self.batches_per_epoch + state.batch_in_epoch,
             accelerator.process_index,
         )
-        torch.manual_seed(seed)  # dropout, if the configuration has any
+        seed_global_generators(seed, accelerator.device)  # dropout, if the configuration has any
         generator = torch.Generator(device=accelerator.device).manual_seed(seed)
         with accelerator.accumulate(model):
             pixel_values = self.pipeline.training(batch, generator)
@@ -288,12 +294,8 @@ class PretrainingRun:
             outputs = model(pixel_values=pixel_values, labels=batch["labels"], **randomness)
             self.guard.observe(outputs.loss, self.describe_checkpoint)
             accelerator.backward(outputs.loss)
-            if accelerator.sync_gradients and self.args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
-            self.optimizer.step()
-            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                self.scheduler.step()
-            self.optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                optimizer_update(accelerator, model, self.optimizer, self.scheduler, self.args.max_grad_norm)
         state.advance(self.batches_per_epoch)
         self.loss_sums.add(outputs)
         state.train_count += 1
