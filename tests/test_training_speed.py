@@ -145,10 +145,22 @@ def tiny_train(output_dir, *extra):
     return train(*parse_args(["--output_dir", str(output_dir), *TINY_RUN, *extra]))
 
 
-def test_channels_last_and_bf16_train_to_finite_numbers(tmp_path, one_thread):
-    results = tiny_train(tmp_path / "run", "--preset", "cifar-conv-small", "--dataset_name", "digits",
-                         "--config_overrides", "num_channels=1,image_size=8,depth=2",
-                         "--channels_last", "--mixed_precision", "bf16")  # fmt: skip
+def test_channels_last_and_bf16_train_to_finite_numbers(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # A fresh process: accelerate fixes the mixed precision of a process at its first Accelerator.
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "scripts/pretrain.py", "--output_dir", str(tmp_path / "run"), *TINY_RUN]
+    command += ["--preset", "cifar-conv-small", "--config_overrides", "num_channels=1,image_size=8,depth=2"]
+    command += ["--channels_last", "--mixed_precision", "bf16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["args"]["channels_last"] and results["run"]["mixed_precision"] == "bf16"
     assert all(v == v for k, v in results.items() if k.startswith(("train/", "eval/")))  # no NaN
 

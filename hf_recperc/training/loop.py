@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
-from ..results import TRAIN_LOSSES, RunInfo, RunResults, train_key
+from ..results import TRAIN_LOSSES, RunResults, train_key
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .builders import (
     build_model,
@@ -45,7 +45,7 @@ from .builders import (
 )
 from .checkpointing import publish, resolve_resume, save_checkpoint, write_json_atomic
 from .datapath import DevicePipeline, collate_stored
-from .environment import library_versions, no_accelerator_device, tracker_config
+from .environment import no_accelerator_device, run_results, tracker_config
 from .evaluation import run_monitors, summary
 from .figures import history_figures, log_figures, reconstruction_figure, write_figures
 from .guard import NonFiniteGuard, NonFiniteLossError, fused_available
@@ -115,6 +115,8 @@ class PretrainingRun:
             cpu=no_accelerator_device(),
             mixed_precision=args.mixed_precision,
             dynamo_backend="inductor" if args.torch_compile else None,  # compiled in accelerator.prepare
+            # Pinned batches copied without blocking the host: no wait on the GPU's queue at each batch.
+            dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             log_with=self.log_with,
             project_config=ProjectConfiguration(
@@ -409,33 +411,7 @@ class PretrainingRun:
 
     def results(self) -> RunResults:
         """``results.json``: the last evaluation, every argument, what the run was, library versions."""
-        config, model = self.model.config, self.model
-        info = RunInfo(
-            family=self.model_args.model_family,
-            model_type=type(config).model_type,  # (a ViTMAE checkpoint's config keeps "vit_mae")
-            preset=self.model_args.preset or (None if self.model_args.model_name_or_path else "default"),
-            num_parameters=model.num_parameters(),
-            dataset=self.data.source,
-            num_train=self.num_train,
-            num_validation=len(self.eval_set),
-            label_names=self.data.label_names,
-            num_processes=self.accelerator.num_processes,
-            total_batch_size=self.total_batch_size,
-            effective_learning_rate=self.learning_rate,
-            max_steps=self.max_steps,
-            runtime_seconds=round(time.time() - self.start_time, 1),
-            device=str(self.accelerator.device),
-            mixed_precision=self.args.mixed_precision,
-            corruption=getattr(
-                config, "corruption", f"vit-mae mask_ratio={getattr(config, 'mask_ratio', None)}"
-            ),
-            guidance=config.guidance,
-            monitors=[monitor.name for monitor in self.monitors],
-            spectral_band_dims=next((m.bands.dims for m in self.monitors if getattr(m, "bands", None)), None),
-        )
-        return RunResults(
-            metrics=self.state.history[-1], args=self.all_args, run=info, versions=library_versions()
-        )
+        return run_results(self)
 
     def publish(self) -> dict:
         """Model, processor, card, results, history and figures in a staging directory renamed at the end."""
@@ -452,12 +428,15 @@ class PretrainingRun:
         results = self.results().to_dict()
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(self.prepared_model)  # a collective: every process
         if accelerator.is_main_process:
             staging = self.output_dir.with_name(f".{self.output_dir.name}.staging-{os.getpid()}")
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             model = accelerator.unwrap_model(self.prepared_model)
-            model.save_pretrained(staging)  # config.json, model.safetensors, preprocessor_config.json, code
+            # config.json, model.safetensors, preprocessor_config.json, code; the whole weights (get_state_dict
+            # gathers shards of FSDP / ZeRO-3 on every process's call, above).
+            model.save_pretrained(staging, state_dict=state_dict)
             write_json_atomic(staging / "results.json", results)
             write_json_atomic(staging / "history.json", self.state.history)
             figures = self._final_figures(model)
