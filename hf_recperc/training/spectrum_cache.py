@@ -39,7 +39,7 @@ def spectrum_key(store_key: str | None, rows: int, config) -> str | None:
 
 def _load(path) -> PCA | None:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # read on use
     except (OSError, RuntimeError, EOFError):
         return None
     pca = PCA()
