@@ -17,6 +17,8 @@ Blocks of ``--steps`` optimiser steps alternate between the two (order alternati
 at each block's end; each figure is the best block. The last lines print ``job / bare``; the target is >= 0.95.
 The models: ``cifar-vit-tiny`` (our preset, 32 px, batch 256) and the ``facebook/vit-mae-base`` configuration
 (ViT-B/16 encoder, 8-layer 512-wide decoder, mask ratio 0.75, norm_pix_loss, random init, 224 px, batch 128).
+
+Needs hf_recperc's dependencies importable (``datasets`` included, though no data set file is read).
 """
 
 from __future__ import annotations

@@ -200,3 +200,25 @@ def test_dual_pca_gives_the_band_errors_of_the_full_pca():
     images, reconstructions = torch.randn(5, 96) * scales, torch.randn(5, 96) * scales
     for a, b in zip(full.energies(images, reconstructions), dual.energies(images, reconstructions)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "argv, argument",
+    [
+        (["--monitor_max_eval_samples", "-1"], "monitor_max_eval_samples"),
+        (["--random_resized_crop", "1.5"], "random_resized_crop"),
+        (["--shuffle_buffer_size", "0"], "shuffle_buffer_size"),
+    ],
+)
+def test_bad_throughput_flags_name_the_argument(argv, argument):
+    from hf_recperc.training import parse_args
+
+    with pytest.raises(ValueError, match=argument):
+        parse_args(argv)
+
+
+def test_streaming_needs_files_or_a_hub_id(tmp_path):
+    from hf_recperc.training import parse_args, train
+
+    with pytest.raises(ValueError, match="streaming"):
+        train(*parse_args(["--streaming", "--output_dir", str(tmp_path / "run"), "--report_to", "none"]))

@@ -280,10 +280,7 @@ class PretrainingArguments:
             check_positive_int(name, getattr(self, name), allow_none=True)
         check_positive_int("probe_max_train_samples", self.probe_max_train_samples, allow_none=True)
         check_positive_int("spectral_max_dim", self.spectral_max_dim)
-        if not isinstance(self.monitor_max_eval_samples, int) or self.monitor_max_eval_samples < 0:
-            raise ValueError(
-                f"monitor_max_eval_samples: expected an integer >= 0, got {self.monitor_max_eval_samples!r}"
-            )
+        self._check_throughput_arguments()
         check_positive_int("knn_k", self.knn_k)
         if check_finite_number("knn_temperature", self.knn_temperature) <= 0:
             raise ValueError(f"knn_temperature: expected a number > 0, got {self.knn_temperature!r}")
@@ -333,6 +330,14 @@ class PretrainingArguments:
                     f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a checkpoint directory "
                     f"(no {TRAINER_STATE}); pass 'latest' or a path like output_dir/checkpoints/checkpoint-100"
                 )
+
+    def _check_throughput_arguments(self) -> None:
+        """The monitor's row caps (issue 11's flags; kept apart so ``__post_init__`` stays readable)."""
+        value = self.monitor_max_eval_samples
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(
+                f"monitor_max_eval_samples: expected an integer >= 0 (0: all rows), got {value!r}"
+            )
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:

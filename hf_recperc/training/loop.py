@@ -10,6 +10,12 @@ from a generator seeded by ``(seed, micro-batch index, process index)``, the dat
 ``(seed, epoch)``, and the checkpoint stores the step counter and the position in the epoch ourselves
 (:class:`~hf_recperc.training.state.TrainerState`; ``accelerator.load_state`` does not restore the iteration
 counter, accelerate#1601).
+
+Throughput (issue 11): images reach the model through the uint8 store and on-device transforms
+(:mod:`~hf_recperc.training.datapath`) or a stream (:mod:`~hf_recperc.training.streaming`); a step reads nothing
+back to the host (loss sums on the device, :class:`~hf_recperc.training.state.DeviceLossSums`; the NaN/inf check
+as a device flag that makes the fused AdamW skip, :mod:`~hf_recperc.training.guard`), and the monitors read capped
+subsets with a cached pixel spectrum (:mod:`~hf_recperc.training.spectrum_cache`).
 """
 
 from __future__ import annotations
