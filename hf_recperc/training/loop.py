@@ -56,6 +56,7 @@ from .evaluation import run_monitors, summary
 from .figures import history_figures, log_figures, reconstruction_figure, write_figures
 from .guard import NonFiniteGuard, NonFiniteLossError, fused_available
 from .loaders import training_data
+from .sharding import full_parameters
 from .spectrum_cache import cached_pixel_spectrum, spectrum_key
 from .state import DeviceLossSums, PhaseTimer, TrainerState
 from .streaming import load_stream
@@ -163,6 +164,10 @@ class PretrainingRun:
             f"batch {self.total_batch_size}, lr {self.learning_rate:g}, {self.accelerator.num_processes} "
             f"process(es) on {self.accelerator.device}; monitors: {', '.join(m.name for m in self.monitors)}"
         )
+        if (
+            args.torch_compile
+        ):  # accelerate compiles in prepare() (it keeps the mode of the first Accelerator)
+            self.info(f"torch.compile (inductor): training model is a {type(self.prepared_model).__name__}")
         self.progress = tqdm(
             total=self.max_steps, initial=self.state.step, disable=not self.accelerator.is_local_main_process
         )
@@ -359,7 +364,8 @@ class PretrainingRun:
         evaluation = self.pipeline.evaluation
         splits = ((TRAIN, map(evaluation, self.probe_loader)), (EVAL, map(evaluation, self.eval_loader)))
         record = self._train_record()
-        record |= run_monitors(model, self.accelerator, self.monitors, splits, generator)
+        with full_parameters(self.accelerator, self.prepared_model):  # FSDP: gathered on every process
+            record |= run_monitors(model, self.accelerator, self.monitors, splits, generator)
         self.state.history.append(record)
         self.state.clear_train_sums()
         if self.log_with:
@@ -435,17 +441,19 @@ class PretrainingRun:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         state_dict = accelerator.get_state_dict(self.prepared_model)  # a collective: every process
+        model = accelerator.unwrap_model(self.prepared_model)
+        # Every process: under FSDP the reconstructions' forward gathers the parameters (a collective).
+        with full_parameters(accelerator, self.prepared_model):
+            figures = self._final_figures(model)
         if accelerator.is_main_process:
             staging = self.output_dir.with_name(f".{self.output_dir.name}.staging-{os.getpid()}")
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            model = accelerator.unwrap_model(self.prepared_model)
             # config.json, model.safetensors, preprocessor_config.json, code; the whole weights (get_state_dict
             # gathers shards of FSDP / ZeRO-3 on every process's call, above).
             model.save_pretrained(staging, state_dict=state_dict)
             write_json_atomic(staging / "results.json", results)
             write_json_atomic(staging / "history.json", self.state.history)
-            figures = self._final_figures(model)
             captions = write_figures(staging, figures)
             if self.log_with:
                 log_figures(accelerator, figures, self.state.step)
