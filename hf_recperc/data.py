@@ -81,9 +81,13 @@ class ImageData:
         the preset that fits the data.
         """
         undecoded, decoder = _undecoded(self.train, self.image_column)
-        image = decode_image(undecoded[0][self.image_column], 0, self.image_column, decoder)
-        channels = 1 if image.mode in _GRAY_MODES else 3
-        return channels, image.size[1], image.size[0]
+        return image_shape(decode_image(undecoded[0][self.image_column], 0, self.image_column, decoder))
+
+
+def image_shape(image: Image.Image) -> tuple[int, int, int]:
+    """`(num_channels, height, width)` of a PIL image as the models see it: grayscale modes (``L``, ``1``, ``I``,
+    ``F``) are 1 channel, every other mode 3 (images are converted to ``L`` or ``RGB``)."""
+    return (1 if image.mode in _GRAY_MODES else 3), image.size[1], image.size[0]
 
 
 def _digits_dataset() -> datasets.DatasetDict:

@@ -242,12 +242,16 @@ class MLPEncoder(nn.Module):
 
     def hidden_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """`(B, width_i)` after each hidden (Linear, BatchNorm, ReLU) block."""
+        return self.forward_with_states(pixel_values)[1]
+
+    def forward_with_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(forward(x), hidden_states(x))`` in one pass."""
         states, hidden = [], pixel_values.flatten(1)
         for layer in self.layers[:-1]:
             hidden = layer(hidden)
             if isinstance(layer, nn.ReLU):
                 states.append(hidden)
-        return states
+        return self.layers[-1](hidden), states
 
     @property
     def num_blocks(self) -> int:
@@ -296,11 +300,15 @@ class ConvEncoder(nn.Module):
 
     def hidden_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """`(B, C_i, H_i, W_i)` after each stride-2 stage."""
+        return self.forward_with_states(pixel_values)[1]
+
+    def forward_with_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(forward(x), hidden_states(x))`` in one pass."""
         states, hidden = [], pixel_values
         for stage in self.stages:
             hidden = stage(hidden)
             states.append(hidden)
-        return states
+        return self.to_latent(hidden.flatten(1)), states
 
     @property
     def num_blocks(self) -> int:
@@ -372,6 +380,11 @@ class TimmEncoder(nn.Module):
     def hidden_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """`(B, C_i, H_i, W_i)` of each feature stage (timm's ``forward_intermediates``)."""
         return list(self.backbone.forward_intermediates(pixel_values, intermediates_only=True))
+
+    def forward_with_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(forward(x), hidden_states(x))`` in one pass (timm's final features, then its pooling head)."""
+        final, states = self.backbone.forward_intermediates(pixel_values)
+        return self.to_latent(self.backbone.forward_head(final)), list(states)
 
     @property
     def num_blocks(self) -> int:
@@ -506,9 +519,11 @@ class RecPercAEModel(RecPercAEPreTrainedModel):
         """
         check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
         hidden_states = None
-        if output_hidden_states:
-            hidden_states = (pixel_values, *self.encoder.hidden_states(pixel_values))
-        embeddings = self.encoder(pixel_values)  # (B, K)
+        if output_hidden_states:  # one encoder pass for both
+            embeddings, states = self.encoder.forward_with_states(pixel_values)  # (B, K), blocks
+            hidden_states = (pixel_values, *states)
+        else:
+            embeddings = self.encoder(pixel_values)  # (B, K)
         return RecPercModelOutput(
             embeddings=embeddings, pooler_output=embeddings, hidden_states=hidden_states
         )

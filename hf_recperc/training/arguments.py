@@ -15,7 +15,6 @@ from ..cli import DataArguments as SharedDataArguments
 from ..cli import parse_arguments, parse_config_overrides
 from ..results import DEFAULT_BAND_EDGES, POOLINGS
 from ..validation import check_finite_number, check_hub_repo_id, check_model_path, check_positive_int
-from .state import TRAINER_STATE
 
 __all__ = ["DataArguments", "ModelArguments", "PretrainingArguments", "parse_args", "parse_config_overrides"]
 
@@ -43,8 +42,41 @@ class DataArguments(SharedDataArguments):
     )
     random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes per data loader."})
+    pixel_store: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode every image once into a cached uint8 store and normalise/augment batches on the "
+            "training device (false: the image processor per batch, decoding every epoch)."
+        },
+    )
+    random_resized_crop: float | None = field(
+        default=None,
+        metadata={
+            "help": "MAE's RandomResizedCrop with area scale in (this, 1] (e.g. 0.2), batched on the device; "
+            "replaces --random_crop_padding; combines with --random_flip."
+        },
+    )
+
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training split as a stream (datasets IterableDataset; parquet files or a Hub id): "
+            "shuffled through a buffer, rows split over processes, exact resume; the monitors read the first rows."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=10000, metadata={"help": "Rows in the --streaming shuffle buffer."}
+    )
 
     def __post_init__(self):
+        if not isinstance(self.shuffle_buffer_size, int) or self.shuffle_buffer_size < 1:
+            raise ValueError(
+                f"shuffle_buffer_size: expected an integer >= 1, got {self.shuffle_buffer_size!r}"
+            )
+        if self.random_resized_crop is not None and not 0 < self.random_resized_crop <= 1:
+            raise ValueError(
+                f"random_resized_crop: expected a fraction in (0, 1], got {self.random_resized_crop!r}"
+            )
         if not isinstance(self.random_crop_padding, int) or self.random_crop_padding < 0:
             raise ValueError(
                 f"random_crop_padding: expected an integer >= 0, got {self.random_crop_padding!r}"
@@ -189,7 +221,11 @@ class PretrainingArguments:
         default=False, metadata={"help": "Standardise embeddings before the PCA."}
     )
     probe_max_train_samples: int | None = field(
-        default=None, metadata={"help": "Fit the subspace probe on the first N training rows only."}
+        default=2000,
+        metadata={
+            "help": "Training rows the monitors fit on at each evaluation (probes, kNN bank) and the pixel "
+            "spectrum's rows: the first N (default 2000; keeps the monitor under ~10%% of a CIFAR run)."
+        },
     )
     band_edges: list[float] = field(
         default_factory=lambda: list(DEFAULT_BAND_EDGES),
@@ -234,6 +270,24 @@ class PretrainingArguments:
         default="apache-2.0",
         metadata={"help": "License of the trained model, in the model card's metadata (a Hub license id)."},
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the training model (accelerate's dynamo_backend, inductor); evaluation and saving "
+            "use the eager model. Pays a compile time at the first steps; on CPU it needs a C++ compiler."
+        },
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "NHWC memory format for the model's weights and input batches (conv encoders)."},
+    )
+    monitor_max_eval_samples: int = field(
+        default=1000,
+        metadata={
+            "help": "Validation rows the monitors score at each evaluation: the first N (default 1000, which keeps "
+            "the monitor under ~10%% of a CIFAR run; 0: all); use --max_eval_samples to shrink the split itself."
+        },
+    )
 
     def __post_init__(self):
         for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):
@@ -244,6 +298,7 @@ class PretrainingArguments:
             check_positive_int(name, getattr(self, name), allow_none=True)
         check_positive_int("probe_max_train_samples", self.probe_max_train_samples, allow_none=True)
         check_positive_int("spectral_max_dim", self.spectral_max_dim)
+        self._check_throughput_arguments()
         check_positive_int("knn_k", self.knn_k)
         if check_finite_number("knn_temperature", self.knn_temperature) <= 0:
             raise ValueError(f"knn_temperature: expected a number > 0, got {self.knn_temperature!r}")
@@ -291,12 +346,22 @@ class PretrainingArguments:
         if self.hub_model_id is not None:
             check_hub_repo_id("hub_model_id", self.hub_model_id)
         if self.resume_from_checkpoint is not None and self.resume_from_checkpoint != "latest":
+            from .state import TRAINER_STATE  # noqa: PLC0415  (the state module needs torch: not for --help)
+
             path = Path(self.resume_from_checkpoint)
             if not (path / TRAINER_STATE).is_file():
                 raise ValueError(
                     f"resume_from_checkpoint: {self.resume_from_checkpoint!r} is not a checkpoint directory "
                     f"(no {TRAINER_STATE}); pass 'latest' or a path like output_dir/checkpoints/checkpoint-100"
                 )
+
+    def _check_throughput_arguments(self) -> None:
+        """The monitor's row caps (issue 11's flags; kept apart so ``__post_init__`` stays readable)."""
+        value = self.monitor_max_eval_samples
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(
+                f"monitor_max_eval_samples: expected an integer >= 0 (0: all rows), got {value!r}"
+            )
 
 
 def parse_args(

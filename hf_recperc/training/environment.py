@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import platform
+import time
 
 import torch
 
-__all__ = ["no_accelerator_device", "tracker_config", "library_versions"]
+from ..results import RunInfo, RunResults
+from .builders import resolve_preset
+
+__all__ = ["no_accelerator_device", "tracker_config", "library_versions", "run_results"]
 
 
 def no_accelerator_device() -> bool:
@@ -45,3 +49,31 @@ def library_versions() -> dict[str, str]:
         "huggingface_hub": huggingface_hub.__version__,
         "python": platform.python_version(),
     }
+
+
+def run_results(run) -> RunResults:
+    """``results.json`` of a :class:`~hf_recperc.training.loop.PretrainingRun`: the last evaluation, every argument,
+    what the run was, library versions."""
+    config, model = run.model.config, run.model
+    info = RunInfo(
+        family=run.model_args.model_family,
+        model_type=type(config).model_type,  # (a ViTMAE checkpoint's config keeps "vit_mae")
+        preset=resolve_preset(run.model_args, run.data),
+        num_parameters=model.num_parameters(),
+        dataset=run.data.source,
+        num_train=run.num_train,
+        num_validation=len(run.eval_set),
+        label_names=run.data.label_names,
+        num_processes=run.accelerator.num_processes,
+        total_batch_size=run.total_batch_size,
+        effective_learning_rate=run.learning_rate,
+        max_steps=run.max_steps,
+        runtime_seconds=round(time.time() - run.start_time, 1),
+        device=str(run.accelerator.device),
+        mixed_precision=run.args.mixed_precision,
+        corruption=getattr(config, "corruption", f"vit-mae mask_ratio={getattr(config, 'mask_ratio', None)}"),
+        guidance=config.guidance,
+        monitors=[monitor.name for monitor in run.monitors],
+        spectral_band_dims=next((m.bands.dims for m in run.monitors if getattr(m, "bands", None)), None),
+    )
+    return RunResults(metrics=run.state.history[-1], args=run.all_args, run=info, versions=library_versions())

@@ -1,8 +1,11 @@
 """One evaluation: every monitor over the probe's training rows and the validation split.
 
 Each batch is encoded once for every feature the monitors ask for (the embedding and pooled hidden states come
-from the same encoder pass); validation rows also go through the whole pre-training model, with the evaluation's
-fixed randomness, for the reconstruction and the online probe.
+from the same encoder pass). Validation rows also need the reconstruction and the online probe's logits: an
+autoencoder without input noise gets both from the clean embeddings already computed (decoder and probe only, no
+second encoder pass); a denoising AE runs its corrupted forward for the logits and decodes the clean embeddings
+for the reconstruction; an MAE runs its masked forward (another input: the visible patches), with the evaluation's
+fixed randomness.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from ..monitors import EVAL, Monitor, MonitorBatch, pool_hidden_state
 from ..results import eval_key
 
-__all__ = ["run_monitors", "monitor_batch", "summary"]
+__all__ = ["run_monitors", "monitor_batch", "scored_outputs", "summary"]
 
 
 @torch.no_grad()
@@ -61,12 +64,30 @@ def monitor_batch(model, accelerator, split: str, batch, wanted: set[str], gener
             features[name] = pool_hidden_state(hidden, pooling, model.num_prefix_tokens)
         prepared = MonitorBatch(split, labels=labels, features=features, pixel_values=pixel_values)
         if split == EVAL:
-            randomness = model.sample_forward_randomness(pixel_values, generator)
-            outputs = model(pixel_values=pixel_values, labels=labels, **randomness)
-            reconstruction, weight = model.reconstruction_for_metrics(pixel_values, outputs)
+            reconstruction, weight, prepared.logits = scored_outputs(
+                model, pixel_values, labels, encoded.embeddings, generator
+            )
             prepared.reconstruction, prepared.reconstruction_weight = reconstruction.float(), weight
-            prepared.logits = outputs.logits
     return prepared
+
+
+def scored_outputs(model, pixel_values, labels, embeddings, generator):
+    """``(reconstruction, weight, logits)`` of validation images for the monitors, reusing the clean
+    ``embeddings`` `(B, K)` wherever the model would encode the clean images again.
+
+    Returns:
+        reconstruction `(B, C, H, W)`, weight `(B, 1, H, W)` or ``None`` (every pixel scored), logits
+        `(B, num_labels)`; the same values as ``model.reconstruction_for_metrics`` and ``model(...).logits``.
+    """
+    corruption = getattr(model, "corruption", None)  # the AE family's input noise
+    if corruption is not None and corruption.is_identity:  # forward(x) would encode x again
+        return model.decoder(embeddings), None, model.probe(embeddings)
+    randomness = model.sample_forward_randomness(pixel_values, generator)
+    outputs = model(pixel_values=pixel_values, labels=labels, **randomness)
+    if corruption is not None:  # a DAE scores decoder(encoder(clean x)): the clean embeddings at hand
+        return model.decoder(embeddings), None, outputs.logits
+    reconstruction, weight = model.reconstruction_for_metrics(pixel_values, outputs)
+    return reconstruction, weight, outputs.logits
 
 
 def summary(record: dict) -> str:

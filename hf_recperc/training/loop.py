@@ -10,6 +10,12 @@ from a generator seeded by ``(seed, micro-batch index, process index)``, the dat
 ``(seed, epoch)``, and the checkpoint stores the step counter and the position in the epoch ourselves
 (:class:`~hf_recperc.training.state.TrainerState`; ``accelerator.load_state`` does not restore the iteration
 counter, accelerate#1601).
+
+Throughput (issue 11): images reach the model through the uint8 store and on-device transforms
+(:mod:`~hf_recperc.training.datapath`) or a stream (:mod:`~hf_recperc.training.streaming`); a step reads nothing
+back to the host (loss sums on the device, :class:`~hf_recperc.training.state.DeviceLossSums`; the NaN/inf check
+as a device flag that makes the fused AdamW skip, :mod:`~hf_recperc.training.guard`), and the monitors read capped
+subsets with a cached pixel spectrum (:mod:`~hf_recperc.training.spectrum_cache`).
 """
 
 from __future__ import annotations
@@ -24,23 +30,23 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..data import ProcessedImages, processor_transform, random_crop_flip
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
-from ..results import TRAIN_LOSSES, RunInfo, RunResults, train_key
+from ..results import TRAIN_LOSSES, RunResults, train_key
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .builders import (
-    EpochShuffleSampler,
     build_model,
     build_monitors,
     build_optimizer,
     derived_seed,
-    resolve_preset,
+    optimizer_update,
+    seed_global_generators,
     shard_loader,
+    step_seed,
 )
 from .checkpointing import (
     RESUME_SAFE_ARGS,
@@ -49,19 +55,21 @@ from .checkpointing import (
     save_checkpoint,
     write_json_atomic,
 )
-from .environment import library_versions, no_accelerator_device, tracker_config
+from .datapath import DevicePipeline, collate_stored
+from .environment import no_accelerator_device, run_results, tracker_config
 from .evaluation import run_monitors, summary
 from .figures import history_figures, log_figures, reconstruction_figure, write_figures
+from .guard import NonFiniteGuard, NonFiniteLossError, fused_available
+from .loaders import training_data
 from .output_dir import OutputDirectory
-from .state import TRAINER_STATE, TrainerState
+from .sharding import full_parameters
+from .spectrum_cache import cached_pixel_spectrum, spectrum_key
+from .state import TRAINER_STATE, DeviceLossSums, PhaseTimer, TrainerState
+from .streaming import load_stream
 
 __all__ = ["PretrainingRun", "NonFiniteLossError", "train"]
 
 logger = logging.getLogger("hf_recperc.training")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 def train(
@@ -108,16 +116,23 @@ class PretrainingRun:
         ).resolve()  # '.' has no name to build sibling staging dirs from
         self.log_with = None if args.report_to == "none" else args.report_to.split(",")
         self.start_time = time.time()
-        self._log_sums = (0.0, 0)  # loss sum and micro-batches since the last log line
+        self.timer = PhaseTimer()  # seconds per phase, logged at the end (benchmarks/train_throughput.py)
 
     # ------------------------------------------------------------------------------------------------ setup
 
     def setup(self) -> None:
         """Accelerator, checkpoint to resume, data, model, loaders, optimiser, schedule, monitors, trackers."""
+        with self.timer("setup"):
+            self._setup()
+
+    def _setup(self) -> None:
         args = self.args
         self.accelerator = Accelerator(
             cpu=no_accelerator_device(),
             mixed_precision=args.mixed_precision,
+            dynamo_backend="inductor" if args.torch_compile else None,  # compiled in accelerator.prepare
+            # Pinned batches copied without blocking the host: no wait on the GPU's queue at each batch.
+            dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             log_with=self.log_with,
             project_config=ProjectConfiguration(
@@ -129,21 +144,34 @@ class PretrainingRun:
         self._on_main_process_first(self._prepare_output_dir)
         resume_dir = self._checked_resume_dir()
         set_seed(args.seed)  # model initialisation
-        self.data = self.data_args.load(seed=args.seed)
+        self.data = (
+            load_stream(self.data_args) if self.data_args.streaming else self.data_args.load(seed=args.seed)
+        )
         self.model = build_model(self.model_args, self.data)
         self.image_processor = image_processor_for(self.model.config)
+        if args.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self._build_loaders()
         self._build_optimisation()
         self.monitors = build_monitors(args, self.model, self._pixel_spectrum()) + self.extra_monitors
         self._resume(resume_dir)
+        self.loss_sums = DeviceLossSums(self.accelerator.device)
+        self.guard = NonFiniteGuard(
+            self.accelerator, self.optimizer.optimizer, self.defer_non_finite, self.state.step,
+            args.gradient_accumulation_steps,
+        )  # fmt: skip
         if self.log_with:
             self.accelerator.init_trackers("recperc", config=tracker_config(self.all_args))
         self.info(
             f"training {type(self.model).__name__} ({self.model.num_parameters():,} parameters) on {self.data.source}: "
-            f"{len(self.train_set)} train / {len(self.eval_set)} validation images, {self.max_steps} steps, total "
+            f"{self.num_train} train / {len(self.eval_set)} validation images, {self.max_steps} steps, total "
             f"batch {self.total_batch_size}, lr {self.learning_rate:g}, {self.accelerator.num_processes} "
             f"process(es) on {self.accelerator.device}; monitors: {', '.join(m.name for m in self.monitors)}"
         )
+        if (
+            args.torch_compile
+        ):  # accelerate compiles in prepare() (it keeps the mode of the first Accelerator)
+            self.info(f"torch.compile (inductor): training model is a {type(self.prepared_model).__name__}")
         self.progress = tqdm(
             total=self.max_steps, initial=self.state.step, disable=not self.accelerator.is_local_main_process
         )
@@ -160,32 +188,29 @@ class PretrainingRun:
     def _build_loaders(self) -> None:
         """Training loader shuffled by (seed, epoch), full batches only (BatchNorm); this process's own shards of
         the probe's training rows and of the validation split for the monitors."""
-        args, accelerator, config = self.args, self.accelerator, self.model.config
-        transform = processor_transform(
-            self.image_processor, self.data.image_column, self.data.label_column, config.num_channels,
-            self.data.label_names,
-        )  # fmt: skip
-        # Decoded row by row: a corrupt image fails naming its row and file.
-        self.train_set = ProcessedImages(self.data.train, transform, self.data.image_column)
-        self.eval_set = ProcessedImages(self.data.validation, transform, self.data.image_column)
-        if len(self.train_set) < args.per_device_train_batch_size * accelerator.num_processes:
+        args, accelerator, config, data_args = self.args, self.accelerator, self.model.config, self.data_args
+        options = {"num_workers": data_args.dataloader_num_workers, "pin_memory": torch.cuda.is_available()}
+        options["collate_fn"] = collate_stored
+        built = training_data(self.data, config, self.image_processor, data_args, args, accelerator, options)
+        self.train_set, self.probe_set, self.eval_set, self.train_loader, self.sampler, description = built
+        self.num_train = self.data.num_train_rows if data_args.streaming else len(self.train_set)
+        self.info(description)
+        if self.num_train < args.per_device_train_batch_size * accelerator.num_processes:
             raise ValueError(
                 f"per_device_train_batch_size: {args.per_device_train_batch_size} x {accelerator.num_processes} "
-                f"process(es) is more than the {len(self.train_set)} training images"
+                f"process(es) is more than the {self.num_train} training images"
             )
-        self.sampler = EpochShuffleSampler(len(self.train_set), args.seed)
-        options = {
-            "num_workers": self.data_args.dataloader_num_workers,
-            "pin_memory": torch.cuda.is_available(),
-        }
-        self.train_loader = torch.utils.data.DataLoader(
-            self.train_set, batch_size=args.per_device_train_batch_size, sampler=self.sampler, drop_last=True,
-            **options,
+        crop_scale = (data_args.random_resized_crop, 1.0) if data_args.random_resized_crop else None
+        self.pipeline = DevicePipeline(
+            config, accelerator.device, data_args.random_crop_padding, data_args.random_flip, crop_scale,
+            channels_last=args.channels_last,
         )  # fmt: skip
-        probe_rows = range(min(len(self.train_set), args.probe_max_train_samples or len(self.train_set)))
+        # The monitors read capped subsets (the first rows): their cost stays a small share of the run.
+        self.probe_rows = range(min(len(self.probe_set), args.probe_max_train_samples or len(self.probe_set)))
+        self.eval_rows = range(min(len(self.eval_set), args.monitor_max_eval_samples or len(self.eval_set)))
         shard = (accelerator.process_index, accelerator.num_processes, args.per_device_eval_batch_size)
-        self.probe_loader = shard_loader(self.train_set, probe_rows, *shard, **options)
-        self.eval_loader = shard_loader(self.eval_set, range(len(self.eval_set)), *shard, **options)
+        self.probe_loader = shard_loader(self.probe_set, self.probe_rows, *shard, **options)
+        self.eval_loader = shard_loader(self.eval_set, self.eval_rows, *shard, **options)
 
     def _build_optimisation(self) -> None:
         """AdamW (learning rate optionally scaled with the total batch, MAE's rule), prepared for the distributed
@@ -197,10 +222,15 @@ class PretrainingRun:
         self.learning_rate = (
             args.learning_rate * self.total_batch_size / 256 if args.scale_lr else args.learning_rate
         )
-        optimizer = build_optimizer(self.model, args, self.learning_rate)
-        self.prepared_model, self.optimizer, self.train_loader = accelerator.prepare(
-            self.model, optimizer, self.train_loader
-        )
+        # The fused AdamW skips a non-finite step on the device (NonFiniteGuard): no host read per step.
+        self.defer_non_finite = fused_available(accelerator.device) and args.mixed_precision != "fp16"
+        optimizer = build_optimizer(self.model, args, self.learning_rate, fused=self.defer_non_finite)
+        if self.data_args.streaming:  # each process reads its own rows of the stream (no dispatching)
+            self.prepared_model, self.optimizer = accelerator.prepare(self.model, optimizer)
+        else:
+            self.prepared_model, self.optimizer, self.train_loader = accelerator.prepare(
+                self.model, optimizer, self.train_loader
+            )
         self.batches_per_epoch = len(self.train_loader)
         if args.gradient_accumulation_steps > self.batches_per_epoch:
             raise ValueError(
@@ -211,8 +241,11 @@ class PretrainingRun:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         self.max_steps = args.max_steps or args.num_train_epochs * self.steps_per_epoch
         warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.max_steps)
-        self.scheduler = get_scheduler(
-            args.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.max_steps
+        self.scheduler = get_scheduler(  # on the torch optimiser, which optimizer_update may step directly
+            args.lr_scheduler_type,
+            self.optimizer.optimizer,
+            num_warmup_steps=warmup,
+            num_training_steps=self.max_steps,
         )
         accelerator.register_for_checkpointing(self.scheduler)
         self.eval_every = args.eval_steps or self.steps_per_epoch
@@ -228,8 +261,17 @@ class PretrainingRun:
         if dim > self.args.spectral_max_dim:
             logger.warning(f"band errors not measured: {dim} pixel values per image > spectral_max_dim")
             return None
-        pixels = (batch["pixel_values"] for batch in self.probe_loader)
-        return SpectralBands.from_pixels(pixels, self.args.band_edges, device=self.accelerator.device)
+        rows = len(self.probe_rows)
+        key = spectrum_key(getattr(self.train_set, "key", None), rows, config)
+        with self.timer("spectrum"):
+            bands, where = cached_pixel_spectrum(
+                self.accelerator,
+                key,
+                lambda: map(self.pipeline.pixel_values, self.probe_loader),
+                self.args.band_edges,
+            )
+        self.info(f"pixel spectrum of {rows} training images: {where}")
+        return bands
 
     def _prepare_output_dir(self) -> None:
         """Main process: check output_dir, lock it, clean up after killed runs (docs/design.md, reliability)."""
@@ -303,6 +345,9 @@ class PretrainingRun:
         """The current epoch's batches from the current position (a resumed run skips what it consumed)."""
         state = self.state
         loader = self.train_loader
+        if self.data_args.streaming:
+            self.train_set.set_position(state.epoch, state.batch_in_epoch)
+            return loader
         if state.batch_in_epoch:
             loader = self.accelerator.skip_first_batches(self.train_loader, state.batch_in_epoch)
         loader.set_epoch(state.epoch)
@@ -314,88 +359,78 @@ class PretrainingRun:
         an optimiser step completed."""
         accelerator, state, model = self.accelerator, self.state, self.prepared_model
         # Every random draw of this micro-batch is a function of (seed, micro-batch, process): exact resumption.
-        seed = derived_seed(
+        seed = step_seed(
             self.args.seed,
             state.epoch * self.batches_per_epoch + state.batch_in_epoch,
             accelerator.process_index,
         )
-        torch.manual_seed(seed)  # dropout, if the configuration has any
+        seed_global_generators(seed, accelerator.device)  # dropout, if the configuration has any
         generator = torch.Generator(device=accelerator.device).manual_seed(seed)
         with accelerator.accumulate(model):
-            pixel_values = self._augment(batch["pixel_values"], generator)
+            pixel_values = self.pipeline.training(batch, generator)
             randomness = self.model.sample_forward_randomness(pixel_values, generator)
             outputs = model(pixel_values=pixel_values, labels=batch["labels"], **randomness)
-            self._stop_on_non_finite(outputs.loss)
+            self.guard.observe(outputs.loss, self.describe_checkpoint)
             accelerator.backward(outputs.loss)
-            if accelerator.sync_gradients and self.args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
-            self.optimizer.step()
-            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                self.scheduler.step()
-            self.optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                optimizer_update(accelerator, model, self.optimizer, self.scheduler, self.args.max_grad_norm)
         state.advance(self.batches_per_epoch)
-        for name in TRAIN_LOSSES:
-            value = getattr(outputs, name)
-            state.train_sums[name] += float(value.detach()) if value is not None else 0.0
+        self.loss_sums.add(outputs)
         state.train_count += 1
-        self._log_sums = (self._log_sums[0] + float(outputs.loss.detach()), self._log_sums[1] + 1)
         if accelerator.sync_gradients:
             state.step += 1
             self.progress.update(1)
         return accelerator.sync_gradients
 
-    def _augment(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.data_args.random_crop_padding or self.data_args.random_flip:
-            return random_crop_flip(
-                pixel_values, padding=self.data_args.random_crop_padding, flip=self.data_args.random_flip,
-                generator=generator,
-            )  # fmt: skip
-        return pixel_values
-
-    def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
-        """A NaN/inf loss on any process stops every process before the weights are touched."""
-        non_finite = self.accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum")
-        if non_finite.item() > 0:
-            raise NonFiniteLossError(
-                f"step {self.state.step + 1}: the training loss is {loss.item()} (NaN or inf); stopped. "
-                f"Last good checkpoint: {self.last_checkpoint or 'none (no checkpoint was written yet)'}"
-            )
+    def describe_checkpoint(self) -> str:
+        return str(self.last_checkpoint or "none (no checkpoint was written yet)")
 
     def after_step(self) -> None:
         """Log, evaluate and checkpoint at their cadences (and at the last step)."""
         step, args = self.state.step, self.args
         end_of_epoch, last = self.state.batch_in_epoch == 0, step == self.max_steps
-        if step % args.logging_steps == 0:
+        log = step % args.logging_steps == 0
+        evaluate = step % self.eval_every == 0 or (args.eval_steps is None and end_of_epoch) or last
+        checkpoint = (
+            step % self.checkpoint_every == 0 or (args.checkpointing_steps is None and end_of_epoch) or last
+        )
+        if log or evaluate or checkpoint:  # nothing leaves the run touched by a non-finite step
+            self.guard.check(self.describe_checkpoint)
+        if log:
             self.log()
-        if step % self.eval_every == 0 or (args.eval_steps is None and end_of_epoch) or last:
+        if evaluate:
             self.evaluate()
-        if step % self.checkpoint_every == 0 or (args.checkpointing_steps is None and end_of_epoch) or last:
+        if checkpoint:
             self.checkpoint()
 
     def log(self) -> None:
         """Mean loss since the last log line and the learning rate, to the progress bar and the trackers."""
-        total, count = self._log_sums
         logs = {
-            "train/loss_step": total / max(count, 1),
+            "train/loss_step": self.loss_sums.pop_log_mean(),
             "train/learning_rate": self.scheduler.get_last_lr()[0],
         }
         self.progress.set_postfix(loss=f"{logs['train/loss_step']:.4g}")
         if self.log_with:
             self.accelerator.log(logs, step=self.state.step)
-        self._log_sums = (0.0, 0)
 
     # ----------------------------------------------------------------------------------------- evaluation
 
     def evaluate(self) -> dict:
         """Run every monitor over the probe's training rows and the validation split; append a history record."""
+        with self.timer("evaluate"):
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         model = self.accelerator.unwrap_model(self.prepared_model)
         # Fixed noise: every evaluation of a run sees the same corruption / masking, so its numbers compare.
         generator = torch.Generator(device=self.accelerator.device).manual_seed(
             derived_seed(self.args.seed, self.accelerator.process_index, 1)
         )
-        splits = ((TRAIN, self.probe_loader), (EVAL, self.eval_loader))
+        evaluation = self.pipeline.evaluation
+        splits = ((TRAIN, map(evaluation, self.probe_loader)), (EVAL, map(evaluation, self.eval_loader)))
         record = self._train_record()
-        record |= run_monitors(model, self.accelerator, self.monitors, splits, generator)
+        with full_parameters(self.accelerator, self.prepared_model):  # FSDP: gathered on every process
+            record |= run_monitors(model, self.accelerator, self.monitors, splits, generator)
         self.state.history.append(record)
         self.state.clear_train_sums()
         if self.log_with:
@@ -417,6 +452,7 @@ class PretrainingRun:
 
     def _reduced_sums(self) -> tuple[dict[str, float], int]:
         """Loss sums and micro-batch count summed over processes (float64, so the means are exact to print)."""
+        self.loss_sums.fold_into(self.state.train_sums)
         state = self.state
         values = torch.tensor(
             [state.train_sums[name] for name in TRAIN_LOSSES] + [state.train_count],
@@ -435,6 +471,10 @@ class PretrainingRun:
 
     def checkpoint(self) -> None:
         """Save a checkpoint (atomically) with everything needed to continue exactly from here."""
+        with self.timer("checkpoint"):
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
         sums, count = self._reduced_sums()
         state = TrainerState(**{**self.state.to_dict(), "train_sums": sums, "train_count": count})
         self.last_checkpoint = save_checkpoint(
@@ -448,49 +488,35 @@ class PretrainingRun:
 
     def results(self) -> RunResults:
         """``results.json``: the last evaluation, every argument, what the run was, library versions."""
-        config, model = self.model.config, self.model
-        info = RunInfo(
-            family=self.model_args.model_family,
-            model_type=type(config).model_type,  # (a ViTMAE checkpoint's config keeps "vit_mae")
-            preset=resolve_preset(self.model_args, self.data),
-            num_parameters=model.num_parameters(),
-            dataset=self.data.source,
-            num_train=len(self.train_set),
-            num_validation=len(self.eval_set),
-            label_names=self.data.label_names,
-            num_processes=self.accelerator.num_processes,
-            total_batch_size=self.total_batch_size,
-            effective_learning_rate=self.learning_rate,
-            max_steps=self.max_steps,
-            runtime_seconds=round(time.time() - self.start_time, 1),
-            device=str(self.accelerator.device),
-            mixed_precision=self.args.mixed_precision,
-            corruption=getattr(
-                config, "corruption", f"vit-mae mask_ratio={getattr(config, 'mask_ratio', None)}"
-            ),
-            guidance=config.guidance,
-            monitors=[monitor.name for monitor in self.monitors],
-            spectral_band_dims=next((m.bands.dims for m in self.monitors if getattr(m, "bands", None)), None),
-        )
-        return RunResults(
-            metrics=self.state.history[-1], args=self.all_args, run=info, versions=library_versions()
-        )
+        return run_results(self)
 
     def publish(self) -> dict:
         """Model, processor, card, results, history and figures in a staging directory renamed at the end."""
+        self.guard.check(self.describe_checkpoint)  # the steps since the last log line
+        with self.timer("publish"):
+            results = self._publish()
+        self.info(self.timer.finish(time.time() - self.start_time))
+        return results
+
+    def _publish(self) -> dict:
         from .. import cards  # noqa: PLC0415  (card machinery: jinja2, huggingface_hub)
 
         self.progress.close()
         results = self.results().to_dict()
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(self.prepared_model)  # a collective: every process
+        model = accelerator.unwrap_model(self.prepared_model)
+        # Every process: under FSDP the reconstructions' forward gathers the parameters (a collective).
+        with full_parameters(accelerator, self.prepared_model):
+            figures = self._final_figures(model)
         if accelerator.is_main_process:
             staging = self.output.staging()
-            model = accelerator.unwrap_model(self.prepared_model)
-            model.save_pretrained(staging)  # config.json, model.safetensors, preprocessor_config.json, code
+            # config.json, model.safetensors, preprocessor_config.json, code; the whole weights (get_state_dict
+            # gathers shards of FSDP / ZeRO-3 on every process's call, above).
+            model.save_pretrained(staging, state_dict=state_dict)
             write_json_atomic(staging / "results.json", results)
             write_json_atomic(staging / "history.json", self.state.history)
-            figures = self._final_figures(model)
             captions = write_figures(staging, figures)
             if self.log_with:
                 log_figures(accelerator, figures, self.state.step)
@@ -504,7 +530,9 @@ class PretrainingRun:
 
     def _final_figures(self, model) -> dict:
         count = min(8, len(self.eval_set))
-        pixel_values = self.eval_set[:count]["pixel_values"].to(self.accelerator.device)
+        rows = torch.utils.data.Subset(self.eval_set, range(count))
+        loader = torch.utils.data.DataLoader(rows, batch_size=count, collate_fn=collate_stored)
+        pixel_values = self.pipeline.evaluation(next(iter(loader)))["pixel_values"]
         generator = torch.Generator(device=self.accelerator.device).manual_seed(
             derived_seed(self.args.seed, 0, 1)
         )

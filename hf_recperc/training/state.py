@@ -5,13 +5,17 @@ counter), saved as ``trainer_state.json`` in every checkpoint.
 from __future__ import annotations
 
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..results import TRAIN_LOSSES
 
-__all__ = ["TrainerState", "TRAINER_STATE", "CHECKPOINT_PREFIX"]
+__all__ = ["TrainerState", "DeviceLossSums", "PhaseTimer", "TRAINER_STATE", "CHECKPOINT_PREFIX"]
 
 TRAINER_STATE = "trainer_state.json"  # inside every checkpoint directory
 CHECKPOINT_PREFIX = "checkpoint-"  # checkpoints/checkpoint-<step>
@@ -68,3 +72,69 @@ class TrainerState:
             raise ValueError(
                 f"resume_from_checkpoint: {path} is not a readable trainer state: {err}"
             ) from err
+
+
+class DeviceLossSums:
+    """The training losses summed on the device, read by the host only at log lines and evaluations.
+
+    Two rows of `(len(TRAIN_LOSSES),)` sums: since the last evaluation (folded into
+    :attr:`TrainerState.train_sums` by :meth:`fold_into`) and since the last log line (:meth:`pop_log_mean`).
+    float64, so that long sums stay exact (float32 on MPS, which has no float64).
+    """
+
+    def __init__(self, device: torch.device):
+        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        self.sums = torch.zeros(2, len(TRAIN_LOSSES), dtype=dtype, device=device)
+        self.zero = torch.zeros((), device=device)
+        self.log_count = 0
+
+    def add(self, outputs) -> None:
+        """One micro-batch's ``loss``, ``reconstruction_loss``, ``supervised_loss`` (``None`` counts 0)."""
+        values = [getattr(outputs, name) for name in TRAIN_LOSSES]
+        losses = torch.stack([self.zero if v is None else v.detach().float() for v in values])  # (3,)
+        self.sums += losses.to(self.sums.dtype)  # broadcast over both rows
+        self.log_count += 1
+
+    def pop_log_mean(self) -> float:
+        """Mean ``loss`` since the last call (one host read); restarts the count."""
+        mean = float(self.sums[1, TRAIN_LOSSES.index("loss")]) / max(self.log_count, 1)
+        self.sums[1].zero_()
+        self.log_count = 0
+        return mean
+
+    def fold_into(self, train_sums: dict[str, float]) -> None:
+        """Add the since-evaluation sums to ``train_sums`` (one host read) and restart them."""
+        for name, value in zip(TRAIN_LOSSES, self.sums[0].tolist()):
+            train_sums[name] += value
+        self.sums[0].zero_()
+
+
+class PhaseTimer:
+    """Wall seconds per phase of a run: ``with timer("evaluate"): ...``; :meth:`finish` adds the derived ones.
+
+    ``timings``: ``setup`` (data preparation until the first step, the pixel spectrum included), ``spectrum``,
+    ``evaluate``, ``checkpoint``, ``publish``; then ``total``, ``monitor`` (spectrum + evaluations) and ``training``
+    (the rest: the steps and their logging).
+    """
+
+    PHASES = ("setup", "spectrum", "evaluate", "checkpoint", "publish")
+
+    def __init__(self):
+        self.timings = dict.fromkeys(self.PHASES, 0.0)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] += time.perf_counter() - start
+
+    def finish(self, total: float) -> str:
+        """Record the run's ``total`` seconds; returns a log line with the monitor's share."""
+        timings = self.timings
+        timings["total"] = total
+        timings["monitor"] = timings["spectrum"] + timings["evaluate"]
+        timings["training"] = total - sum(timings[k] for k in ("setup", "evaluate", "checkpoint", "publish"))
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+        return f"time: {phases} (monitor {100 * timings['monitor'] / max(total, 1e-9):.1f}% of the run)"

@@ -1,0 +1,189 @@
+"""``--streaming``: train on a data set read as a stream (``datasets.IterableDataset``), for sets that do not fit.
+
+* The source: local parquet files (a directory such as ``../shared/data/cifar10``, or ``--train_file``) or a Hub
+  id, opened with ``load_dataset(..., streaming=True)``; images stay encoded until a process keeps them.
+* Order: each epoch is ``stream.shuffle(seed, buffer_size)`` with ``set_epoch(epoch)``, a deterministic function
+  of ``(seed, epoch)``, the same on every process.
+* Sharding: process ``p`` of ``W`` keeps the rows ``i`` with ``i % W == p`` of that order (disjoint, and every
+  process gets the same number of batches, ``(rows // W) // batch_size``, so none waits for another at an epoch's
+  end). Every process reads the whole stream but decodes only its own rows.
+* Exact resume: the position is the trainer state's ``(epoch, batch_in_epoch)``; a resumed run replays the epoch's
+  order and skips the rows already consumed without decoding them (the skip costs reading, not decoding, them).
+* The monitors read materialised subsets: the first ``--probe_max_train_samples`` rows of the unshuffled training
+  stream and the first ``--monitor_max_eval_samples`` rows of the validation stream, decoded once in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from ..data import _IMAGE_COLUMNS, _LABEL_COLUMNS, _VALIDATION_SPLITS, _pick_column, decode_image, image_shape
+from ..pixel_store import image_to_uint8
+from .datapath import StoredImages
+
+__all__ = ["StreamData", "load_stream", "StreamedImages", "materialise", "stream_datasets"]
+
+
+@dataclass
+class StreamData:
+    """A streamed data set: :class:`hf_recperc.data.ImageData`'s fields, with ``IterableDataset`` splits and the
+    number of training rows (from the data set's metadata)."""
+
+    train: datasets.IterableDataset
+    validation: datasets.IterableDataset
+    image_column: str
+    label_column: str
+    label_names: list[str]
+    source: str
+    num_train_rows: int
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def first_image_shape(self) -> tuple[int, int, int]:
+        """`(num_channels, height, width)` of the stream's first training image (picks the preset that fits)."""
+        first = next(iter(self.train))[self.image_column]
+        return image_shape(decode_image(first, 0, self.image_column))
+
+
+def _parquet_rows(files: list[str]) -> int:
+    """Rows of parquet files, from their footers (no data read)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    return sum(pq.ParquetFile(file).metadata.num_rows for file in files)
+
+
+def _open(data_args) -> tuple[datasets.IterableDatasetDict, str, int | None]:
+    """The streamed splits, the source's name and the training rows when the files say it."""
+    name = data_args.dataset_name
+    if data_args.train_file is not None:
+        files = {"train": data_args.train_file}
+        if data_args.validation_file:
+            files["validation"] = data_args.validation_file
+        splits = datasets.load_dataset("parquet", data_files=files, streaming=True)
+        return splits, data_args.train_file, _parquet_rows([data_args.train_file])
+    if name is None or name == "digits":
+        raise ValueError(
+            "streaming: needs parquet files or a Hub id (--dataset_name / --train_file), not 'digits'"
+        )
+    path = Path(name).expanduser()
+    if path.is_dir():
+        files: dict[str, list[str]] = {}
+        for file in sorted(path.glob("*.parquet")):
+            files.setdefault(file.stem.split("-")[0], []).append(str(file))
+        if "train" not in files:
+            raise ValueError(f"streaming: {name!r} holds no train*.parquet file to stream")
+        splits = datasets.load_dataset("parquet", data_files=files, streaming=True)
+        return splits, str(path), _parquet_rows(files["train"])
+    splits = datasets.load_dataset(name, data_args.dataset_config_name, streaming=True)
+    info = (splits["train"].info.splits or {}).get("train") if "train" in splits else None
+    return splits, name, info.num_examples if info is not None else None
+
+
+def load_stream(data_args) -> StreamData:
+    """Open the training and validation splits of ``data_args`` as streams (``--streaming``).
+
+    Raises:
+        ValueError: no validation split, no class names (a ``ClassLabel`` label column), or an unknown row count.
+    """
+    splits, source, rows = _open(data_args)
+    validation_name = next((s for s in _VALIDATION_SPLITS if s in splits), None)
+    if validation_name is None:
+        raise ValueError(f"streaming: {source!r} has no validation/test split; streams cannot carve one out")
+    train, validation = splits["train"], splits[validation_name]
+    columns = list(train.features or {})
+    image_column = _pick_column(columns, _IMAGE_COLUMNS, data_args.image_column, "image", "image_column")
+    label_column = _pick_column(columns, _LABEL_COLUMNS, data_args.label_column, "label", "label_column")
+    label_feature = train.features[label_column]
+    if not isinstance(label_feature, datasets.ClassLabel):
+        raise ValueError(
+            f"label_column: streaming needs a ClassLabel column (class names), got {label_feature}"
+        )
+    if not rows:
+        raise ValueError(
+            f"streaming: {source!r} does not say how many training rows it has (no split metadata)"
+        )
+    if data_args.max_train_samples is not None:
+        rows = min(rows, data_args.max_train_samples)
+        train = train.take(rows)
+    undecoded = datasets.Image(decode=False)  # decode only the rows a process keeps
+    train, validation = (
+        train.cast_column(image_column, undecoded),
+        validation.cast_column(image_column, undecoded),
+    )
+    return StreamData(train, validation, image_column, label_column, list(label_feature.names), source, rows)
+
+
+def materialise(stream, rows: int | None, image_column: str, label_column: str, config) -> StoredImages:
+    """The first ``rows`` rows of a stream (all when ``None``), decoded once into an in-memory store."""
+    chosen = stream if rows is None else stream.take(rows)
+    pixels, labels = [], []
+    for row in chosen:
+        pixels.append(image_to_uint8(row[image_column], config.num_channels, config.image_size)[0])
+        labels.append(row[label_column])
+    if not pixels:
+        raise ValueError("streaming: the stream has no rows to evaluate on")
+    return StoredImages(np.stack(pixels), np.asarray(labels, dtype=np.int64))
+
+
+class StreamedImages(torch.utils.data.IterableDataset):
+    """This process's batches of one epoch of the shuffled stream: ``{"pixels": uint8 (B, C, S, S), "labels"}``.
+
+    Args:
+        data: the :class:`StreamData`.
+        config: the model configuration (channels, image size).
+        batch_size: rows per batch of this process.
+        seed, buffer_size: the shuffle (``IterableDataset.shuffle``).
+        process_index, num_processes: this process's rows are those ``i % num_processes == process_index``.
+    """
+
+    def __init__(self, data: StreamData, config, batch_size, seed, buffer_size, process_index, num_processes):
+        self.stream = data.train.shuffle(seed=seed, buffer_size=buffer_size)
+        self.image_column, self.label_column = data.image_column, data.label_column
+        self.config, self.batch_size = config, batch_size
+        self.process_index, self.num_processes = process_index, num_processes
+        self.batches_per_epoch = (data.num_train_rows // num_processes) // batch_size
+        self.epoch, self.skip = 0, 0
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def set_position(self, epoch: int, batches_done: int) -> None:
+        """Iterate epoch ``epoch`` from its batch ``batches_done`` (a resumed run)."""
+        self.epoch, self.skip = epoch, batches_done
+
+    def __iter__(self):
+        self.stream.set_epoch(self.epoch)
+        mine = itertools.islice(iter(self.stream), self.process_index, None, self.num_processes)
+        skipped = self.skip * self.batch_size  # rows consumed before a restart: read, never decoded
+        rows = itertools.islice(mine, skipped, self.batches_per_epoch * self.batch_size)
+        for _ in range(self.batches_per_epoch - self.skip):
+            batch = list(itertools.islice(rows, self.batch_size))
+            if len(batch) < self.batch_size:
+                return
+            size, channels = self.config.image_size, self.config.num_channels
+            pixels = np.stack([image_to_uint8(row[self.image_column], channels, size)[0] for row in batch])
+            labels = np.asarray([row[self.label_column] for row in batch], dtype=np.int64)
+            yield {"pixels": torch.from_numpy(pixels), "labels": torch.from_numpy(labels)}
+
+
+def stream_datasets(data: StreamData, config, args, accelerator, buffer_size: int):
+    """``(train, probe, validation)`` of a streamed run: this process's :class:`StreamedImages` and the monitors'
+    materialised stores (the first rows of the unshuffled training stream and of the validation stream)."""
+    probe = materialise(
+        data.train, args.probe_max_train_samples, data.image_column, data.label_column, config
+    )
+    eval_rows = args.monitor_max_eval_samples or None
+    validation = materialise(data.validation, eval_rows, data.image_column, data.label_column, config)
+    train = StreamedImages(
+        data, config, args.per_device_train_batch_size, args.seed, buffer_size,
+        accelerator.process_index, accelerator.num_processes,
+    )  # fmt: skip
+    return train, probe, validation

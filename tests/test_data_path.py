@@ -1,0 +1,126 @@
+"""The training data path: the uint8 store + on-device normalisation reproduces the image processor."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import CIFAR10
+from PIL import Image
+
+from hf_recperc import RecPercAEConfig
+from hf_recperc.data import load_image_dataset, processor_transform
+from hf_recperc.pixel_store import decode_uint8, normalise_uint8, random_resized_crop_flip
+from hf_recperc.processing import image_processor_for
+from hf_recperc.training.datapath import DevicePipeline, StoredImages, build_datasets, collate_stored
+
+
+def processor_pixels(split, image_column, config):
+    """What the per-image path (the saved image processor) feeds the model: `(N, C, S, S)`."""
+    transform = processor_transform(image_processor_for(config), image_column, "label", config.num_channels)
+    return transform({image_column: split[image_column], "label": split["label"]})["pixel_values"]
+
+
+def store_pixels(split, image_column, config, cache=False):
+    pixels, _ = decode_uint8(split, image_column, config.num_channels, config.image_size, cache=cache)
+    mean = torch.tensor(config.image_mean) * 255.0
+    std = torch.tensor(config.image_std) * 255.0
+    return normalise_uint8(torch.from_numpy(np.asarray(pixels)), mean, std)
+
+
+def test_store_matches_the_image_processor_on_digits():
+    data = load_image_dataset("digits")
+    split = data.train.select(range(300))
+    config = RecPercAEConfig.preset("digits-mlp")
+    expected = processor_pixels(split, data.image_column, config)
+    assert expected.shape == (300, 1, 8, 8)
+    torch.testing.assert_close(store_pixels(split, data.image_column, config), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("image_size", [32, 48, 24])  # as stored, upsampled, downsampled (antialiased)
+def test_store_matches_the_image_processor_on_cifar(image_size):
+    if not CIFAR10.exists():
+        pytest.skip("CIFAR-10 parquet files not found")
+    data = load_image_dataset(str(CIFAR10), max_train_samples=200, max_eval_samples=100)
+    config = RecPercAEConfig.preset("cifar-conv-small", image_size=image_size)
+    expected = processor_pixels(data.train, data.image_column, config)
+    got = store_pixels(data.train, data.image_column, config)
+    # A resize rounds to uint8 in both paths; the same torchvision kernel gives the same bytes.
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_images_of_mixed_sizes_are_resized_once_like_the_processor():
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((16, 16), (20, 12))
+    ]
+    split = datasets.Dataset.from_dict(
+        {"image": images, "label": [0, 1]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    config = RecPercAEConfig.preset("cifar-conv-small", image_size=16, num_labels=2)
+    expected = processor_pixels(split, "image", config)
+    torch.testing.assert_close(store_pixels(split, "image", config), expected, atol=1e-5, rtol=0)
+
+
+def test_the_store_is_cached_and_reused(tmp_path, monkeypatch):
+    if not CIFAR10.exists():
+        pytest.skip("CIFAR-10 parquet files not found")
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path))
+    data = load_image_dataset(str(CIFAR10), max_train_samples=100, max_eval_samples=100)
+    first, where = decode_uint8(data.train, data.image_column, 3, 32)
+    assert (
+        where.startswith("decoded, cached at") and first.dtype == np.uint8 and first.shape == (100, 3, 32, 32)
+    )
+    again, where = decode_uint8(data.train, data.image_column, 3, 32)
+    assert where.startswith("cached at") and isinstance(again, np.memmap)
+    np.testing.assert_array_equal(first, again)
+    other, where = decode_uint8(data.train.select(range(50)), data.image_column, 3, 32)
+    assert where.startswith("decoded")  # another subset is another store
+    np.testing.assert_array_equal(other, first[:50])
+
+
+def test_stored_images_batches_through_a_loader_with_workers_and_subsets():
+    pixels = np.arange(6 * 1 * 2 * 2, dtype=np.uint8).reshape(6, 1, 2, 2)
+    dataset = StoredImages(pixels, np.arange(6))
+    subset = torch.utils.data.Subset(dataset, [5, 1, 3])
+    loader = torch.utils.data.DataLoader(subset, batch_size=2, collate_fn=collate_stored, num_workers=1)
+    batches = list(loader)
+    assert [b["labels"].tolist() for b in batches] == [[5, 1], [3]]
+    assert torch.equal(batches[0]["pixels"][0], torch.from_numpy(pixels[5]))
+
+
+def test_both_paths_give_the_same_loader_batches():
+    data = load_image_dataset("digits", max_train_samples=64, max_eval_samples=64)
+    config = RecPercAEConfig.preset("digits-mlp")
+    processor = image_processor_for(config)
+    pipeline = DevicePipeline(config, "cpu")
+    batches = []
+    for use_store in (True, False):
+        train, _, description = build_datasets(data, config, processor, use_store)
+        assert ("uint8" in description) == use_store
+        loader = torch.utils.data.DataLoader(train, batch_size=32, collate_fn=collate_stored)
+        batches.append(pipeline.evaluation(next(iter(loader))))
+    torch.testing.assert_close(batches[0]["pixel_values"], batches[1]["pixel_values"], atol=1e-5, rtol=0)
+    assert torch.equal(batches[0]["labels"], batches[1]["labels"])
+
+
+def test_random_resized_crop_full_box_without_flip_is_identity():
+    images = torch.randn(3, 3, 8, 8)
+    same = random_resized_crop_flip(images, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    torch.testing.assert_close(same, images, atol=1e-5, rtol=0)
+
+
+def test_random_resized_crop_is_reproducible_random_and_flips():
+    images = torch.randn(16, 3, 8, 8)
+
+    def draw(seed, **kw):
+        return random_resized_crop_flip(images, generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))
+    assert draw(0).shape == images.shape
+    flipped = draw(0, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=True)
+    is_flipped = [torch.allclose(f, i.flip(-1), atol=1e-5) for f, i in zip(flipped, images)]
+    is_same = [torch.allclose(f, i, atol=1e-5) for f, i in zip(flipped, images)]
+    assert all(a or b for a, b in zip(is_flipped, is_same)) and 0 < sum(is_flipped) < 16
+    with pytest.raises(ValueError, match="scale"):
+        random_resized_crop_flip(images, scale=(0.0, 1.0))
