@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_distributed", "distributed_sum", "gather_rows"]
+__all__ = ["is_distributed", "distributed_sum", "gather_rows", "run_on_main_process"]
 
 
 def is_distributed() -> bool:
@@ -41,3 +41,20 @@ def gather_rows(rows: torch.Tensor) -> torch.Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     torch.distributed.all_gather(gathered, padded)
     return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts)])
+
+
+def run_on_main_process(accelerator, work) -> None:
+    """Run ``work()`` on the main process only; a ``ValueError`` it raises is raised on every process (with the
+    same message), so that no process waits forever for a main process that stopped."""
+    from accelerate.utils import broadcast_object_list  # noqa: PLC0415
+
+    message = [None]
+    if accelerator.is_main_process:
+        try:
+            work()
+        except ValueError as err:
+            message[0] = str(err)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(message)
+    if message[0] is not None:
+        raise ValueError(message[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import struct
 from collections.abc import Iterator
 
@@ -36,6 +37,7 @@ __all__ = [
     "step_seed",
     "seed_global_generators",
     "build_optimizer",
+    "build_schedule",
     "optimizer_update",
     "build_monitors",
 ]
@@ -180,6 +182,17 @@ def build_optimizer(
         lr=learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         fused=fused or None,
+    )
+
+
+def build_schedule(args: PretrainingArguments, optimizer: torch.optim.Optimizer, max_steps: int):
+    """transformers' learning-rate schedule over ``max_steps`` optimiser steps, with ``--warmup_steps`` or
+    ``--warmup_ratio`` of them warming up."""
+    from transformers import get_scheduler  # noqa: PLC0415
+
+    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * max_steps)
+    return get_scheduler(
+        args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps
     )
 
 

@@ -24,6 +24,9 @@ __all__ = [
     "save_checkpoint",
     "resolve_resume",
     "check_resume_arguments",
+    "checked_resume",
+    "load_checkpoint",
+    "run_defining_args",
     "write_json_atomic",
 ]
 
@@ -153,3 +156,34 @@ def resolve_resume(
             shutil.rmtree(output_dir / "checkpoints")
         accelerator.wait_for_everyone()
     return None
+
+
+def run_defining_args(all_args: dict) -> dict:
+    """The arguments a resumed run must share with its checkpoint (the others may change, RESUME_SAFE_ARGS)."""
+    return {key: value for key, value in all_args.items() if key not in RESUME_SAFE_ARGS}
+
+
+def checked_resume(
+    accelerator: Accelerator, args, run_args: dict, output_dir: Path, log
+) -> tuple[Path | None, TrainerState | None]:
+    """The checkpoint to resume from and its trainer state, after refusing other run-defining arguments (see
+    :func:`check_resume_arguments`); ``(None, None)`` for a fresh start."""
+    resume_dir = resolve_resume(
+        accelerator, args.resume_from_checkpoint, args.overwrite_output_dir, output_dir, log
+    )
+    if resume_dir is None:
+        return None, None
+    state = TrainerState.load(resume_dir / TRAINER_STATE)
+    check_resume_arguments(state, run_args, args.allow_changed_args, args.max_steps, resume_dir)
+    return resume_dir, state
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
+    """``accelerator.load_state``; a truncated or corrupt file is a one-line ``ValueError`` naming the checkpoint."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as err:  # safetensors, pickle, shape errors: whatever the damage, name where it is
+        raise ValueError(
+            f"resume_from_checkpoint: {checkpoint} cannot be loaded ({type(err).__name__}: {err}); "
+            "resume from an earlier checkpoint (--resume_from_checkpoint PATH) or start over"
+        ) from err

@@ -13,7 +13,14 @@ import torch
 from ..plotting import new_figure, save_figure
 from ..results import BAND_ERROR, KNN_ACCURACY, ONLINE_PROBE_ACCURACY, eval_key, subspace_key
 
-__all__ = ["reconstruction_figure", "history_figures", "write_figures", "log_figures", "figure_to_array"]
+__all__ = [
+    "final_figures",
+    "reconstruction_figure",
+    "history_figures",
+    "write_figures",
+    "log_figures",
+    "figure_to_array",
+]
 
 CAPTIONS = {
     "reconstructions": "Validation images, the model's input and the reconstruction",
@@ -59,6 +66,19 @@ def reconstruction_figure(model, pixel_values: torch.Tensor, image_processor, ge
     axis.tick_params(length=0)
     axis.set_title(f"Reconstructions of validation images (MSE {mse:.4g})", fontsize=9)
     return figure
+
+
+def final_figures(
+    model, eval_set, pipeline, image_processor, generator: torch.Generator, count: int = 8
+) -> dict:
+    """``{"reconstructions": figure}`` of the first ``count`` validation images, read through the run's data path
+    (``pipeline.evaluation`` of a batch of ``eval_set``) exactly as the evaluation reads them."""
+    from .datapath import collate_stored  # noqa: PLC0415
+
+    rows = torch.utils.data.Subset(eval_set, range(min(count, len(eval_set))))
+    loader = torch.utils.data.DataLoader(rows, batch_size=len(rows), collate_fn=collate_stored)
+    pixel_values = pipeline.evaluation(next(iter(loader)))["pixel_values"]
+    return {"reconstructions": reconstruction_figure(model, pixel_values, image_processor, generator)}
 
 
 def _image_grid(rows: list[torch.Tensor], image_processor) -> np.ndarray:

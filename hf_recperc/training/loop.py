@@ -11,11 +11,7 @@ from a generator seeded by ``(seed, micro-batch index, process index)``, the dat
 (:class:`~hf_recperc.training.state.TrainerState`; ``accelerator.load_state`` does not restore the iteration
 counter, accelerate#1601).
 
-Throughput (issue 11): images reach the model through the uint8 store and on-device transforms
-(:mod:`~hf_recperc.training.datapath`) or a stream (:mod:`~hf_recperc.training.streaming`); a step reads nothing
-back to the host (loss sums on the device, :class:`~hf_recperc.training.state.DeviceLossSums`; the NaN/inf check
-as a device flag that makes the fused AdamW skip, :mod:`~hf_recperc.training.guard`), and the monitors read capped
-subsets with a cached pixel spectrum (:mod:`~hf_recperc.training.spectrum_cache`).
+Throughput: see docs/design.md ("training"): uint8 store, on-device transforms, no host read per step.
 """
 
 from __future__ import annotations
@@ -30,10 +26,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
+from ..distributed import run_on_main_process
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
 from ..results import TRAIN_LOSSES, RunResults, train_key
@@ -42,6 +38,7 @@ from .builders import (
     build_model,
     build_monitors,
     build_optimizer,
+    build_schedule,
     derived_seed,
     optimizer_update,
     seed_global_generators,
@@ -49,22 +46,22 @@ from .builders import (
     step_seed,
 )
 from .checkpointing import (
-    RESUME_SAFE_ARGS,
-    check_resume_arguments,
-    resolve_resume,
+    checked_resume,
+    load_checkpoint,
+    run_defining_args,
     save_checkpoint,
     write_json_atomic,
 )
 from .datapath import DevicePipeline, collate_stored
 from .environment import no_accelerator_device, run_results, tracker_config
 from .evaluation import run_monitors, summary
-from .figures import history_figures, log_figures, reconstruction_figure, write_figures
+from .figures import final_figures, history_figures, log_figures, write_figures
 from .guard import NonFiniteGuard, NonFiniteLossError, fused_available
 from .loaders import training_data
 from .output_dir import OutputDirectory
 from .sharding import full_parameters
 from .spectrum_cache import cached_pixel_spectrum, spectrum_key
-from .state import TRAINER_STATE, DeviceLossSums, PhaseTimer, TrainerState
+from .state import DeviceLossSums, PhaseTimer, TrainerState
 from .streaming import load_stream
 
 __all__ = ["PretrainingRun", "NonFiniteLossError", "train"]
@@ -141,8 +138,11 @@ class PretrainingRun:
         )
         self._check_process_group()
         self.all_args = {**asdict(self.data_args), **asdict(self.model_args), **asdict(args)}
-        self._on_main_process_first(self._prepare_output_dir)
-        resume_dir = self._checked_resume_dir()
+        run_on_main_process(self.accelerator, self._prepare_output_dir)
+        # The checkpoint to resume and its state, its arguments compared with ours before any data or model.
+        resume_dir, self.resumed_state = checked_resume(
+            self.accelerator, args, run_defining_args(self.all_args), self.output_dir, self.info
+        )
         set_seed(args.seed)  # model initialisation
         self.data = (
             load_stream(self.data_args) if self.data_args.streaming else self.data_args.load(seed=args.seed)
@@ -240,13 +240,8 @@ class PretrainingRun:
             )
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         self.max_steps = args.max_steps or args.num_train_epochs * self.steps_per_epoch
-        warmup = args.warmup_steps or math.ceil(args.warmup_ratio * self.max_steps)
-        self.scheduler = get_scheduler(  # on the torch optimiser, which optimizer_update may step directly
-            args.lr_scheduler_type,
-            self.optimizer.optimizer,
-            num_warmup_steps=warmup,
-            num_training_steps=self.max_steps,
-        )
+        # On the torch optimiser, which optimizer_update may step directly.
+        self.scheduler = build_schedule(args, self.optimizer.optimizer, self.max_steps)
         accelerator.register_for_checkpointing(self.scheduler)
         self.eval_every = args.eval_steps or self.steps_per_epoch
         self.checkpoint_every = args.checkpointing_steps or self.steps_per_epoch
@@ -261,15 +256,10 @@ class PretrainingRun:
         if dim > self.args.spectral_max_dim:
             logger.warning(f"band errors not measured: {dim} pixel values per image > spectral_max_dim")
             return None
-        rows = len(self.probe_rows)
+        rows, pixels = len(self.probe_rows), lambda: map(self.pipeline.pixel_values, self.probe_loader)
         key = spectrum_key(getattr(self.train_set, "key", None), rows, config)
         with self.timer("spectrum"):
-            bands, where = cached_pixel_spectrum(
-                self.accelerator,
-                key,
-                lambda: map(self.pipeline.pixel_values, self.probe_loader),
-                self.args.band_edges,
-            )
+            bands, where = cached_pixel_spectrum(self.accelerator, key, pixels, self.args.band_edges)
         self.info(f"pixel spectrum of {rows} training images: {where}")
         return bands
 
@@ -278,57 +268,16 @@ class PretrainingRun:
         self.output = OutputDirectory(self.output_dir)
         self.output.prepare()
         if self.args.push_to_hub and os.environ.get("HF_HUB_OFFLINE") == "1":
-            logger.warning(
-                "--push_to_hub with HF_HUB_OFFLINE=1: the push at the end will fail (the run is kept)"
-            )
-
-    def _on_main_process_first(self, work) -> None:
-        """Run ``work`` on the main process; a ``ValueError`` there stops every process with its message."""
-        message = [None]
-        if self.accelerator.is_main_process:
-            try:
-                work()
-            except ValueError as err:
-                message[0] = str(err)
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(message)
-        if message[0] is not None:
-            raise ValueError(message[0])
-
-    def _checked_resume_dir(self) -> Path | None:
-        """The checkpoint to resume from, its trainer state read and its arguments compared with ours (before
-        any data or model is built)."""
-        args = self.args
-        resume_dir = resolve_resume(
-            self.accelerator,
-            args.resume_from_checkpoint,
-            args.overwrite_output_dir,
-            self.output_dir,
-            self.info,
-        )
-        self.resumed_state = None
-        if resume_dir is not None:
-            self.resumed_state = TrainerState.load(resume_dir / TRAINER_STATE)
-            run_args = _run_defining(self.all_args)
-            check_resume_arguments(
-                self.resumed_state, run_args, args.allow_changed_args, args.max_steps, resume_dir
-            )
-        return resume_dir
+            logger.warning("--push_to_hub with HF_HUB_OFFLINE=1: the push at the end will fail (run kept)")
 
     def _resume(self, resume_dir: Path | None) -> None:
         """Weights, optimiser, scheduler and RNG from accelerate; position, history and loss sums from ours."""
-        self.state, self.last_checkpoint = TrainerState(run_args=_run_defining(self.all_args)), resume_dir
+        self.state, self.last_checkpoint = TrainerState(run_args=run_defining_args(self.all_args)), resume_dir
         if resume_dir is None:
             return
-        try:
-            self.accelerator.load_state(str(resume_dir))
-        except Exception as err:  # a truncated or corrupt file: name it instead of a deep traceback
-            raise ValueError(
-                f"resume_from_checkpoint: {resume_dir} cannot be loaded ({type(err).__name__}: {err}); "
-                "resume from an earlier checkpoint (--resume_from_checkpoint PATH) or start over"
-            ) from err
+        load_checkpoint(self.accelerator, resume_dir)
         self.state = self.resumed_state
-        self.state.run_args = _run_defining(self.all_args)  # what was allowed to change is now the run's
+        self.state.run_args = run_defining_args(self.all_args)  # what was allowed to change is now the run's
         if not self.accelerator.is_main_process:  # the main process owns the summed losses
             self.state.clear_train_sums()
         self.info(f"resumed from {resume_dir} at step {self.state.step}")
@@ -529,16 +478,10 @@ class PretrainingRun:
         return results
 
     def _final_figures(self, model) -> dict:
-        count = min(8, len(self.eval_set))
-        rows = torch.utils.data.Subset(self.eval_set, range(count))
-        loader = torch.utils.data.DataLoader(rows, batch_size=count, collate_fn=collate_stored)
-        pixel_values = self.pipeline.evaluation(next(iter(loader)))["pixel_values"]
         generator = torch.Generator(device=self.accelerator.device).manual_seed(
             derived_seed(self.args.seed, 0, 1)
         )
-        figures = {
-            "reconstructions": reconstruction_figure(model, pixel_values, self.image_processor, generator)
-        }
+        figures = final_figures(model, self.eval_set, self.pipeline, self.image_processor, generator)
         figures |= history_figures(self.state.history, self.args.probe_subspaces)
         return figures | self._monitor_figures()
 
@@ -554,8 +497,3 @@ class PretrainingRun:
         """Log on the main process only, through tqdm's writer so the progress bar stays whole."""
         if getattr(self, "accelerator", None) is None or self.accelerator.is_main_process:
             logger.info(message)
-
-
-def _run_defining(all_args: dict) -> dict:
-    """The arguments a resumed run must share with its checkpoint (the others may change, RESUME_SAFE_ARGS)."""
-    return {key: value for key, value in all_args.items() if key not in RESUME_SAFE_ARGS}
