@@ -73,9 +73,8 @@ class SpectralBands:
         self.names = band_names(edges)
         cumulative = torch.cumsum(pca.explained_variance_ratio_, 0)
         tolerance = 1e-10  # as spectral.subspace_indices: 0.9 must not read as 0.9000000000000001
-        band = torch.bucketize(
-            cumulative - tolerance, torch.tensor(edges[1:-1], dtype=cumulative.dtype)
-        )  # (D,)
+        boundaries = torch.tensor(edges[1:-1], dtype=cumulative.dtype, device=cumulative.device)
+        band = torch.bucketize(cumulative - tolerance, boundaries)  # (D,)
         keep = band < len(self.names) - 1
         self.dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
         self.mean = pca.mean_.to(device=device, dtype=self.dtype)  # (D,)

@@ -54,13 +54,20 @@ def spectrum_statistics(eigenvalues: torch.Tensor, fraction: float = 0.9) -> dic
     effective_rank = float(torch.exp(-(p * p.log()).sum()))
     alpha = math.nan
     if values.numel() >= 2:
-        x = torch.arange(1, values.numel() + 1, dtype=torch.float64).log()
+        x = torch.arange(1, values.numel() + 1, dtype=torch.float64, device=values.device).log()
         y = values.log()
         x_centred = x - x.mean()
         alpha = float(-(x_centred * (y - y.mean())).sum() / (x_centred**2).sum())
     participation = float(values.sum() ** 2 / (values**2).sum())
     cumulative = values.cumsum(0) / values.sum()
-    components = int(torch.searchsorted(cumulative, torch.tensor(fraction - 1e-12, dtype=torch.float64))) + 1
+    components = (
+        int(
+            torch.searchsorted(
+                cumulative, torch.tensor(fraction - 1e-12, dtype=torch.float64, device=cumulative.device)
+            )
+        )
+        + 1
+    )
     return {
         "effective_rank": effective_rank,
         "alpha": alpha,
