@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..data import ImageData, load_image_dataset, processor_transform
+from ..data import ImageData, ProcessedImages, load_image_dataset, processor_transform
 from ..monitors import (
     DEFAULT_SUBSPACES,
     EVAL,
@@ -45,6 +45,7 @@ from ..monitors import (
 from ..results import KNN_ACCURACY, KNN_WEIGHTED_ACCURACY, LAYERS, SPECTRUM_FIELDS, layer_key
 from ..spectral import parse_subspace
 from ..validation import check_finite_number, check_positive_int
+from ..versions import library_versions
 from .extract import Backbone, load_backbone, pooled_features
 
 __all__ = [
@@ -178,7 +179,7 @@ def _loader(split, rows, backbone: Backbone, data: ImageData, batch_size: int, n
     transform = processor_transform(
         backbone.processor, data.image_column, data.label_column, backbone.num_channels, data.label_names
     )
-    shard = split.select(rows).with_transform(transform)
+    shard = ProcessedImages(split.select(rows), transform, data.image_column)  # a corrupt image names its row
     return torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
@@ -280,27 +281,6 @@ def _nested(metrics: dict[str, float], features: Sequence[str], subspaces: Seque
     return table
 
 
-def _versions() -> dict[str, str]:
-    import accelerate  # noqa: PLC0415
-    import datasets  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
-
-    from .. import __version__  # noqa: PLC0415
-
-    versions = {
-        "hf_recperc": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-    }
-    with contextlib.suppress(ImportError):
-        import timm  # noqa: PLC0415
-
-        versions["timm"] = timm.__version__
-    return versions
-
-
 def perception_report(
     model,
     dataset: str | ImageData | None = None,
@@ -362,82 +342,32 @@ def perception_report(
     started = time.perf_counter()
     subspaces, monitors = list(subspaces), list(dict.fromkeys(monitors))
     _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge)
-    device = (
-        torch.device(device)
-        if device is not None
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(
-        model,
-        image_processor=image_processor,
-        trust_remote_code=trust_remote_code,
-        image_size=image_size,
+        model, image_processor=image_processor, trust_remote_code=trust_remote_code, image_size=image_size,
         device=device,
+    )  # fmt: skip
+    data = _load_data(dataset, max_train_samples, max_eval_samples, data_kwargs)
+    hidden, layer_ids, poolings, features = _choose_features(
+        backbone, data, layers, poolings, mixed_precision
     )
-    if isinstance(dataset, ImageData):
-        data = dataset
-    else:
-        limits = {"max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
-        kwargs = {**(data_kwargs or {}), **{k: v for k, v in limits.items() if v is not None}}
-        data = load_image_dataset(dataset, **kwargs)
-    hidden, pooled = _dry_run(backbone, data, mixed_precision)
-    num_layers = len(hidden) - 1
-    layer_ids = parse_layers(layers, num_layers, argument="layers")
-    poolings = list(dict.fromkeys(poolings or backbone.default_poolings))
-    if "pooler" in poolings and num_layers not in layer_ids:
-        raise ValueError(
-            f"pooling: 'pooler' is the model's pooled output of the last layer ({num_layers}); add it to --layers"
-        )
-    sample = pooled_features(
-        hidden, pooled, layer_ids, poolings, backbone.num_prefix_tokens
-    )  # pooling errors here
-    features = list(sample)
-
-    rank, world = _rank_and_world()
-    train_rows = list(range(rank, len(data.train), world))
-    eval_rows = list(range(rank, len(data.validation), world))
-    bank_dtype = _bank_dtype(device)
     probes, spectra, knns = _build_monitors(
-        features, monitors, subspaces, ridge, knn_k, knn_temperature, bank_dtype
+        features, monitors, subspaces, ridge, knn_k, knn_temperature, _bank_dtype(device)
     )
     all_monitors = [*probes.values(), *spectra.values(), *knns.values()]
-
-    extraction_started = time.perf_counter()
-    seen = 0
-    for split, source, rows in ((TRAIN, data.train, train_rows), (EVAL, data.validation, eval_rows)):
-        loader = _loader(source, rows, backbone, data, batch_size, num_workers)
-        seen += extract_split(backbone, loader, layer_ids, poolings, split, all_monitors, mixed_precision)
-    extraction_seconds = time.perf_counter() - extraction_started
-
-    fitting_started = time.perf_counter()
-    metrics: dict[str, float] = {}
-    for monitor in all_monitors:
-        monitor.all_reduce()
-    for monitor in all_monitors:
-        metrics.update(monitor.compute())
-    accuracy_curves = {}
-    if curves and probes:
-        for pooling in poolings:
-            feature = layer_feature(layer_ids[-1], pooling)
-            if feature in probes:
-                X, y = probes[feature].eval_data()  # (N_eval, D), collective: every process calls it
-                curve = probes[feature].probe.accuracy_curve(X, y)
-                accuracy_curves[feature] = {key: value.tolist() for key, value in curve.items()}
-    fitting_seconds = time.perf_counter() - fitting_started
-
-    images = torch.tensor([float(seen)], dtype=torch.float64)
-    if is_distributed():  # gloo and nccl both take a CPU / device tensor of the group's backend
-        images = images.to(device if torch.distributed.get_backend() == "nccl" else "cpu")
-        torch.distributed.all_reduce(images)
-    main_pooling = poolings[0]
+    rank, world = _rank_and_world()
+    timings = {}
+    with _timed(timings, "extraction_seconds"):
+        seen = 0
+        for split, source in ((TRAIN, data.train), (EVAL, data.validation)):
+            loader = _loader(source, range(rank, len(source), world), backbone, data, batch_size, num_workers)
+            seen += extract_split(backbone, loader, layer_ids, poolings, split, all_monitors, mixed_precision)
+    with _timed(timings, "fitting_seconds"):
+        metrics = _compute(all_monitors)
+        last_layer = [layer_feature(layer_ids[-1], pooling) for pooling in poolings]
+        accuracy_curves = _accuracy_curves(probes, last_layer) if curves else {}
     report = {
-        "finding": main_finding(metrics, layer_ids, main_pooling, subspaces) if probes else None,
-        "findings": {  # the same sentence for every pooling (pooler: the last layer only)
-            p: main_finding(metrics, [i for i in layer_ids if layer_feature(i, p) in probes], p, subspaces)
-            for p in poolings
-        }
-        if probes
-        else {},
+        **_findings(metrics, layer_ids, poolings, subspaces, probes),
         "metrics": metrics,
         "features": _nested(metrics, features, subspaces),
         "layers": layer_ids,
@@ -445,27 +375,8 @@ def perception_report(
         "subspaces": subspaces,
         "monitors": monitors,
         "accuracy_curves": accuracy_curves,
-        "model": {
-            "name_or_path": backbone.name,
-            "kind": backbone.kind,
-            "class": type(backbone.model).__name__,
-            "model_type": getattr(getattr(backbone.model, "config", None), "model_type", None),
-            "num_parameters": sum(p.numel() for p in backbone.model.parameters()),
-            "num_hidden_layers": num_layers,
-            "num_prefix_tokens": backbone.num_prefix_tokens,
-            "dtype": str(backbone.dtype).removeprefix("torch."),
-            "input_shape": list(hidden[0].shape[1:]) if backbone.kind == "timm" else None,
-            "commit_hash": getattr(getattr(backbone.model, "config", None), "_commit_hash", None),
-        },
-        "data": {
-            "source": data.source,
-            "image_column": data.image_column,
-            "label_column": data.label_column,
-            "num_train": len(data.train),
-            "num_eval": len(data.validation),
-            "num_labels": data.num_labels,
-            "label_names": data.label_names,
-        },
+        "model": _model_provenance(backbone, hidden, len(hidden) - 1),
+        "data": _data_provenance(data),
         "settings": {
             "batch_size": batch_size,
             "mixed_precision": mixed_precision,
@@ -476,18 +387,123 @@ def perception_report(
         },
         "runtime": {
             "total_seconds": time.perf_counter() - started,
-            "extraction_seconds": extraction_seconds,
-            "fitting_seconds": fitting_seconds,
-            "images_per_second": float(images.item()) / max(extraction_seconds, 1e-9),
+            **timings,
+            "images_per_second": _images_seen(seen, device) / max(timings["extraction_seconds"], 1e-9),
             "num_processes": world,
             "device": str(device),
         },
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     if output_dir is not None and rank == 0:
         drawn = _figures(report, probes, spectra) if figures else {}
         write_report(report, drawn, output_dir)
     return report
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, name: str):
+    """Record the wall time of the ``with`` block as ``timings[name]`` (seconds)."""
+    started = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - started
+
+
+def _load_data(dataset, max_train_samples, max_eval_samples, data_kwargs) -> ImageData:
+    """``dataset`` as given (an :class:`ImageData`), or loaded with the row limits and extra loader arguments."""
+    if isinstance(dataset, ImageData):
+        return dataset
+    limits = {"max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
+    return load_image_dataset(
+        dataset, **{**(data_kwargs or {}), **{k: v for k, v in limits.items() if v is not None}}
+    )
+
+
+def _choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixed_precision: str):
+    """One forward pass on a few images resolves the layers and poolings (and fails early on those the model cannot
+    do). Returns ``(hidden states of the dry run, layer ids, poolings, feature names)``."""
+    hidden, pooled = _dry_run(backbone, data, mixed_precision)
+    num_layers = len(hidden) - 1
+    layer_ids = parse_layers(layers, num_layers, argument="layers")
+    poolings = list(dict.fromkeys(poolings or backbone.default_poolings))
+    if "pooler" in poolings and num_layers not in layer_ids:
+        raise ValueError(
+            f"pooling: 'pooler' is the model's pooled output of the last layer ({num_layers}); add it to --layers"
+        )
+    sample = pooled_features(
+        hidden, pooled, layer_ids, poolings, backbone.num_prefix_tokens
+    )  # pooling errors
+    return hidden, layer_ids, poolings, list(sample)
+
+
+def _compute(monitors) -> dict[str, float]:
+    """Merge every monitor across processes, then compute: flat metric keys."""
+    for monitor in monitors:
+        monitor.all_reduce()
+    metrics: dict[str, float] = {}
+    for monitor in monitors:
+        metrics.update(monitor.compute())
+    return metrics
+
+
+def _accuracy_curves(probes: dict, features: Sequence[str]) -> dict[str, dict[str, list]]:
+    """Accuracy vs number of components (``SubspaceProbe.accuracy_curve``) of the given features' probes."""
+    curves = {}
+    for feature in features:
+        if feature in probes:
+            X, y = probes[feature].eval_data()  # (N_eval, D), collective: every process calls it
+            curve = probes[feature].probe.accuracy_curve(X, y)
+            curves[feature] = {key: value.tolist() for key, value in curve.items()}
+    return curves
+
+
+def _findings(metrics, layer_ids, poolings, subspaces, probes) -> dict:
+    """``finding``: the main sentence (first pooling); ``findings``: one per pooling (pooler: last layer only)."""
+    if not probes:
+        return {"finding": None, "findings": {}}
+    return {
+        "finding": main_finding(metrics, layer_ids, poolings[0], subspaces),
+        "findings": {
+            p: main_finding(metrics, [i for i in layer_ids if layer_feature(i, p) in probes], p, subspaces)
+            for p in poolings
+        },
+    }
+
+
+def _images_seen(seen: int, device: torch.device) -> float:
+    """Images this process extracted, summed over processes."""
+    images = torch.tensor([float(seen)], dtype=torch.float64)
+    if is_distributed():  # gloo and nccl both take a CPU / device tensor of the group's backend
+        images = images.to(device if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.all_reduce(images)
+    return float(images.item())
+
+
+def _model_provenance(backbone: Backbone, hidden, num_layers: int) -> dict:
+    config = getattr(backbone.model, "config", None)
+    return {
+        "name_or_path": backbone.name,
+        "kind": backbone.kind,
+        "class": type(backbone.model).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "num_parameters": sum(p.numel() for p in backbone.model.parameters()),
+        "num_hidden_layers": num_layers,
+        "num_prefix_tokens": backbone.num_prefix_tokens,
+        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "input_shape": list(hidden[0].shape[1:]) if backbone.kind == "timm" else None,
+        "commit_hash": getattr(config, "_commit_hash", None),
+    }
+
+
+def _data_provenance(data: ImageData) -> dict:
+    return {
+        "source": data.source,
+        "image_column": data.image_column,
+        "label_column": data.label_column,
+        "num_train": len(data.train),
+        "num_eval": len(data.validation),
+        "num_labels": data.num_labels,
+        "label_names": data.label_names,
+    }
 
 
 def _figures(report: dict, probes: dict, spectra: dict) -> dict:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 import time
 
 import torch
 
 from ..results import RunInfo, RunResults
+from ..versions import library_versions
 from .builders import resolve_preset
 
 __all__ = ["no_accelerator_device", "tracker_config", "library_versions", "run_results"]
@@ -29,26 +29,6 @@ def no_accelerator_device() -> bool:
 def tracker_config(all_args: dict) -> dict:
     """Arguments as tracker hyperparameters (TensorBoard accepts only scalars and strings)."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in all_args.items()}
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on (``results.json``, the model card)."""
-    import accelerate  # noqa: PLC0415
-    import datasets  # noqa: PLC0415
-    import huggingface_hub  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
-
-    from .. import __version__  # noqa: PLC0415
-
-    return {
-        "hf_recperc": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "huggingface_hub": huggingface_hub.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def run_results(run) -> RunResults:
