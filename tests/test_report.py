@@ -273,7 +273,7 @@ def test_two_processes_give_the_one_process_report(models, tmp_path):
     reports = {}
     assert report_main([*argv, "--output_dir", str(tmp_path / "p1")]) == 0
     reports[1] = json.loads((tmp_path / "p1" / "report.json").read_text())
-    # DESIGN.md: `--multi_gpu` (not `--cpu`) starts two processes; the script forms their gloo group
+    # docs/design.md (accelerate quirks): `--multi_gpu` (not `--cpu`) starts two processes; the script forms their gloo group
     launcher = [
         str(ACCELERATE),
         "launch",

@@ -296,24 +296,14 @@ class PretrainingArguments:
             check_positive_int(name, getattr(self, name))
         for name in ("max_steps", "eval_steps", "checkpointing_steps", "checkpoints_total_limit"):
             check_positive_int(name, getattr(self, name), allow_none=True)
-        check_positive_int("probe_max_train_samples", self.probe_max_train_samples, allow_none=True)
-        check_positive_int("spectral_max_dim", self.spectral_max_dim)
+        self._check_optimisation_arguments()
+        self._check_monitor_arguments()
         self._check_throughput_arguments()
-        check_positive_int("knn_k", self.knn_k)
-        if check_finite_number("knn_temperature", self.knn_temperature) <= 0:
-            raise ValueError(f"knn_temperature: expected a number > 0, got {self.knn_temperature!r}")
-        unknown = [name for name in self.monitors if name not in MONITOR_NAMES]
-        if unknown or not self.monitors:
-            raise ValueError(f"monitors: expected names among {MONITOR_NAMES}, got {self.monitors!r}")
-        for pooling in self.probe_pooling or ():
-            if pooling not in POOLINGS[:2]:
-                raise ValueError(f"probe_pooling: expected 'cls' or 'mean', got {pooling!r}")
-        if not self.probe_layers:
-            raise ValueError("probe_layers: expected 'last', 'all' or layer indices")
+        self._check_output_arguments()
+
+    def _check_optimisation_arguments(self) -> None:
         for name in ("learning_rate", "weight_decay", "max_grad_norm", "probe_ridge"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+            check_finite_number(name, getattr(self, name), minimum=0)
         if self.learning_rate == 0:
             raise ValueError("learning_rate: expected a positive number, got 0")
         for name in ("adam_beta1", "adam_beta2", "warmup_ratio"):
@@ -325,6 +315,21 @@ class PretrainingArguments:
             raise ValueError(
                 f"mixed_precision: expected one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
             )
+
+    def _check_monitor_arguments(self) -> None:
+        """What the monitors measure (normalises ``probe_subspaces`` and ``band_edges``)."""
+        check_positive_int("probe_max_train_samples", self.probe_max_train_samples, allow_none=True)
+        check_positive_int("spectral_max_dim", self.spectral_max_dim)
+        check_positive_int("knn_k", self.knn_k)
+        if check_finite_number("knn_temperature", self.knn_temperature) <= 0:
+            raise ValueError(f"knn_temperature: expected a number > 0, got {self.knn_temperature!r}")
+        if not self.monitors or any(name not in MONITOR_NAMES for name in self.monitors):
+            raise ValueError(f"monitors: expected names among {MONITOR_NAMES}, got {self.monitors!r}")
+        for pooling in self.probe_pooling or ():
+            if pooling not in POOLINGS[:2]:
+                raise ValueError(f"probe_pooling: expected 'cls' or 'mean', got {pooling!r}")
+        if not self.probe_layers:
+            raise ValueError("probe_layers: expected 'last', 'all' or layer indices")
         if not self.probe_subspaces:
             raise ValueError("probe_subspaces: expected at least one subspace, e.g. top:0.9 bottom:0.2 all")
         from ..spectral import parse_subspace  # noqa: PLC0415  (torch: imported after --help)
@@ -341,6 +346,8 @@ class PretrainingArguments:
                 f"band_edges: expected increasing fractions from 0 to 1 such as 0 0.5 0.8 0.9 0.97 1, got {self.band_edges!r}"
             )
         self.band_edges = edges
+
+    def _check_output_arguments(self) -> None:
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("hub_model_id: --push_to_hub needs --hub_model_id user/name")
         if self.hub_model_id is not None:
