@@ -84,15 +84,7 @@ def job_steps(name: str, overrides: dict, args, output_dir: str):
     run = PretrainingRun(data_args, model_args, train_args)
     run.setup()
     run.progress.disable = True
-
-    def steps():
-        while True:
-            for batch in run.epoch_batches():
-                if run.train_step(batch):
-                    run.after_step()
-                    yield
-
-    return run, steps()
+    return run, run.optimiser_steps()  # max_steps is 10**9: endless for the benchmark
 
 
 def bare_steps(run, args, name: str):

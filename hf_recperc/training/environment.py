@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -10,7 +11,13 @@ from ..results import RunInfo, RunResults
 from ..versions import library_versions
 from .builders import resolve_preset
 
-__all__ = ["no_accelerator_device", "tracker_config", "library_versions", "run_results"]
+__all__ = [
+    "check_process_group",
+    "no_accelerator_device",
+    "tracker_config",
+    "library_versions",
+    "run_results",
+]
 
 
 def no_accelerator_device() -> bool:
@@ -24,6 +31,16 @@ def no_accelerator_device() -> bool:
     if accelerator_api is not None:
         return not accelerator_api.is_available()
     return not torch.cuda.is_available()
+
+
+def check_process_group(accelerator) -> None:
+    """Refuse a launch whose processes did not form one group: each would train alone and overwrite the others."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"launched as {launched} processes but accelerate formed a group of {accelerator.num_processes}: "
+            "every process would train alone and overwrite the others' output"
+        )
 
 
 def tracker_config(all_args: dict) -> dict:

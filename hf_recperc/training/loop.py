@@ -53,7 +53,7 @@ from .checkpointing import (
     write_json_atomic,
 )
 from .datapath import DevicePipeline, collate_stored
-from .environment import no_accelerator_device, run_results, tracker_config
+from .environment import check_process_group, no_accelerator_device, run_results, tracker_config
 from .evaluation import run_monitors, summary
 from .figures import final_figures, history_figures, log_figures, write_figures
 from .guard import NonFiniteGuard, NonFiniteLossError, fused_available
@@ -88,12 +88,8 @@ def train(
     run = PretrainingRun(data_args, model_args, args, extra_monitors=monitors)
     try:
         run.setup()
-        while run.state.step < run.max_steps:
-            for batch in run.epoch_batches():
-                if run.train_step(batch):
-                    run.after_step()
-                if run.state.step >= run.max_steps:
-                    break
+        for _ in run.optimiser_steps():
+            pass
         results = run.publish()
         run.push()
     finally:
@@ -136,7 +132,7 @@ class PretrainingRun:
                 project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
             ),
         )
-        self._check_process_group()
+        check_process_group(self.accelerator)
         self.all_args = {**asdict(self.data_args), **asdict(self.model_args), **asdict(args)}
         run_on_main_process(self.accelerator, self._prepare_output_dir)
         # The checkpoint to resume and its state, its arguments compared with ours before any data or model.
@@ -176,14 +172,6 @@ class PretrainingRun:
             total=self.max_steps, initial=self.state.step, disable=not self.accelerator.is_local_main_process
         )
         self.prepared_model.train()
-
-    def _check_process_group(self) -> None:
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched > 1 and self.accelerator.num_processes != launched:
-            raise RuntimeError(
-                f"launched as {launched} processes but accelerate formed a group of "
-                f"{self.accelerator.num_processes}: every process would train alone and overwrite the others' output"
-            )
 
     def _build_loaders(self) -> None:
         """Training loader shuffled by (seed, epoch), full batches only (BatchNorm); this process's own shards of
@@ -302,6 +290,17 @@ class PretrainingRun:
         loader.set_epoch(state.epoch)
         self.sampler.set_epoch(state.epoch)
         return loader
+
+    def optimiser_steps(self):
+        """Train until ``max_steps``, yielding the step number after each optimiser step (and its log, evaluation
+        and checkpoint): :func:`train` drains it, the benchmarks time it."""
+        while self.state.step < self.max_steps:
+            for batch in self.epoch_batches():
+                if self.train_step(batch):
+                    self.after_step()
+                    yield self.state.step
+                if self.state.step >= self.max_steps:
+                    return
 
     def train_step(self, batch) -> bool:
         """One micro-batch forward/backward (and an optimiser step at the end of an accumulation); returns whether
