@@ -143,16 +143,19 @@ class SubspaceProbe:
         lookup = torch.tensor([columns[class_id] for class_id in ids.tolist()], dtype=torch.long)
         return lookup.to(inverse.device)[inverse]
 
-    def _accumulate(self, X, y) -> None:
-        X = as_float_tensor(X)
-        labels = _as_labels(y, X.shape[0])
+    def _accumulate(self, X: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fold validated rows into the moments: float ``X`` `(n, D)` from :func:`as_float_tensor`, int64
+        ``labels`` `(n,)` from :func:`_as_labels` (callers validate once; this path scans nothing again)."""
+        if not hasattr(self, "moments_"):
+            self.moments_ = SecondMoments()
+            self._class_columns = {}
         if X.shape[0] == 0:
             return
         columns = self._columns(labels)
         one_hot = torch.nn.functional.one_hot(columns, len(self._class_columns)).to(
             device=X.device, dtype=compute_dtype(X.dtype)
         )
-        self.moments_.update(X, one_hot)  # (N, D) features, (N, C) targets
+        self.moments_._add(X, one_hot)  # (N, D) features, (N, C) targets
         self._stale = True
 
     def partial_fit(self, X, y) -> SubspaceProbe:
@@ -165,21 +168,32 @@ class SubspaceProbe:
         self._validate_params()
         if self.probe != "ridge":
             raise ValueError(f"probe={self.probe!r} needs the training rows: use fit(X, y), not partial_fit")
-        if not hasattr(self, "moments_"):
-            self.moments_ = SecondMoments()
-            self._class_columns = {}
-        self._accumulate(X, y)
+        X = as_float_tensor(X)
+        self._accumulate(X, _as_labels(y, X.shape[0]))
         return self
 
     def fit(self, X, y) -> SubspaceProbe:
         """Fit the PCA and every subspace's probe on features ``X`` `(N, D)` and labels ``y`` `(N,)`."""
         self._validate_params()
+        X = as_float_tensor(X)
+        labels = _as_labels(y, X.shape[0])
+        self._fit_chunks([(X, labels)])
+        if self.probe == "logistic":
+            self._fit_logistic(X, labels)
+        return self
+
+    def _fit_chunks(self, chunks) -> SubspaceProbe:
+        """Fit the PCA and the ridge probes on validated ``(X (n, D), labels (n,))`` pairs, in order.
+
+        Chunks of 16,384 rows (the moments' own chunk size) give :meth:`fit` on their concatenation bit for
+        bit, without ever holding the concatenation.
+        """
+        self._validate_params()
         self.moments_ = SecondMoments()
         self._class_columns = {}
-        self._accumulate(X, y)
+        for X, labels in chunks:
+            self._accumulate(X, labels)
         self._solve()
-        if self.probe == "logistic":
-            self._fit_logistic(as_float_tensor(X), _as_labels(y, len(X)))
         return self
 
     def all_reduce(self) -> SubspaceProbe:
@@ -326,13 +340,12 @@ class SubspaceProbe:
         Column ``j`` scores class ``classes_[j]``: only classes with training rows get a column (scikit-learn's
         convention), so ids need not be contiguous.
         """
-        return self._decision_functions(X, [subspace])[str(parse_subspace(subspace))]
+        return self._decision_functions(as_float_tensor(X), [subspace])[str(parse_subspace(subspace))]
 
-    def _decision_functions(self, X, subspaces) -> dict[str, torch.Tensor]:
-        """Scores `(N, C)` of several subspaces' probes, from one pass over ``X`` `(N, D)`."""
+    def _decision_functions(self, X: torch.Tensor, subspaces) -> dict[str, torch.Tensor]:
+        """Scores `(N, C)` of several subspaces' probes, from one pass over validated ``X`` `(N, D)`."""
         pca = self._fitted_pca()
         names = [str(parse_subspace(spec)) for spec in subspaces]
-        X = as_float_tensor(X)
         if X.shape[1] != pca.mean_.numel():
             raise ValueError(
                 f"X: expected {pca.mean_.numel()} features per row (as in training), got {X.shape[1]}"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .probing import DEFAULT_SUBSPACES, SubspaceProbe
-from .spectral import _ACCUMULATE_ROWS, SecondMoments, as_float_tensor
+from .spectral import _ACCUMULATE_ROWS, SecondMoments, as_float_tensor, check_finite_values
 from .validation import check_labels
 
 __all__ = ["SPLITS", "ProbeStream", "stratified_split", "subspace_probe_accuracy"]
@@ -85,25 +85,32 @@ def subspace_probe_accuracy(
     )
 
 
-def _take_rows(blocks: list[torch.Tensor], index: np.ndarray) -> torch.Tensor:
+def _take_rows(
+    blocks: list[torch.Tensor], index: np.ndarray, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``torch.cat(blocks)[index]`` for a sorted ``index`` `(M,)`, without building the concatenation.
 
     The stratified split copies 80% + 20% of the rows; gathering them straight from the streamed batches
-    saves one full copy of the evaluated rows, in time and in peak memory.
+    saves one full copy of the evaluated rows, in time and in peak memory. ``out`` `(>= M, D)`: a buffer to
+    reuse (its first ``M`` rows are returned).
     """
-    if len(blocks) == 1:
-        block = blocks[0]
-        return block[torch.from_numpy(index).to(block.device)]
     dtype = blocks[0].dtype
     for block in blocks[1:]:
         dtype = torch.promote_types(dtype, block.dtype)
-    out = torch.empty(len(index), blocks[0].shape[1], dtype=dtype, device=blocks[0].device)  # (M, D)
+    if out is None or out.dtype != dtype:
+        out = torch.empty(len(index), blocks[0].shape[1], dtype=dtype, device=blocks[0].device)  # (M, D)
+    out = out[: len(index)]
+    if len(blocks) == 1:
+        return torch.index_select(blocks[0], 0, torch.from_numpy(index).to(blocks[0].device), out=out)
     offsets = np.cumsum([0] + [len(block) for block in blocks])
     bounds = np.searchsorted(index, offsets)  # index[bounds[i]:bounds[i+1]] falls in block i
     for block, offset, low, high in zip(blocks, offsets, bounds[:-1], bounds[1:]):
         if high > low:
             rows = torch.from_numpy(index[low:high] - offset).to(block.device)
-            out[low:high] = block.index_select(0, rows)
+            if block.dtype == out.dtype:
+                torch.index_select(block, 0, rows, out=out[low:high])  # no temporary
+            else:
+                out[low:high] = block.index_select(0, rows)
     return out
 
 
@@ -157,8 +164,13 @@ def _probe_accuracy(
         if not (0 < test_size < 1):
             raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
         train_index, test_index = stratified_split(labels.cpu().numpy(), test_size, seed)
-        train_features, train_labels = _take_rows(blocks, train_index), labels[torch.from_numpy(train_index)]
+        train_labels = labels[torch.from_numpy(train_index)]
         features, labels = _take_rows(blocks, test_index), labels[torch.from_numpy(test_index)]
+        if probe == "ridge":
+            return estimator._fit_chunks(_chunks_of_rows(blocks, train_index, train_labels)).score(
+                features, labels
+            )
+        train_features = _take_rows(blocks, train_index)
     else:
         train_features = as_float_tensor(train_predictions, "train_predictions")
         train_labels = _labels(train_references, "train_references", len(train_features))
@@ -167,7 +179,18 @@ def _probe_accuracy(
                 f"train_predictions: expected {features.shape[1]} features per row like predictions, "
                 f"got {train_features.shape[1]}"
             )
+        if probe == "ridge":  # rows validated just above: fit without scanning them again
+            return estimator._fit_chunks([(train_features, train_labels)]).score(features, labels)
     return estimator.fit(train_features, train_labels).score(features, labels)
+
+
+def _chunks_of_rows(blocks: list[torch.Tensor], index: np.ndarray, labels: torch.Tensor):
+    """``(rows (b, D), labels (b,))`` of ``torch.cat(blocks)[index]``, 16,384 rows at a time, gathered into one
+    reused buffer: the chunks a one-shot fit uses (same numbers), without a copy of every training row."""
+    buffer = None
+    for start in range(0, len(index), _ACCUMULATE_ROWS):
+        buffer = _take_rows(blocks, index[start : start + _ACCUMULATE_ROWS], out=buffer)
+        yield buffer, labels[start : start + _ACCUMULATE_ROWS]
 
 
 class ProbeStream:
@@ -202,7 +225,8 @@ class ProbeStream:
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
         name = "predictions" if split == "test" else "train_predictions"
-        features = as_float_tensor(features, name)  # a view: the one copy is made below
+        # A view, not yet scanned for NaN / inf: the scan runs on the copy below, while it is still in cache.
+        features = as_float_tensor(features, name, check_finite=False)
         labels = check_labels(name.replace("predictions", "references"), labels, len(features))
         dim = self._dim()
         if dim is not None and features.shape[1] != dim:
@@ -212,21 +236,35 @@ class ProbeStream:
         if len(features) == 0:
             return
         if split == "test":
-            # A private copy: the caller may reuse its batch buffer.
-            self.features.append(features.detach().clone())
+            copy = features.detach().clone()  # private: the caller may reuse its batch buffer
+            check_finite_values(copy, name)
+            self.features.append(copy)
             self.labels.append(labels.clone())
-            return
+        else:
+            self._add_train(features.detach(), labels, name)
+
+    def _add_train(self, features: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+        """Copy training rows `(n, D)` into the buffer, folding it into the moments each time it fills.
+
+        A batch is checked whole before any of its rows are folded in: a NaN in it leaves the stream as it was.
+        """
+        if self._buffer is not None and self._buffer.dtype != features.dtype:
+            self._flush()  # a new dtype (rare): finish the rows of the old one first
+            self._buffer = None
+        if self._buffer is None:
+            self._buffer = torch.empty(
+                _ACCUMULATE_ROWS, features.shape[1], dtype=features.dtype, device=features.device
+            )
+        spans_flush = self._pending_rows + len(features) > _ACCUMULATE_ROWS
+        if spans_flush:
+            check_finite_values(features, name)
         start = 0
         while start < len(features):
-            if self._buffer is None or self._buffer.dtype != features.dtype:
-                self._flush()  # a new dtype (rare): finish the rows of the old one first
-                self._buffer = torch.empty(
-                    _ACCUMULATE_ROWS, features.shape[1], dtype=features.dtype, device=features.device
-                )
             take = min(len(features) - start, _ACCUMULATE_ROWS - self._pending_rows)
-            self._buffer[self._pending_rows : self._pending_rows + take] = features[
-                start : start + take
-            ].detach()
+            rows = self._buffer[self._pending_rows : self._pending_rows + take]
+            rows.copy_(features[start : start + take])
+            if not spans_flush:
+                check_finite_values(rows, name)
             self._pending_labels.append(labels[start : start + take].clone())
             self._pending_rows += take
             start += take
@@ -250,7 +288,8 @@ class ProbeStream:
             return
         if self.train is None:
             self.train = SubspaceProbe()
-        self.train.partial_fit(self._buffer[: self._pending_rows], torch.cat(self._pending_labels))
+        # Rows and labels were validated as they were added: fold them in without scanning them again.
+        self.train._accumulate(self._buffer[: self._pending_rows], torch.cat(self._pending_labels))
         self._pending_labels, self._pending_rows = [], 0
 
     # ------------------------------------------------------------------------------------ merging

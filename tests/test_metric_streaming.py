@@ -121,6 +121,28 @@ def test_streaming_errors_name_the_argument():
         metric.compute(probe="logistic")
 
 
+@pytest.mark.parametrize("bad_batch_rows", [300, 17_000])  # inside the 16,384-row buffer / across a flush
+def test_a_batch_with_nan_is_refused_whole_and_the_stream_goes_on(bad_batch_rows):
+    metric = load()
+    X, y = make_problem()
+    X_train, y_train = make_problem(num_rows=1_000, seed=1)
+    bad_train, bad_labels = make_problem(num_rows=bad_batch_rows, seed=2)
+    bad_train[-1, 0] = np.nan  # the last row: its earlier rows must not have been folded in either
+    bad_test = X[:50].copy()
+    bad_test[10, 3] = np.inf
+    metric.add_batch(predictions=X_train[:500], references=y_train[:500], split="train")
+    with pytest.raises(ValueError, match="^train_predictions: contains NaN or infinite values$"):
+        metric.add_batch(predictions=bad_train, references=bad_labels, split="train")
+    with pytest.raises(ValueError, match="^predictions: contains NaN or infinite values$"):
+        metric.add_batch(predictions=bad_test, references=y[:50])
+    metric.add_batch(predictions=X_train[500:], references=y_train[500:], split="train")
+    metric.add_batch(predictions=X, references=y)
+    expected = load().compute(
+        predictions=X, references=y, train_predictions=X_train, train_references=y_train, subspaces=SUBSPACES
+    )
+    assert_close_results(metric.compute(subspaces=SUBSPACES), expected)
+
+
 def test_combine_streams_into_every_module_and_forwards_settings():
     X, y = make_problem()
     X_train, y_train = make_problem(num_rows=900, seed=1)
