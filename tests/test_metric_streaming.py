@@ -66,6 +66,42 @@ def test_streamed_evaluated_rows_equal_the_array_call_exactly():
         metric.compute()  # compute() resets the stream
 
 
+def test_streamed_rows_over_several_blocks_equal_the_array_call_exactly():
+    # 40,000 rows fill three 16,384-row blocks; the 80/20 split regroups its training chunks inside them.
+    X, y = make_problem(num_rows=40_000, dim=8, seed=3)
+    X = X.astype(np.float32)
+    X[-7_000:] = X[-7_000:].astype(np.float16)  # representable in float16: the half batches stay exact
+    metric = load()
+    expected = metric.compute(predictions=X, references=y, subspaces=SUBSPACES)
+    bounds = [0, 1_000, 16_000, 17_000, 33_000, 40_000]  # batches across block boundaries, one of 16,000 rows
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        batch = X[low:high] if low < 33_000 else torch.from_numpy(X[low:high]).half()
+        metric.add_batch(predictions=batch, references=y[low:high])
+    assert metric.compute(subspaces=SUBSPACES) == expected
+
+
+def test_an_evaluation_loop_refills_the_previous_evaluation_blocks_exactly():
+    metric = load()  # one metric object, evaluated three times with other rows, sizes and dtypes
+    pointers = []
+    for epoch, (num_rows, dtype) in enumerate([(20_000, np.float32), (17_000, np.float32), (3_000, np.float64)]):
+        X, y = make_problem(num_rows=num_rows, dim=8, seed=10 + epoch)
+        X = X.astype(dtype)
+        X_train, y_train = make_problem(num_rows=5_000, dim=8, seed=20 + epoch)
+        expected = load().compute(predictions=X, references=y, subspaces=SUBSPACES)
+        expected_train = load().compute(
+            predictions=X, references=y, train_predictions=X_train, train_references=y_train, subspaces=SUBSPACES
+        )
+        for rows in np.array_split(np.arange(num_rows), 9):
+            metric.add_batch(predictions=X[rows], references=y[rows])
+        pointers.append([block.data_ptr() for block in metric._probe_stream.features.blocks])
+        assert metric.compute(subspaces=SUBSPACES) == expected  # rows of the last epoch never leak in
+        for rows in np.array_split(np.arange(5_000), 4):
+            metric.add_batch(predictions=X_train[rows], references=y_train[rows], split="train")
+        metric.add_batch(predictions=X, references=y)
+        assert_close_results(metric.compute(subspaces=SUBSPACES), expected_train)
+    assert pointers[1][0] in pointers[0]  # the second epoch refilled the first epoch's memory
+
+
 @pytest.mark.parametrize("num_train", [900, 20_000])  # 20,000 > one 16,384-row flush of the buffer
 def test_streamed_training_rows_equal_train_predictions(num_train):
     metric = load()

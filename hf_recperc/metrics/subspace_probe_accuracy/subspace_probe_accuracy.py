@@ -129,7 +129,9 @@ class SubspaceProbeAccuracy(evaluate.Metric):
 
     def _stream(self) -> ProbeStream:
         if getattr(self, "_probe_stream", None) is None:
-            self._probe_stream = ProbeStream()
+            # The previous evaluation's row blocks are refilled rather than newly allocated (BlockPool).
+            self._probe_stream = ProbeStream(pool=getattr(self, "_block_pool", None))
+            self._block_pool = None
         return self._probe_stream
 
     def __len__(self):
@@ -157,7 +159,9 @@ class SubspaceProbeAccuracy(evaluate.Metric):
                 return None
         elif _world_size() > 1:
             stream.gather()
-        return stream.compute(**kwargs)
+        result = stream.compute(**kwargs)
+        self._block_pool = stream.pool
+        return result
 
     def _exchange_through_files(self, stream: ProbeStream) -> bool:
         """evaluate's multi-process mode: processes > 0 write their state file, process 0 merges them all.
