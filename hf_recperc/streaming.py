@@ -218,38 +218,40 @@ def _chunks_in_place(blocks: list[torch.Tensor], index: np.ndarray, labels: torc
 
 
 class BlockPool:
-    """`(16384, D)` row blocks that a finished evaluation hands to the next one.
+    """`(16384, D)` row blocks to refill instead of allocating new ones.
 
     Fresh memory costs a page fault per 4 KiB page at first touch: storing 50,000 x 768 float32 rows in new
-    blocks took 0.05 s of page faults on our 2-core virtual machine, most of the streaming overhead. An
-    evaluation loop (every epoch, the same metric object) refills the blocks of its previous evaluation
-    instead, as PyTorch's CUDA caching allocator reuses freed memory. Held until the next evaluation ends or
-    the owner is deleted.
+    blocks took 0.05 s of page faults on our 2-core virtual machine, most of the streaming overhead. Blocks
+    come back to the pool when their rows were folded into the moments, and a finished evaluation hands the
+    blocks it used to the next one (every epoch, the same metric object), as PyTorch's CUDA caching
+    allocator reuses freed memory. Held until the next evaluation ends or the owner is deleted.
     """
 
     def __init__(self, blocks: list[torch.Tensor] | None = None):
-        self.blocks = list(blocks or [])
+        self.spare = list(blocks or [])  # from an earlier evaluation
+        self.returned: list[torch.Tensor] = []  # used in this one, free again
 
     def take(self, dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A `(16384, dim)` block (contents undefined): a pooled one when one matches, else a new one."""
-        for position, block in enumerate(self.blocks):
-            if block.shape[1] == dim and block.dtype == dtype and block.device == device:
-                return self.blocks.pop(position)
+        for blocks in (self.returned, self.spare):
+            for position, block in enumerate(blocks):
+                if block.shape[1] == dim and block.dtype == dtype and block.device == device:
+                    return blocks.pop(position)
         return torch.empty(_ACCUMULATE_ROWS, dim, dtype=dtype, device=device)
 
 
 class StoredRows:
-    """Evaluated rows `(N, D)`, copied batch by batch into `(16384, D)` blocks.
+    """Rows `(N, D)`, copied batch by batch into `(16384, D)` blocks from a :class:`BlockPool`.
 
     One allocation per 16,384 rows instead of one per batch, and pages of the last block that no row reached
     are never touched (they cost no memory). Rows keep the widest float dtype seen: a wider batch widens the
     earlier blocks, exactly, as ``torch.cat`` would.
     """
 
-    def __init__(self, pool: BlockPool | None = None):
+    def __init__(self, pool: BlockPool):
         self.blocks: list[torch.Tensor] = []  # (16384, D) each
         self.num_rows = 0
-        self.pool = BlockPool() if pool is None else pool
+        self.pool = pool
 
     @property
     def dim(self) -> int | None:
@@ -284,29 +286,35 @@ class StoredRows:
             views[-1] = views[-1][: self.num_rows % _ACCUMULATE_ROWS]
         return views
 
+    def drop_front(self, num_blocks: int) -> None:
+        """Forget the first ``num_blocks`` blocks' rows and give those blocks back to the pool."""
+        self.pool.returned.extend(self.blocks[:num_blocks])
+        self.blocks = self.blocks[num_blocks:]
+        self.num_rows = max(0, self.num_rows - num_blocks * _ACCUMULATE_ROWS)
+
 
 class ProbeStream:
     """Batches of features and labels, accumulated for :func:`subspace_probe_accuracy`.
 
     * ``add(features (n, D), labels (n,), split="test")`` keeps the rows: they are scored at the end and,
       without training rows, split 80/20 exactly as the array path would.
-    * ``add(..., split="train")`` folds the rows into second moments. They are copied into a reused
-      16,384-row buffer first, so that the moments see the same chunks as a one-shot fit (identical shift
-      and products, hence the same numbers) and matrix products stay large; memory ``O(16384 D + D^2)``.
+    * ``add(..., split="train")`` folds the rows into second moments, one 16,384-row block at a time: the
+      chunks of a one-shot fit (identical shift and products, hence the same numbers), and large matrix
+      products; memory ``O(16384 D + D^2)``.
 
-    Mergeable: :meth:`state` / :meth:`merge` move the statistics between processes (files or
-    ``torch.distributed``); merging in process order reproduces a single process that saw all rows.
+    Both kinds of rows are copied into :class:`StoredRows` blocks from one :class:`BlockPool` (``pool``: the
+    blocks of an earlier evaluation, to refill). Mergeable: :meth:`state` / :meth:`merge` move the statistics
+    between processes (files or ``torch.distributed``); merging in process order reproduces a single process
+    that saw all rows.
     """
 
     def __init__(self, pool: BlockPool | None = None):
-        self.pool = BlockPool() if pool is None else pool  # memory of an earlier evaluation, to refill
+        self.pool = BlockPool() if pool is None else pool
         self.features = StoredRows(self.pool)  # evaluated rows
         self.labels: list[torch.Tensor] = []  # (n_i,) int64 each
-        self.train: SubspaceProbe | None = None  # second moments of the flushed training rows
-        # Training rows not yet folded in: one reused (16384, D) buffer, so each row is copied once.
-        self._buffer: torch.Tensor | None = None
-        self._pending_labels: list[torch.Tensor] = []
-        self._pending_rows = 0
+        self.train: SubspaceProbe | None = None  # second moments of the folded training rows
+        self._train_rows = StoredRows(self.pool)  # training rows not folded in yet: < 16,384 between batches
+        self._train_labels: list[torch.Tensor] = []
 
     @property
     def num_rows(self) -> int:
@@ -318,7 +326,7 @@ class ProbeStream:
         if split not in SPLITS:
             raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
         name = "predictions" if split == "test" else "train_predictions"
-        # A view, not yet scanned for NaN / inf: the scan runs on the copy below, while it is still in cache.
+        # A view, not yet scanned for NaN / inf: the scan runs on the copy, while it is still in cache.
         features = as_float_tensor(features, name, check_finite=False)
         labels = check_labels(name.replace("predictions", "references"), labels, len(features))
         dim = self._dim()
@@ -328,64 +336,43 @@ class ProbeStream:
             )
         if len(features) == 0:
             return
+        # A copy either way: the caller may reuse its batch buffer.
         if split == "test":
-            self.features.append(features.detach(), name)  # a copy: the caller may reuse its batch buffer
+            self.features.append(features.detach(), name)
             self.labels.append(labels.clone())
         else:
-            self._add_train(features.detach(), labels, name)
-
-    def _add_train(self, features: torch.Tensor, labels: torch.Tensor, name: str) -> None:
-        """Copy training rows `(n, D)` into the buffer, folding it into the moments each time it fills.
-
-        A batch is checked whole before any of its rows are folded in: a NaN in it leaves the stream as it was.
-        """
-        if self._buffer is not None and self._buffer.dtype != features.dtype:
-            self._flush()  # a new dtype (rare): finish the rows of the old one first
-            self._buffer = None
-        if self._buffer is None:
-            self._buffer = self.pool.take(features.shape[1], features.dtype, features.device)
-        spans_flush = self._pending_rows + len(features) > _ACCUMULATE_ROWS
-        if spans_flush:
-            check_finite_values(features, name)
-        start = 0
-        while start < len(features):
-            take = min(len(features) - start, _ACCUMULATE_ROWS - self._pending_rows)
-            rows = self._buffer[self._pending_rows : self._pending_rows + take]
-            rows.copy_(features[start : start + take])
-            if not spans_flush:
-                check_finite_values(rows, name)
-            self._pending_labels.append(labels[start : start + take].clone())
-            self._pending_rows += take
-            start += take
-            if self._pending_rows == _ACCUMULATE_ROWS:
-                self._flush()
+            self._train_rows.append(features.detach(), name)
+            self._train_labels.append(labels.clone())
+            self._fold(whole_blocks_only=True)
 
     def _dim(self) -> int | None:
-        if self.features.dim is not None:
-            return self.features.dim
-        if self._buffer is not None:
-            return self._buffer.shape[1]
+        for rows in (self.features, self._train_rows):
+            if rows.dim is not None:
+                return rows.dim
         return None if self.train is None else self.train.moments_.dim
 
-    def _flush(self) -> None:
-        """Fold the buffered training rows into the moments.
-
-        Full buffers are 16,384-row chunks, the chunks a one-shot ``SubspaceProbe.fit`` uses, so the first
-        chunk fixes the same shift and every product is the same: streamed == one call, bit for bit.
-        """
-        if not self._pending_rows:
+    def _fold(self, whole_blocks_only: bool = False) -> None:
+        """Fold the stored training rows into the moments: the full 16,384-row blocks, then (unless
+        ``whole_blocks_only``) the rest. Rows and labels were validated as they were added: no rescan."""
+        rows = self._train_rows
+        count = rows.num_rows
+        folded = count - count % _ACCUMULATE_ROWS if whole_blocks_only else count
+        if not folded:
             return
+        labels = torch.cat(self._train_labels)
         if self.train is None:
             self.train = SubspaceProbe()
-        # Rows and labels were validated as they were added: fold them in without scanning them again.
-        self.train._accumulate(self._buffer[: self._pending_rows], torch.cat(self._pending_labels))
-        self._pending_labels, self._pending_rows = [], 0
+        num_blocks = -(-folded // _ACCUMULATE_ROWS)
+        for start, block in zip(range(0, folded, _ACCUMULATE_ROWS), rows.views()[:num_blocks]):
+            self.train._accumulate(block, labels[start : start + len(block)])
+        rows.drop_front(num_blocks)
+        self._train_labels = [labels[folded:]]
 
     # ------------------------------------------------------------------------------------ merging
 
     def state(self) -> dict:
-        """Picklable CPU snapshot: evaluated rows and the training moments (flushes pending rows)."""
-        self._flush()
+        """Picklable CPU snapshot: evaluated rows and the training moments (folds pending training rows)."""
+        self._fold()
         state = {
             "features": torch.cat(self.features.views()).cpu() if self.labels else None,
             "labels": torch.cat(self.labels).cpu() if self.labels else None,
@@ -407,7 +394,7 @@ class ProbeStream:
 
     def merge(self, state: dict) -> None:
         """Append another stream's :meth:`state` (rows after this stream's, moments summed)."""
-        self._flush()
+        self._fold()
         if state["features"] is not None:
             self.features.append(state["features"], "features")
             self.labels.append(state["labels"])
@@ -437,7 +424,7 @@ class ProbeStream:
         dist = torch.distributed
         states = [None] * dist.get_world_size()
         dist.all_gather_object(states, self.state())
-        self.__init__()
+        self.__init__(pool=self.pool)
         for state in states:
             self.merge(state)
 
@@ -448,15 +435,15 @@ class ProbeStream:
 
         Consumes the evaluated rows (the 80/20 split regroups them in place): a second call raises.
         """
-        self._flush()
+        self._fold()
         if not self.labels:
             raise ValueError(
                 "predictions: no evaluated rows were added; add_batch(predictions=..., references=...)"
             )
         labels = torch.cat(self.labels) if len(self.labels) > 1 else self.labels[0]
-        store, self.features, self.labels = self.features, StoredRows(), []
+        store, self.features, self.labels = self.features, StoredRows(self.pool), []
         settings = {"train_probe": self.train, **kwargs}
         result = _probe_accuracy(store.views(), labels, private_rows=True, **settings)
-        # Blocks this evaluation filled, for the next one (see BlockPool); unused pooled blocks are let go.
-        self.pool = BlockPool(store.blocks + ([] if self._buffer is None else [self._buffer]))
+        # The blocks this evaluation used, for the next one; spare blocks it did not need are let go.
+        self.pool = BlockPool(store.blocks + self._train_rows.blocks + self.pool.returned)
         return result
