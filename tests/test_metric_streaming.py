@@ -83,13 +83,19 @@ def test_streamed_rows_over_several_blocks_equal_the_array_call_exactly():
 def test_an_evaluation_loop_refills_the_previous_evaluation_blocks_exactly():
     metric = load()  # one metric object, evaluated three times with other rows, sizes and dtypes
     pointers = []
-    for epoch, (num_rows, dtype) in enumerate([(20_000, np.float32), (17_000, np.float32), (3_000, np.float64)]):
+    for epoch, (num_rows, dtype) in enumerate(
+        [(20_000, np.float32), (17_000, np.float32), (3_000, np.float64)]
+    ):
         X, y = make_problem(num_rows=num_rows, dim=8, seed=10 + epoch)
         X = X.astype(dtype)
         X_train, y_train = make_problem(num_rows=5_000, dim=8, seed=20 + epoch)
         expected = load().compute(predictions=X, references=y, subspaces=SUBSPACES)
         expected_train = load().compute(
-            predictions=X, references=y, train_predictions=X_train, train_references=y_train, subspaces=SUBSPACES
+            predictions=X,
+            references=y,
+            train_predictions=X_train,
+            train_references=y_train,
+            subspaces=SUBSPACES,
         )
         for rows in np.array_split(np.arange(num_rows), 9):
             metric.add_batch(predictions=X[rows], references=y[rows])
