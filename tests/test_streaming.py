@@ -97,6 +97,8 @@ def launch(output_dir, env):
                             text=True, start_new_session=True)  # fmt: skip
 
 
+# A minute of SIGKILL and restart: CI's second step (README: the slow tests).
+@pytest.mark.slow
 def test_a_killed_stream_resumes_at_its_position(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     reference = launch(tmp_path / "reference", env)

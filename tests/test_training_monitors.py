@@ -172,6 +172,8 @@ def test_pretrain_bad_arguments_exit_2_with_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+# Two launcher start-ups (20 s): CI's second step.
+@pytest.mark.slow
 def test_under_accelerate_launch_the_error_line_comes_last(tmp_path):
     """accelerate's launcher prints its own traceback after a failed child: our one line is printed again after it."""
     accelerate = Path(sys.executable).parent / "accelerate"
