@@ -204,7 +204,11 @@ def _reference_shift(first_rows: torch.Tensor) -> torch.Tensor:
         total_square += block.square().sum(0)
     mean = total.to(torch.float64) / len(first_rows)
     mean_square = total_square.to(torch.float64) / len(first_rows)
-    return torch.zeros_like(mean) if bool((2 * mean.square() <= mean_square).all()) else mean
+    if bool((2 * mean.square() <= mean_square).all()):
+        return torch.zeros_like(mean)
+    # The shift itself is the rows' mean as torch computes it in the input precision (one more pass, only
+    # when shifting), so that the sums keep the same low bits whichever way the decision was reached.
+    return first_rows.to(dtype).mean(0).to(torch.float64)
 
 
 def _finite(*tensors: torch.Tensor) -> bool:

@@ -99,7 +99,7 @@ def _take_rows(
     dtype = blocks[0].dtype
     for block in blocks[1:]:
         dtype = torch.promote_types(dtype, block.dtype)
-    if out is None or out.dtype != dtype:
+    if out is None or out.dtype != dtype or len(out) < len(index):
         out = torch.empty(len(index), blocks[0].shape[1], dtype=dtype, device=blocks[0].device)  # (M, D)
     out = out[: len(index)]
     if len(blocks) == 1:
@@ -260,12 +260,13 @@ class StoredRows:
     def append(self, rows: torch.Tensor, name: str) -> None:
         """Copy ``rows`` `(n, D)` in; NaN / inf raise ``ValueError`` naming ``name`` and add nothing."""
         dtype = rows.dtype if not self.blocks else torch.promote_types(self.blocks[0].dtype, rows.dtype)
-        if self.blocks and dtype != self.blocks[0].dtype:
-            self.blocks = [block.to(dtype) for block in self.blocks]
+        widen = bool(self.blocks) and dtype != self.blocks[0].dtype
         end = self.num_rows + len(rows)
-        new_block = end > len(self.blocks) * _ACCUMULATE_ROWS
-        if new_block:
-            check_finite_values(rows, name)  # before any allocation; otherwise each copy is checked in cache
+        checked_first = widen or end > len(self.blocks) * _ACCUMULATE_ROWS
+        if checked_first:  # before widening or allocating: a refused batch must leave no trace
+            check_finite_values(rows, name)
+        if widen:
+            self.blocks = [block.to(dtype) for block in self.blocks]
         while len(self.blocks) * _ACCUMULATE_ROWS < end:
             self.blocks.append(self.pool.take(rows.shape[1], dtype, rows.device))
         start = 0
@@ -274,8 +275,8 @@ class StoredRows:
             take = min(len(rows) - start, _ACCUMULATE_ROWS - offset)
             copy = self.blocks[block][offset : offset + take]
             copy.copy_(rows[start : start + take])
-            if not new_block:
-                check_finite_values(copy, name)
+            if not checked_first:
+                check_finite_values(copy, name)  # in cache, right after the copy
             start += take
         self.num_rows = end
 
@@ -433,7 +434,8 @@ class ProbeStream:
     def compute(self, **kwargs) -> dict[str, float | int | str]:
         """:func:`subspace_probe_accuracy` of the accumulated rows (``kwargs``: its settings and train_*).
 
-        Consumes the evaluated rows (the 80/20 split regroups them in place): a second call raises.
+        Consumes the evaluated rows (the 80/20 split regroups them in place): a second call raises unless rows
+        are added again. The training moments stay: streamed training rows count for later calls too.
         """
         self._fold()
         if not self.labels:
@@ -444,6 +446,9 @@ class ProbeStream:
         store, self.features, self.labels = self.features, StoredRows(self.pool), []
         settings = {"train_probe": self.train, **kwargs}
         result = _probe_accuracy(store.views(), labels, private_rows=True, **settings)
-        # The blocks this evaluation used, for the next one; spare blocks it did not need are let go.
-        self.pool = BlockPool(store.blocks + self._train_rows.blocks + self.pool.returned)
+        # The blocks this evaluation used, for the next one; spare blocks it did not need are let go. The same
+        # pool object, which every store of this stream draws from, so that no block is handed out twice. Only
+        # CPU blocks: on a GPU, PyTorch's caching allocator already reuses freed memory without page faults.
+        used = store.blocks + self._train_rows.blocks + self.pool.returned
+        self.pool.spare, self.pool.returned = [block for block in used if block.device.type == "cpu"], []
         return result

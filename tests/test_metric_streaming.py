@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import hf_recperc
+import hf_recperc.streaming
 
 SUBSPACES = ["top:0.9", "bottom:0.2", "first:3", "last:4", "all"]
 WORKER = Path(__file__).with_name("metric_stream_worker.py")
@@ -78,6 +79,54 @@ def test_streamed_rows_over_several_blocks_equal_the_array_call_exactly():
         batch = X[low:high] if low < 33_000 else torch.from_numpy(X[low:high]).half()
         metric.add_batch(predictions=batch, references=y[low:high])
     assert metric.compute(subspaces=SUBSPACES) == expected
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_refused_wider_batch_leaves_the_stored_rows_in_their_dtype(split):
+    X, y = make_problem(num_rows=3_000, dim=16)
+    X = X.astype(np.float32)
+    reference, metric = load(), load()
+    for stream in (reference, metric):
+        stream.add_batch(predictions=X[:2_000], references=y[:2_000], split=split)
+    bad = np.ones((10, 16))  # float64 (numpy's default) with a NaN: widening first would change every row
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="predictions: contains NaN or infinite values"):
+        metric.add_batch(predictions=bad, references=np.zeros(10, int), split=split)
+    for stream in (reference, metric):
+        stream.add_batch(predictions=X[2_000:], references=y[2_000:])
+    assert metric.compute(subspaces=SUBSPACES) == reference.compute(subspaces=SUBSPACES)
+
+
+def test_a_probe_stream_used_again_after_compute_never_hands_one_block_out_twice():
+    blocks = hf_recperc.streaming._ACCUMULATE_ROWS
+    rng = np.random.default_rng(0)
+
+    def rows(num_rows):
+        labels = rng.permutation(np.arange(num_rows) % 3)
+        features = (rng.normal(size=(num_rows, 6)) + 1.0).astype(np.float32)
+        features[:, -3:] += np.eye(3, dtype=np.float32)[labels]
+        return torch.from_numpy(features), torch.from_numpy(labels)
+
+    train = [rows(blocks), rows(1_000), rows(1_000)]
+    test = [rows(100), rows(100), rows(blocks + 5_000)]
+    stream = hf_recperc.streaming.ProbeStream()
+    stream.add(*test[0])  # training moments carry over from one compute() to the next, evaluated rows do not
+    stream.add(*train[0], split="train")  # one whole block, folded and given back to the pool
+    stream.compute()
+    for train_rows, test_rows in zip(train[1:], test[1:]):
+        stream.add(*train_rows, split="train")
+        stream.add(*test_rows)
+        if train_rows is train[1]:
+            stream.compute()
+    pending = {block.data_ptr() for block in stream._train_rows.blocks}
+    assert not pending & {block.data_ptr() for block in stream.features.blocks}
+    reference = hf_recperc.streaming.ProbeStream()
+    reference.add(*train[0], split="train")
+    reference.add(*train[1], split="train")
+    reference._fold()  # the same fold points as the stream's second compute()
+    reference.add(*train[2], split="train")
+    reference.add(*test[2])
+    assert stream.compute(subspaces=SUBSPACES) == reference.compute(subspaces=SUBSPACES)
 
 
 def test_an_evaluation_loop_refills_the_previous_evaluation_blocks_exactly():
