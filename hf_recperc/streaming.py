@@ -149,46 +149,66 @@ def _probe_accuracy(
     if isinstance(subspaces, str):
         subspaces = [subspaces]
     estimator = SubspaceProbe(subspaces=tuple(subspaces), probe=probe, ridge=ridge, standardize=standardize)
-    if train_probe is not None or train_predictions is not None:
-        features = blocks[0] if len(blocks) == 1 else torch.cat(blocks)  # (N, D), all of them are scored
     if train_probe is not None:
-        estimator._validate_params()
-        if probe != "ridge":
-            raise ValueError(
-                f"probe={probe!r} needs the training rows themselves: pass train_predictions to compute() "
-                "instead of streaming them with split='train'"
-            )
-        estimator.moments_ = train_probe.moments_
-        estimator._class_columns = dict(train_probe._class_columns)
-        estimator._stale = True
-        if features.shape[1] != train_probe.moments_.dim:
-            raise ValueError(
-                f"predictions: expected {train_probe.moments_.dim} features per row like the training rows, "
-                f"got {features.shape[1]}"
-            )
-        return estimator.score(features, labels)
-    if train_predictions is None:
-        if not (0 < test_size < 1):
-            raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
-        train_index, test_index = stratified_split(labels.cpu().numpy(), test_size, seed)
-        train_labels = labels[torch.from_numpy(train_index)]
-        features, labels = _take_rows(blocks, test_index), labels[torch.from_numpy(test_index)]
-        if probe == "ridge":
-            chunks = (_chunks_in_place if private_rows else _chunks_of_rows)(
-                blocks, train_index, train_labels
-            )
-            return estimator._fit_chunks(chunks).score(features, labels)
-        train_features = _take_rows(blocks, train_index)
-    else:
-        train_features = as_float_tensor(train_predictions, "train_predictions")
-        train_labels = _labels(train_references, "train_references", len(train_features))
-        if train_features.shape[1] != features.shape[1]:
-            raise ValueError(
-                f"train_predictions: expected {features.shape[1]} features per row like predictions, "
-                f"got {train_features.shape[1]}"
-            )
-        if probe == "ridge":  # rows validated just above: fit without scanning them again
-            return estimator._fit_chunks([(train_features, train_labels)]).score(features, labels)
+        return _score_with_streamed_moments(estimator, train_probe, _concatenated(blocks), labels)
+    if train_predictions is not None:
+        return _score_with_training_rows(
+            estimator, _concatenated(blocks), labels, train_predictions, train_references
+        )
+    if not (0 < test_size < 1):
+        raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size!r}")
+    train_index, test_index = stratified_split(labels.cpu().numpy(), test_size, seed)
+    train_labels = labels[torch.from_numpy(train_index)]
+    features, labels = _take_rows(blocks, test_index), labels[torch.from_numpy(test_index)]
+    if probe != "ridge":
+        return estimator.fit(_take_rows(blocks, train_index), train_labels).score(features, labels)
+    gather = _chunks_in_place if private_rows else _chunks_of_rows
+    return estimator._fit_chunks(gather(blocks, train_index, train_labels)).score(features, labels)
+
+
+def _concatenated(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """The evaluated rows `(N, D)` as one tensor (no copy for a single block)."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+
+def _score_with_streamed_moments(
+    estimator: SubspaceProbe, train_probe: SubspaceProbe, features: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float | int | str]:
+    """Score ``features`` `(N, D)` with a probe solved from training moments streamed with split='train'."""
+    estimator._validate_params()
+    if estimator.probe != "ridge":
+        raise ValueError(
+            f"probe={estimator.probe!r} needs the training rows themselves: pass train_predictions to "
+            "compute() instead of streaming them with split='train'"
+        )
+    if features.shape[1] != train_probe.moments_.dim:
+        raise ValueError(
+            f"predictions: expected {train_probe.moments_.dim} features per row like the training rows, "
+            f"got {features.shape[1]}"
+        )
+    estimator.moments_ = train_probe.moments_
+    estimator._class_columns = dict(train_probe._class_columns)
+    estimator._stale = True
+    return estimator.score(features, labels)
+
+
+def _score_with_training_rows(
+    estimator: SubspaceProbe,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    train_predictions,
+    train_references,
+) -> dict[str, float | int | str]:
+    """Fit on ``train_predictions`` `(M, D)` / ``train_references`` `(M,)`, score ``features`` `(N, D)`."""
+    train_features = as_float_tensor(train_predictions, "train_predictions")
+    train_labels = _labels(train_references, "train_references", len(train_features))
+    if train_features.shape[1] != features.shape[1]:
+        raise ValueError(
+            f"train_predictions: expected {features.shape[1]} features per row like predictions, "
+            f"got {train_features.shape[1]}"
+        )
+    if estimator.probe == "ridge":  # rows validated just above: fit without scanning them again
+        return estimator._fit_chunks([(train_features, train_labels)]).score(features, labels)
     return estimator.fit(train_features, train_labels).score(features, labels)
 
 

@@ -60,3 +60,13 @@ def cifar10_pixels():
         X = torch.from_numpy(images_to_array(split, data.image_column)).flatten(1)
         arrays.append((X, torch.as_tensor(np.asarray(split[data.label_column]))))
     return tuple(arrays)
+
+
+def assert_same_metric_results(result: dict, expected: dict, tol: float) -> None:
+    """Same keys; floats within ``tol`` (absolute), everything else equal."""
+    assert result.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert result[key] == pytest.approx(value, abs=tol), key
+        else:
+            assert result[key] == value, key

@@ -16,6 +16,7 @@ import evaluate
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_metric_results
 
 import hf_recperc
 import hf_recperc.streaming
@@ -37,15 +38,6 @@ def make_problem(num_rows=600, dim=12, seed=0):
 
 def load(**kwargs):
     return evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY, **kwargs)
-
-
-def assert_close_results(result, expected, tol=1e-9):
-    assert result.keys() == expected.keys()
-    for key, value in expected.items():
-        if isinstance(value, float):
-            assert result[key] == pytest.approx(value, abs=tol), key
-        else:
-            assert result[key] == value, key
 
 
 def test_streamed_evaluated_rows_equal_the_array_call_exactly():
@@ -153,7 +145,7 @@ def test_an_evaluation_loop_refills_the_previous_evaluation_blocks_exactly():
         for rows in np.array_split(np.arange(5_000), 4):
             metric.add_batch(predictions=X_train[rows], references=y_train[rows], split="train")
         metric.add_batch(predictions=X, references=y)
-        assert_close_results(metric.compute(subspaces=SUBSPACES), expected_train)
+        assert_same_metric_results(metric.compute(subspaces=SUBSPACES), expected_train, 1e-9)
     assert pointers[1][0] in pointers[0]  # the second epoch refilled the first epoch's memory
 
 
@@ -171,7 +163,7 @@ def test_streamed_training_rows_equal_train_predictions(num_train):
         metric.add_batch(predictions=X[rows], references=y[rows])
     streamed = metric.compute(subspaces=SUBSPACES)
     assert streamed["num_train"] == num_train
-    assert_close_results(streamed, expected)
+    assert_same_metric_results(streamed, expected, 1e-9)
 
 
 def test_half_precision_batches_stream_like_their_float32_values():
@@ -181,7 +173,7 @@ def test_half_precision_batches_stream_like_their_float32_values():
     expected = metric.compute(predictions=half.astype(np.float32), references=y, subspaces=["all", "first:4"])
     for rows in np.array_split(np.arange(3000), 12):
         metric.add_batch(predictions=torch.from_numpy(half[rows]), references=y[rows])
-    assert_close_results(metric.compute(subspaces=["all", "first:4"]), expected, 1e-6)
+    assert_same_metric_results(metric.compute(subspaces=["all", "first:4"]), expected, 1e-6)
 
 
 def test_no_arrow_file_is_written(tmp_path):
@@ -231,7 +223,7 @@ def test_a_batch_with_nan_is_refused_whole_and_the_stream_goes_on(bad_batch_rows
     expected = load().compute(
         predictions=X, references=y, train_predictions=X_train, train_references=y_train, subspaces=SUBSPACES
     )
-    assert_close_results(metric.compute(subspaces=SUBSPACES), expected)
+    assert_same_metric_results(metric.compute(subspaces=SUBSPACES), expected, 1e-9)
 
 
 def test_combine_streams_into_every_module_and_forwards_settings():
@@ -304,7 +296,7 @@ def test_evaluate_two_process_mode_gives_the_one_process_answer():
     expected = one_process_answers()
     assert second == {"split": None, "streamed_train": None}  # evaluate's convention: process 0 reports
     assert first["split"] == expected["split"]
-    assert_close_results(first["streamed_train"], expected["streamed_train"])
+    assert_same_metric_results(first["streamed_train"], expected["streamed_train"], 1e-9)
     assert not list((out_dir / "cache").rglob("*.pt")), "state files are removed once merged"
     assert not list((out_dir / "cache").rglob("*.arrow"))
 
@@ -315,7 +307,7 @@ def test_torch_distributed_gives_the_one_process_answer_on_every_rank():
     assert first.pop("rank0_arrays") == expected["split"] and "rank0_arrays" not in second
     for got in (first, second):
         assert got["split"] == expected["split"]
-        assert_close_results(got["streamed_train"], expected["streamed_train"])
+        assert_same_metric_results(got["streamed_train"], expected["streamed_train"], 1e-9)
 
 
 def readme_snippets() -> list[str]:

@@ -6,6 +6,7 @@ import evaluate
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_metric_results
 
 import hf_recperc
 from hf_recperc import PCA, SecondMoments, SubspaceProbe
@@ -26,15 +27,6 @@ def loud_problem(num_rows=5000, dim=64, seed=0):
     return features.astype(np.float32), labels
 
 
-def assert_same_result(result, expected, tol=1e-3):
-    assert result.keys() == expected.keys()
-    for key, value in expected.items():
-        if isinstance(value, float):
-            assert result[key] == pytest.approx(value, abs=tol), key
-        else:
-            assert result[key] == value, key
-
-
 @pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
 def test_metric_on_half_precision_features_gives_the_float32_answer(metric, dtype):
     X, y = loud_problem()
@@ -43,9 +35,9 @@ def test_metric_on_half_precision_features_gives_the_float32_answer(metric, dtyp
     expected = metric.compute(predictions=widened, references=y, subspaces=["all", "first:8"])
     result = metric.compute(predictions=half, references=y, subspaces=["all", "first:8"])
     assert expected["accuracy/all"] > 0.4  # the signal is found (the old code gave chance, 0.25 here)
-    assert_same_result(result, expected)
+    assert_same_metric_results(result, expected, 1e-3)
     # Rounding to half moves features by ~1e-3 relative: the answer stays that of the float32 data.
-    assert_same_result(
+    assert_same_metric_results(
         result, metric.compute(predictions=X, references=y, subspaces=["all", "first:8"]), 0.02
     )
 
@@ -61,7 +53,7 @@ def test_probe_and_moments_accumulate_half_precision_in_float32_or_wider():
     for rows in torch.arange(len(X)).split(1000):
         probe.partial_fit(half[rows], y[rows.numpy()])
     expected = SubspaceProbe(subspaces=("all",)).fit(half.float(), y)
-    assert_same_result(probe.score(half, y), expected.score(half.float(), y))
+    assert_same_metric_results(probe.score(half, y), expected.score(half.float(), y), 1e-3)
     torch.testing.assert_close(probe.eigenvalues_, expected.eigenvalues_, rtol=1e-4, atol=1e-6)
 
 
@@ -80,7 +72,7 @@ def test_features_too_large_for_float32_products_give_the_right_answer(metric):
     huge = X * np.float32(1e30)
     assert np.isfinite(huge).all()
     result = metric.compute(predictions=huge, references=y, subspaces=["all", "first:4"])
-    assert_same_result(result, expected, 1e-6)
+    assert_same_metric_results(result, expected, 1e-6)
     pca = PCA().fit(huge)
     torch.testing.assert_close(
         pca.eigenvalues_ / 1e60, PCA().fit(X.astype(np.float64)).eigenvalues_, rtol=1e-4, atol=0
@@ -133,7 +125,7 @@ def test_ids_compacted_per_batch_and_merged_give_the_one_shot_answer():
         np.concatenate([ids[::-1][:300], ids[:600], ids[600:][::-1]]),
     )
     assert streamed.classes_.tolist() == [3, 7, 42, 1_000] == direct.classes_.tolist()
-    assert_same_result(streamed.score(X, ids), direct.score(X, ids), 1e-12)
+    assert_same_metric_results(streamed.score(X, ids), direct.score(X, ids), 1e-12)
     torch.testing.assert_close(streamed.coef_, direct.coef_, rtol=1e-9, atol=1e-12)
 
 

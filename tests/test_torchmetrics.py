@@ -8,9 +8,9 @@ import torch
 
 pytest.importorskip("torchmetrics")
 
+from conftest import assert_same_metric_results  # noqa: E402
 from test_metric_streaming import (  # noqa: E402
     SUBSPACES,
-    assert_close_results,
     make_problem,
     one_process_answers,
     two_process_results,
@@ -35,7 +35,7 @@ def test_same_numbers_as_the_evaluate_module():
     metric.reset()
     stream(metric, X_train, y_train, split="train", parts=7)
     stream(metric, X, y)
-    assert_close_results(metric.compute(), expected["streamed_train"])
+    assert_same_metric_results(metric.compute(), expected["streamed_train"], 1e-9)
     metric.reset()
     assert not metric.features and float(metric.train_count) == 0.0
 
@@ -53,11 +53,11 @@ def test_float32_and_half_batches_match_the_module_to_float32_accuracy():
     metric = SubspaceProbeAccuracy(16, 3)
     stream(metric, X[:1000], y[:1000], split="train")
     stream(metric, X[1000:], y[1000:])
-    assert_close_results(metric.compute(), expected, 1e-5)
+    assert_same_metric_results(metric.compute(), expected, 1e-5)
     half = SubspaceProbeAccuracy(16, 3)
     stream(half, X[:1000].astype(np.float16), y[:1000], split="train")
     stream(half, X[1000:].astype(np.float16), y[1000:])
-    assert_close_results(half.compute(), expected, 2e-2)  # features rounded to half: ~1e-3 relative
+    assert_same_metric_results(half.compute(), expected, 2e-2)  # features rounded to half: ~1e-3 relative
 
 
 def test_states_are_moments_not_features():
@@ -100,7 +100,7 @@ def test_two_gloo_processes_give_the_one_process_answer():
     expected = one_process_answers()
     for got in two_process_results()[0]["torchmetrics"]:
         assert got["split"] == expected["split"]
-        assert_close_results(got["streamed_train"], expected["streamed_train"])
+        assert_same_metric_results(got["streamed_train"], expected["streamed_train"], 1e-9)
 
 
 def test_inside_a_lightning_trainer_as_a_callback_metric(tmp_path):
@@ -189,4 +189,4 @@ def test_inside_a_lightning_trainer_as_a_callback_metric(tmp_path):
         train_references=y[:512].numpy(),
         subspaces=["first:2", "all"],
     )
-    assert_close_results(callback.results[-1], expected, 1e-5)
+    assert_same_metric_results(callback.results[-1], expected, 1e-5)
