@@ -175,7 +175,8 @@ def test_pretrain_bad_arguments_exit_2_with_one_line(tmp_path):
 # Two launcher start-ups (20 s): CI's second step.
 @pytest.mark.slow
 def test_under_accelerate_launch_the_error_line_comes_last(tmp_path):
-    """accelerate's launcher prints its own traceback after a failed child: our one line is printed again after it."""
+    """accelerate's launcher prints its own traceback after a failed child (and, from 1.16, the child's captured
+    stderr inside it): our one line comes after it, once."""
     accelerate = Path(sys.executable).parent / "accelerate"
     done = subprocess.run(
         [str(accelerate), "launch", "scripts/pretrain.py", "--output_dir", str(tmp_path / "x"), "--monitors", "nope"],
@@ -183,6 +184,7 @@ def test_under_accelerate_launch_the_error_line_comes_last(tmp_path):
     )  # fmt: skip
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("error: monitors:"), done.stderr[-2000:]
+    assert done.stderr.count("error: monitors:") == 1, done.stderr[-2000:]
 
 
 def test_help_is_fast_and_states_each_default_once():

@@ -47,16 +47,17 @@ def run_command(body: Callable[[Sequence[str] | None], Any], argv: Sequence[str]
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-# Wait (at most 10 s) for the launcher process to exit, then print the line.
+# Wait (at most 10 s) for the launcher process to exit, then write the line to the launcher's stderr (an
+# inherited descriptor).
 _REPRINT = """import os, sys, time
-launcher, line, start = int(sys.argv[1]), sys.argv[2], time.time()
+launcher, descriptor, line, start = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], time.time()
 while time.time() - start < 10:
     try:
         os.kill(launcher, 0)
     except OSError:
         break
     time.sleep(0.05)
-sys.stderr.write(line + "\\n")
+os.write(descriptor, (line + "\\n").encode())
 """
 
 
@@ -64,17 +65,36 @@ def report_error(error: BaseException, code: int) -> int:
     """Print ``error: <message>`` as one line on stderr and return ``code``.
 
     Under ``accelerate launch`` the launcher answers a non-zero exit with its own ``CalledProcessError`` traceback
-    (and exit code 1), printed after ours; a detached process prints the line again once the launcher has exited,
-    so that the user reads it last (main process only).
+    (and exit code 1) after our output; accelerate >= 1.16 also captures the child's stderr and prints it again in
+    that traceback. So on the main process the line is handed to a detached process that prints it on the
+    launcher's own stderr once the launcher has exited: the user reads it last, and once. Where that cannot be
+    arranged (no ``/proc``), the line is printed here.
     """
     line = f"error: {one_line(error)}"
-    print(line, file=sys.stderr, flush=True)
     launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by `accelerate launch` for its children
-    if launched and os.environ.get("RANK", "0") == "0":
-        import subprocess  # noqa: PLC0415
-
-        subprocess.Popen([sys.executable, "-c", _REPRINT, str(os.getppid()), line], start_new_session=True)
+    if not (launched and os.environ.get("RANK", "0") == "0" and _reprint_after_launcher(line)):
+        print(line, file=sys.stderr, flush=True)
     return code
+
+
+def _reprint_after_launcher(line: str) -> bool:
+    """Start the detached printer on the launcher's stderr; ``False`` when it cannot be opened."""
+    import subprocess  # noqa: PLC0415
+
+    try:
+        # Append mode: when stderr is a regular file (a log), "w" would truncate it.
+        launcher_stderr = open(f"/proc/{os.getppid()}/fd/2", "ab")  # noqa: SIM115
+    except OSError:
+        return False
+    with launcher_stderr:
+        # The printer must not hold our stderr: accelerate >= 1.16 reads it through a pipe until every writer
+        # closes it, so a printer holding it would keep the launcher waiting.
+        subprocess.Popen(
+            [sys.executable, "-c", _REPRINT, str(os.getppid()), str(launcher_stderr.fileno()), line],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(launcher_stderr.fileno(),), start_new_session=True,
+        )  # fmt: skip
+    return True
 
 
 def one_line(err: BaseException) -> str:

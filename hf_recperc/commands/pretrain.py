@@ -2,7 +2,7 @@
 perception while it learns.
 
 Exit codes: 0 done, 2 bad arguments or data (one line ``error: ...``, nothing trained or written; under
-``accelerate launch`` the launcher itself exits with 1 and the line is printed again after its traceback), 1 a NaN
+``accelerate launch`` the launcher itself exits with 1 and the line is printed once, after its traceback), 1 a NaN
 loss or a failed Hub push (the message says what was kept).
 """
 
