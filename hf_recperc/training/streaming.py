@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +37,6 @@ from ..pixel_store import image_to_uint8
 from .datapath import StoredImages
 
 __all__ = ["StreamData", "load_stream", "StreamedImages", "materialise", "stream_datasets"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
