@@ -18,6 +18,7 @@ by the split's fingerprint, for the pixel-space tools (PCA, probes, linear theor
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -35,13 +36,17 @@ __all__ = [
     "ImageData",
     "ProcessedImages",
     "decode_image",
+    "unreadable_image",
     "load_image_dataset",
     "images_to_array",
     "paper_preprocessing",
     "processor_transform",
     "random_crop_flip",
     "cache_root",
+    "load_cached_array",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "digits"
 _IMAGE_COLUMNS = ("img", "image", "pixel_values", "images")
@@ -356,6 +361,56 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or os.environ.get("HF_RECPERC_CACHE") or Path.home() / ".cache" / "hf_recperc")
 
 
+def load_cached_array(
+    path: Path | None, dtype, shape: tuple[int | None, ...], mmap_mode: str | None = "r"
+) -> np.ndarray | None:
+    """A cached ``.npy`` array, or ``None`` (decode again) when there is none (or no ``path``) or it is not whole.
+
+    A cache can be cut short (a full disk, an interrupted copy, a file written before writes were atomic); numpy
+    then fails with "mmap length is greater than file size", naming no file, and every later run fails the same way.
+    So the header is read first and the file's size checked against it; a damaged file is logged, and the caller
+    decodes again and replaces it.
+
+    Args:
+        path: the ``.npy`` file.
+        dtype: the dtype it must hold (in C order).
+        shape: the shape it must have; ``None`` entries match any length.
+        mmap_mode: passed to ``np.load`` (``None`` reads it into memory).
+    """
+    if path is None or not path.exists():
+        return None
+    try:
+        stored_shape, fortran_order, stored_dtype, data_offset, size = _npy_header(path)
+    except (OSError, ValueError, EOFError) as err:  # numpy reports a bad header as ValueError
+        return _damaged_cache(path, f"unreadable header: {' '.join(str(err).split())}")
+    if stored_dtype != np.dtype(dtype) or fortran_order:
+        found = f"{stored_dtype}{' in Fortran order' if fortran_order else ''}"
+        return _damaged_cache(path, f"holds {found}, expected {np.dtype(dtype)}")
+    if len(stored_shape) != len(shape) or any(e is not None and e != s for s, e in zip(stored_shape, shape)):
+        return _damaged_cache(path, f"holds shape {stored_shape}, expected {tuple(shape)}")
+    expected_size = data_offset + int(np.prod(stored_shape)) * stored_dtype.itemsize
+    if size != expected_size:
+        return _damaged_cache(path, f"{size:,} bytes, expected {expected_size:,} for shape {stored_shape}")
+    return np.load(path, mmap_mode=mmap_mode)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:
+    """``(shape, fortran_order, dtype, data offset, file size)`` of a ``.npy`` file (numpy's format 1.0 / 2.0, what
+    ``np.save`` writes), without reading its data."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        if version not in readers:
+            raise ValueError(f"npy format version {version}, expected 1.0 or 2.0")
+        shape, fortran_order, dtype = readers[version](file)
+        return shape, fortran_order, dtype, file.tell(), os.fstat(file.fileno()).st_size
+
+
+def _damaged_cache(path: Path, reason: str) -> None:
+    logger.warning(f"cache {str(path)!r} is damaged ({reason}): decoding the images again to rebuild it")
+    return None
+
+
 def decode_image(value, row: int, image_column: str, decoder: datasets.Image | None = None) -> Image.Image:
     """One image of a split, decoded, or a one-line ``ValueError`` naming its row and file.
 
@@ -368,18 +423,24 @@ def decode_image(value, row: int, image_column: str, decoder: datasets.Image | N
 
     Raises:
         ValueError: ``image_column: row N (file ...) is not a readable image: ...`` for a truncated, corrupt or
-            missing file.
+            missing file (:func:`unreadable_image`).
     """
     if isinstance(value, Image.Image):
         return value
     try:
         return (decoder or datasets.Image()).decode_example(value)
     except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... by format
-        path = value.get("path") if isinstance(value, dict) else value
-        reason = " ".join(f"{type(err).__name__}: {err}".split())
-        raise ValueError(
-            f"{image_column}: row {row} (file {path or 'embedded bytes'!r}) is not a readable image: {reason}"
-        ) from err
+        raise unreadable_image(value, row, image_column, err) from err
+
+
+def unreadable_image(value, row: int, image_column: str, error: BaseException, source: str | None = None):
+    """The one-line ``ValueError`` of an image that does not decode: its column, row (``of source`` when given),
+    file (``path`` of an undecoded value, else its embedded bytes) and PIL's reason."""
+    path = value.get("path") if isinstance(value, dict) else value
+    reason = " ".join(f"{type(error).__name__}: {error}".split())
+    where = f"row {row} of {source}" if source else f"row {row}"
+    stored = f"file {path!r}" if path else "embedded bytes"
+    return ValueError(f"{image_column}: {where} ({stored}) is not a readable image: {reason}")
 
 
 def _undecoded(split: datasets.Dataset, image_column: str) -> tuple[datasets.Dataset, datasets.Image | None]:
@@ -481,10 +542,9 @@ def images_to_array(
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size: expected a positive integer or None, got {image_size!r}")
     path = _cache_path(dataset, f"{image_column}@{image_size}", cache_dir) if cache else None
-    if path is not None and path.exists():
-        array = np.load(path, mmap_mode=None)
-        if num_channels is None or array.shape[1] == num_channels:
-            return array
+    cached = load_cached_array(path, np.float32, (len(dataset), None, image_size, image_size), mmap_mode=None)
+    if cached is not None and (num_channels is None or cached.shape[1] == num_channels):
+        return cached
     undecoded, decoder = _undecoded(dataset, image_column)
     first = decode_image(undecoded[0][image_column], 0, image_column, decoder)
     mode = {1: "L", 3: "RGB"}.get(num_channels) or ("L" if first.mode in _GRAY_MODES else "RGB")

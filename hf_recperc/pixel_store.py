@@ -17,7 +17,6 @@ does the same arithmetic on the device.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import _undecoded, cache_root, decode_image
+from .data import _undecoded, cache_root, decode_image, load_cached_array
 
 __all__ = [
     "decode_uint8",
@@ -60,10 +59,8 @@ def _resize_uint8(pixels: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def image_to_uint8(image, num_channels: int, image_size: int) -> tuple[np.ndarray, bool]:
-    """One image (PIL, or encoded ``{"bytes": ...}`` as a ``decode=False`` column gives) -> `(C, S, S)` uint8, and
-    whether it had to be resized."""
-    if isinstance(image, dict):  # undecoded datasets.Image value
-        image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
+    """One decoded image (PIL, from :func:`hf_recperc.data.decode_image`, which names an unreadable file's row) ->
+    `(C, S, S)` uint8, and whether it had to be resized."""
     mode = "L" if num_channels == 1 else "RGB"
     pixels = np.asarray(image.convert(mode) if isinstance(image, Image.Image) else image, dtype=np.uint8)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, h, w)
@@ -109,10 +106,9 @@ def decode_uint8(
     if key is None:
         return _decode(dataset, image_column, num_channels, image_size), "decoded in memory"
     path = cache_root() / "uint8" / f"{key}.npy"
-    if path.exists():
-        pixels = np.load(path, mmap_mode="r")
-        if pixels.shape == (len(dataset), num_channels, image_size, image_size):
-            return pixels, f"cached at {path}"
+    pixels = load_cached_array(path, np.uint8, (len(dataset), num_channels, image_size, image_size))
+    if pixels is not None:
+        return pixels, f"cached at {path}"
     pixels = _decode(dataset, image_column, num_channels, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp.npy")

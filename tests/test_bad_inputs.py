@@ -98,3 +98,149 @@ def test_every_console_command_is_in_the_table():
     for name in tested:
         assert f"hf_recperc.commands.{name}:main" in scripts
     assert scripts.count("hf_recperc.commands.") == len(tested)
+
+
+# ---- data path (trust items 16, 17) ----
+
+
+def _write_image_parquet(path, labels, names=("a", "b", "c"), corrupt_rows=()):
+    """A parquet split of 8x8 grayscale PNGs (random pixels) with ``ClassLabel`` labels; the rows of
+    ``corrupt_rows`` hold bytes that are no image."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for row in range(len(labels)):
+        encoded = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), mode="L").save(encoded, "PNG")
+        images.append({"bytes": b"not an image" if row in corrupt_rows else encoded.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(str(path))
+
+
+TINY_RUN = [
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--max_steps", "30",
+    "--eval_steps", "3", "--checkpointing_steps", "2", "--report_to", "none", "--shuffle_buffer_size", "16",
+]  # fmt: skip
+
+
+def _assert_one_line_error_and_no_model(capsys, tmp_path, out, expected: str) -> str:
+    """The command printed one ``error:`` line holding ``expected``; output_dir holds no model (at most complete
+    checkpoints of the steps before the error) and no lock or staging directory is left beside it."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and expected in err[-1], err[-1:]
+    assert "Traceback" not in "\n".join(err)
+    if out.exists():
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data"] + (["out"] if out.exists() else []))
+    return err[-1]
+
+
+def test_a_one_class_data_set_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """Trust 16: a data set with one class trained to the first evaluation, then the spectrum monitor raised (and
+    a resumed run again): now a one-line error before any step names label_column and the classes found."""
+    from hf_recperc.training.loop import PretrainingRun
+
+    monkeypatch.delenv("RECPERC_TRACEBACK", raising=False)
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    _write_image_parquet(data / "train.parquet", [1] * 40)  # ClassLabel with 3 names, 1 present
+    _write_image_parquet(data / "test.parquet", [1] * 8)
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("a training step ran before the data was checked")
+
+    monkeypatch.setattr(PretrainingRun, "train_step", no_step)
+    argv = ["--output_dir", str(out), "--dataset_name", str(data), *TINY_RUN]
+    assert pretrain.main(argv) == 2
+    line = _assert_one_line_error_and_no_model(capsys, tmp_path, out, "error: label_column: 'label' of")
+    assert "holds 1 class(es) ['b']" in line and "needs at least 2 classes" in line
+    assert "--monitors" in line  # says how to go on
+    assert not out.exists()
+
+
+def test_monitor_rows_every_process_needs_one_row():
+    """Trust 16: fewer validation (or probe) rows than processes left a process with an empty shard, whose monitors
+    failed at the first evaluation; the run refuses it at start, naming the argument."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from hf_recperc.training.loaders import check_monitor_rows
+
+    data = SimpleNamespace(label_column="label", label_names=["a", "b"], source="set")
+    args = SimpleNamespace(monitors=["reconstruction", "subspace"], monitor_max_eval_samples=1000)
+    labels = np.array([0, 1, 0, 1])
+    check_monitor_rows(data, labels, 1, args, num_processes=1)  # one validation row, one process: fine
+    with pytest.raises(
+        ValueError, match=r"^monitor_max_eval_samples: the monitors would read 1 validation row"
+    ):
+        check_monitor_rows(data, labels, 1, args, num_processes=2)
+    with pytest.raises(ValueError, match=r"^probe_max_train_samples: .* 4 training row\(s\) over 8 process"):
+        check_monitor_rows(data, labels, 100, args, num_processes=8)
+    # Without a probe monitor one class is fine (the spectrum of its own moments, reconstruction, kNN).
+    one_class = SimpleNamespace(monitors=["reconstruction", "spectrum", "knn"], monitor_max_eval_samples=0)
+    check_monitor_rows(data, np.zeros(4, dtype=np.int64), 4, one_class, num_processes=1)
+
+
+def test_monitors_score_a_class_absent_from_evaluation_and_a_single_row():
+    """Trust 16: a class present in training but absent from evaluation, or a single evaluated row, gives every
+    monitor finite numbers (the probes score the rows there are), never a late traceback."""
+    import math
+
+    import torch
+
+    from hf_recperc.monitors import (
+        KNNMonitor,
+        LayerProbeMonitor,
+        MonitorBatch,
+        OnlineProbeMonitor,
+        SpectrumMonitor,
+        SubspaceProbeMonitor,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    train_x, train_y = torch.randn(30, 6, generator=generator), torch.tensor([0, 1, 2] * 10)
+    for eval_y in (torch.tensor([0, 1, 0, 1]), torch.tensor([2])):
+        subspace = SubspaceProbeMonitor()
+        monitors = [subspace, SpectrumMonitor(source=subspace), KNNMonitor(k=3), LayerProbeMonitor([0])]
+        monitors.append(OnlineProbeMonitor())
+        eval_x = torch.randn(len(eval_y), 6, generator=generator)
+        for split, x, y in (("train", train_x, train_y), ("eval", eval_x, eval_y)):
+            features = {"embedding": x, "layer_0/mean": x}
+            batch = MonitorBatch(split, labels=y, features=features, logits=torch.randn(len(y), 3))
+            for monitor in monitors:
+                monitor.update(batch)
+        for monitor in monitors:
+            monitor.all_reduce()
+            values = monitor.compute()
+            assert values and all(math.isfinite(v) for k, v in values.items() if "alpha" not in k), (
+                monitor.name
+            )
+
+
+@pytest.mark.parametrize("probe_rows", ["2000", "20"], ids=["in_the_probe_rows", "in_the_shuffled_stream"])
+def test_a_corrupt_image_in_a_streamed_shard_names_row_and_file(tmp_path, capsys, monkeypatch, probe_rows):
+    """Trust 17: a corrupt image in a streamed shard was an UnidentifiedImageError at step 14 naming no row or
+    file; now a one-line error names the column, the row in its parquet file and the file, and no model is
+    written (checkpoints of earlier steps stay complete; the lock is released)."""
+    monkeypatch.delenv("RECPERC_TRACEBACK", raising=False)
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    _write_image_parquet(data / "train-00000.parquet", [0, 1, 2] * 20)
+    _write_image_parquet(data / "train-00001.parquet", [0, 1, 2] * 20, corrupt_rows={13})
+    _write_image_parquet(data / "test.parquet", [0, 1, 2] * 4)
+    argv = ["--output_dir", str(out), "--dataset_name", str(data), "--streaming", *TINY_RUN]
+    assert pretrain.main([*argv, "--probe_max_train_samples", probe_rows]) == 2
+    shard = data / "train-00001.parquet"
+    expected = (
+        f"error: image: row 13 of {str(shard)!r} (embedded bytes) is not a readable image: Unidentified"
+    )
+    _assert_one_line_error_and_no_model(capsys, tmp_path, out, expected)
+    if probe_rows == "20":  # found in the training stream, after steps that were checkpointed
+        checkpoints = sorted((out / "checkpoints").iterdir())
+        assert checkpoints and all((c / "trainer_state.json").is_file() for c in checkpoints)

@@ -1,5 +1,9 @@
 """The training data path: the uint8 store + on-device normalisation reproduces the image processor."""
 
+import logging
+import os
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pytest
@@ -124,3 +128,70 @@ def test_random_resized_crop_is_reproducible_random_and_flips():
     assert all(a or b for a, b in zip(is_flipped, is_same)) and 0 < sum(is_flipped) < 16
     with pytest.raises(ValueError, match="scale"):
         random_resized_crop_flip(images, scale=(0.0, 1.0))
+
+
+def _parquet_split(path, rows=12, corrupt_row=None):
+    """A file-backed split (so its decoded pixels are cached) of 8x8 RGB PNGs; ``corrupt_row`` holds no image."""
+    import io
+
+    rng = np.random.default_rng(0)
+    images = []
+    for row in range(rows):
+        encoded = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(encoded, "PNG")
+        images.append({"bytes": b"no image" if row == corrupt_row else encoded.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    table = {"image": images, "label": [row % 2 for row in range(rows)]}
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(path))
+    return load_image_dataset(train_file=str(path), validation_file=str(path))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_a_damaged_pixel_store_is_named_and_rebuilt(tmp_path, monkeypatch, caplog, damage):
+    """Trust 17: a truncated uint8 store failed every later run with numpy's "mmap length is greater than file
+    size", naming no file; now its header and size are checked, and a damaged store is logged by name and rebuilt."""
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "cache"))
+    data = _parquet_split(tmp_path / "train.parquet")
+    first, where = decode_uint8(data.train, "image", 3, 8)
+    expected, path = np.array(first), where.removeprefix("decoded, cached at ")
+    size = Path(path).stat().st_size
+    del first  # the memory map
+    if damage == "truncated":
+        os.truncate(path, size - 100)
+    else:
+        with open(path, "r+b") as file:
+            file.write(b"garbage!")
+    with caplog.at_level(logging.WARNING, logger="hf_recperc.data"):
+        again, where = decode_uint8(data.train, "image", 3, 8)
+    assert where == f"decoded, cached at {path}"
+    assert f"cache {path!r} is damaged" in caplog.text and "rebuild" in caplog.text
+    np.testing.assert_array_equal(again, expected)
+    assert Path(path).stat().st_size == size  # rebuilt whole: the next run reads it
+    assert decode_uint8(data.train, "image", 3, 8)[1] == f"cached at {path}"
+
+
+def test_a_truncated_float_pixel_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """Trust 17: the experiments' float pixel cache (``images_to_array``) gets the same check as the uint8 store."""
+    from hf_recperc.data import images_to_array
+
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "cache"))
+    data = _parquet_split(tmp_path / "train.parquet")
+    expected = images_to_array(data.train, "image")
+    (path,) = (tmp_path / "cache" / "pixels").glob("*.npy")
+    os.truncate(path, path.stat().st_size - 64)
+    with caplog.at_level(logging.WARNING, logger="hf_recperc.data"):
+        np.testing.assert_array_equal(images_to_array(data.train, "image"), expected)
+    assert f"cache {str(path)!r} is damaged" in caplog.text
+
+
+def test_the_processor_path_names_an_unreadable_images_row(tmp_path):
+    """Trust (images): ``--pixel_store false`` lost the error naming a bad row (``with_transform`` decodes inside
+    datasets); it now decodes through the same routine as the store and names the row."""
+    data = _parquet_split(tmp_path / "train.parquet", corrupt_row=5)
+    config = RecPercAEConfig.preset("cifar-conv-small", image_size=8, num_labels=2)
+    train, _, _ = build_datasets(data, config, image_processor_for(config), use_store=False, cache=False)
+    loader = torch.utils.data.DataLoader(train, batch_size=4, collate_fn=collate_stored)
+    with pytest.raises(ValueError, match=r"^image: row 5 \(embedded bytes\) is not a readable image"):
+        list(loader)
+    with pytest.raises(ValueError, match=r"^image: row 5 \(embedded bytes\) is not a readable image"):
+        build_datasets(data, config, image_processor_for(config), use_store=True, cache=False)

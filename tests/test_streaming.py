@@ -126,3 +126,27 @@ def test_a_killed_stream_resumes_at_its_position(tmp_path):
     for name in weights:
         diff = (weights[name].double() - resumed_weights[name].double()).abs().max().item()
         assert diff <= 1e-6, f"{name}: max abs diff {diff}"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_workers_with_streaming_are_logged_not_silently_ignored(small_parquet, caplog, workers):
+    """Trust (images): ``--dataloader_num_workers`` with ``--streaming`` was silently ignored; the stream stays in
+    the main process (its position is the trainer state's), and a warning says so and what the workers do."""
+    import logging
+
+    from hf_recperc.training.loaders import training_data
+
+    data = stream(small_parquet).data
+    config = RecPercAEConfig.preset("cifar-conv-small")
+    data_args = SimpleNamespace(streaming=True, shuffle_buffer_size=64, dataloader_num_workers=workers)
+    args = SimpleNamespace(
+        probe_max_train_samples=20, monitor_max_eval_samples=10, per_device_train_batch_size=16, seed=0,
+        monitors=["subspace"],
+    )  # fmt: skip
+    accelerator = SimpleNamespace(process_index=0, num_processes=1, is_main_process=True)
+    options = {"num_workers": workers, "pin_memory": False}
+    with caplog.at_level(logging.WARNING, logger="hf_recperc.training.loaders"):
+        built = training_data(data, config, None, data_args, args, accelerator, options)
+    assert len(built[2]) == 10 and len(built[3]) == 300 // 16
+    warned = f"dataloader_num_workers={workers}: with --streaming the training stream is read and decoded in the main"
+    assert (warned in caplog.text) == (workers > 0)

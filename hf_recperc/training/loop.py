@@ -271,7 +271,10 @@ class PretrainingRun:
         self.info(f"resumed from {resume_dir} at step {self.state.step}")
 
     def close(self) -> None:
-        """Release output_dir's lock (also after an error)."""
+        """Release output_dir's lock (also after an error); close the progress bar, so that an error's line is
+        printed after it, not above it."""
+        if getattr(self, "progress", None) is not None:
+            self.progress.close()
         output = getattr(self, "output", None)
         if output is not None:
             output.release_lock()
