@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 
 import datasets
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 
 from .data import _undecoded, cache_root, decode_image
+from .publish.atomic import prepare_cache_dir, save_npy
 
 __all__ = [
     "decode_uint8",
@@ -114,10 +114,8 @@ def decode_uint8(
         if pixels.shape == (len(dataset), num_channels, image_size, image_size):
             return pixels, f"cached at {path}"
     pixels = _decode(dataset, image_column, num_channels, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(partial, pixels)
-    os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
+    prepare_cache_dir(path.parent)
+    save_npy(path, pixels)  # atomic: a concurrent reader never sees half a file
     return np.load(path, mmap_mode="r"), f"decoded, cached at {path}"
 
 
