@@ -36,12 +36,15 @@ def run_python(code, tmp_path):
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
     root = tmp_path_factory.mktemp("space")
-    assert main(["--repo_id", "someone/subspace_probe_accuracy", "--output_dir", str(root), *REQUIREMENT]) == 0
+    assert (
+        main(["--repo_id", "someone/subspace_probe_accuracy", "--output_dir", str(root), *REQUIREMENT]) == 0
+    )
     return root / "subspace_probe_accuracy"  # the folder carries the module's name
 
 
 def test_layout_files_and_metadata(layout):
-    assert {p.name for p in layout.iterdir() if not p.name.startswith(".")} == LAYOUT  # and the writer's manifest
+    visible = {p.name for p in layout.iterdir() if not p.name.startswith(".")}  # and the writer's manifest
+    assert visible == LAYOUT
     card = (layout / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---\n")[1])
     assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py"
@@ -101,7 +104,9 @@ def test_push_uploads_exactly_the_layout(monkeypatch, tmp_path):
     folder = tmp_path / "probe_metric"
     folder.mkdir()
     (folder / "notes.txt").write_text("not part of the layout")
-    assert main(["--repo_id", "someone/probe_metric", "--output_dir", str(folder), "--push", *REQUIREMENT]) == 0
+    assert (
+        main(["--repo_id", "someone/probe_metric", "--output_dir", str(folder), "--push", *REQUIREMENT]) == 0
+    )
     create, upload = calls
     assert create["repo_type"] == "space" and create["space_sdk"] == "gradio" and create["exist_ok"]
     assert upload["repo_id"] == "someone/probe_metric" and upload["repo_type"] == "space"
