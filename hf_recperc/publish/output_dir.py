@@ -130,8 +130,9 @@ class OutputDirectory:
     # ------------------------------------------------------------------------------------------ before work
 
     def check(self, names: Collection[str] | None = None) -> None:
-        """Before any costly work, without writing anything: the folder can be written, no other run holds it,
-        and none of ``names`` (default: every declared name) is a file of the user's. Raises ``ValueError``."""
+        """Before any costly work, writing nothing (but removing a dead run's lock): the folder can be written, no
+        other run holds it, and none of ``names`` (default: every declared name) is a file of the user's. Raises
+        ``ValueError``."""
         self._check_target()
         if self.outputs.whole_directory:
             lock = self._lock_file()
