@@ -301,27 +301,6 @@ def test_a_folder_of_another_owner_is_published_file_by_file(tmp_path, monkeypat
 # ------------------------------------------------------------------- the metric Space's requirement (Trust 3)
 
 
-@pytest.mark.parametrize(
-    "requirement",
-    [
-        None,  # this checkout is installed editable: no pinned source to derive
-        "hf_recperc>=0.1.0",  # a name on the index that nobody owns
-        "hf_recperc",
-        "git+https://github.com/example/hf_recperc@main",  # a branch moves
-        "git+https://github.com/example/hf_recperc@v0.1.0",  # so can a tag
-        "git+http://github.com/example/hf_recperc@" + "0" * 40,  # no TLS
-        "https://example.org/hf_recperc-0.1.0-py3-none-any.whl",  # no hash
-    ],
-)
-def test_the_metric_space_never_gets_an_unpinned_requirement(tmp_path, requirement, monkeypatch):
-    """Trust 3: requirements.txt never says a bare 'hf_recperc>=...' (a name anyone may register on the index,
-    whose code every Space built from the default would run): an unpinned source is an error, nothing written."""
-    monkeypatch.setattr("hf_recperc.metric_hub._installed_source", lambda: None)
-    with pytest.raises(ValueError, match="hf_recperc_requirement: .*pinned source"):
-        write_metric_space(tmp_path / "probe_metric", "someone/probe_metric", requirement)
-    assert not (tmp_path / "probe_metric").exists()
-
-
 def test_the_metric_space_pins_the_commit_this_copy_was_installed_from(tmp_path, monkeypatch):
     """Trust 3: the default requirement is the git commit pip recorded for this copy (PEP 610), pinned."""
 
