@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .publish.atomic import prepare_cache_dir, save_npy
 from .validation import check_name_or_path, hub_offline
 
 __all__ = [
@@ -565,10 +566,8 @@ def images_to_array(
             pixels = np.asarray(image.convert(mode), dtype=np.float32) / 255.0
             array[start + offset] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(partial, array)
-        os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
+        prepare_cache_dir(path.parent)
+        save_npy(path, array)  # atomic: a concurrent reader never sees half a file
     return array
 
 

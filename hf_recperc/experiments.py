@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 from .cli import DataArguments
 from .data import cache_root, images_to_array, paper_preprocessing, random_crop_flip
 from .layers import conv_bn_relu
+from .publish.atomic import prepare_cache_dir, save_npz
 from .spectral import PCA, parse_subspace
 from .validation import check_positive_int, check_positive_number
 
@@ -204,10 +204,9 @@ def fit_pixel_pca(train_flat: np.ndarray, *, cache: bool = True, cache_dir: str 
     pca = PCA().fit(train_flat)
     logger.info("PCA of %s fitted in %.1f s", train_flat.shape, time.perf_counter() - start)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(
-            partial,
+        prepare_cache_dir(path.parent)
+        save_npz(  # atomic: a concurrent reader never sees half a file
+            path,
             standardize=np.array(pca.standardize),
             mean=pca.mean_.numpy(),
             scale=pca.scale_.numpy(),
@@ -216,7 +215,6 @@ def fit_pixel_pca(train_flat: np.ndarray, *, cache: bool = True, cache_dir: str 
             explained_variance_ratio=pca.explained_variance_ratio_.numpy(),
             n_samples_seen=np.array(pca.n_samples_seen_),
         )
-        os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
     return pca
 
 

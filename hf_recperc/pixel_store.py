@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 
 import datasets
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from .data import _undecoded, cache_root, decode_image, load_cached_array
+from .publish.atomic import prepare_cache_dir, save_npy
 
 __all__ = [
     "decode_uint8",
@@ -110,10 +110,8 @@ def decode_uint8(
     if pixels is not None:
         return pixels, f"cached at {path}"
     pixels = _decode(dataset, image_column, num_channels, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(partial, pixels)
-    os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
+    prepare_cache_dir(path.parent)
+    save_npy(path, pixels)  # atomic: a concurrent reader never sees half a file
     return np.load(path, mmap_mode="r"), f"decoded, cached at {path}"
 
 

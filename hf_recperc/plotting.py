@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from .publish.atomic import atomic_path
+
 __all__ = ["plot_curve_panels", "new_figure", "save_figure", "style_axis"]
 
 Curve = tuple[Sequence[float], Sequence[float]]
@@ -122,7 +124,6 @@ def save_figure(figure: Figure, path: str | os.PathLike, dpi: int | None = None,
         figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    figure.savefig(partial, format=path.suffix.lstrip(".") or "png", dpi=dpi or figure.dpi)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        figure.savefig(partial, format=path.suffix.lstrip(".") or "png", dpi=dpi or figure.dpi)
     return path

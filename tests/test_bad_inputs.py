@@ -244,3 +244,30 @@ def test_a_corrupt_image_in_a_streamed_shard_names_row_and_file(tmp_path, capsys
     if probe_rows == "20":  # found in the training stream, after steps that were checkpointed
         checkpoints = sorted((out / "checkpoints").iterdir())
         assert checkpoints and all((c / "trainer_state.json").is_file() for c in checkpoints)
+
+
+# ---- guarded writer (trust items 3, 8) ----
+
+UNPINNED = [
+    None,  # no flag, and this checkout is installed editable: no pinned source to derive
+    "hf_recperc>=0.1.0",  # a name on the index that nobody owns
+    "hf_recperc",
+    "git+https://github.com/example/hf_recperc@main",  # a branch moves
+    "git+https://github.com/example/hf_recperc@v0.1.0",  # so can a tag
+    "git+http://github.com/example/hf_recperc@" + "0" * 40,  # no TLS
+    "https://example.org/hf_recperc-0.1.0-py3-none-any.whl",  # no hash
+]
+
+
+@pytest.mark.parametrize("requirement", UNPINNED)
+def test_push_metric_never_writes_an_unpinned_requirement(requirement, tmp_path, capsys, monkeypatch):
+    """Trust 3: the Space's requirements.txt never says a bare 'hf_recperc>=...' (a name anyone may register on the
+    package index, whose code every Space built from the default would run): an unpinned source is one line
+    naming --hf_recperc_requirement, exit 2, nothing written."""
+    monkeypatch.setattr("hf_recperc.metric_hub._installed_source", lambda: None)
+    argv = ["--repo_id", "someone/probe_metric", "--output_dir", str(tmp_path / "space")]
+    argv += [] if requirement is None else ["--hf_recperc_requirement", requirement]
+    assert push_metric.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: hf_recperc_requirement:") and "pinned source" in err[0]
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,9 @@ from huggingface_hub.utils import filter_repo_objects
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = {"subspace_probe_accuracy.py", "README.md", "requirements.txt", "app.py"}
+# hf_recperc is not on the package index: the Space installs it from a pinned commit (the test checkout is editable).
+PINNED = "git+https://github.com/example/hf_recperc@" + "0123456789abcdef" * 2 + "01234567"
+REQUIREMENT = ["--hf_recperc_requirement", PINNED]
 
 
 def main(argv):
@@ -33,18 +36,21 @@ def run_python(code, tmp_path):
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
     root = tmp_path_factory.mktemp("space")
-    assert main(["--repo_id", "someone/subspace_probe_accuracy", "--output_dir", str(root)]) == 0
+    assert (
+        main(["--repo_id", "someone/subspace_probe_accuracy", "--output_dir", str(root), *REQUIREMENT]) == 0
+    )
     return root / "subspace_probe_accuracy"  # the folder carries the module's name
 
 
 def test_layout_files_and_metadata(layout):
-    assert {p.name for p in layout.iterdir()} == LAYOUT
+    visible = {p.name for p in layout.iterdir() if not p.name.startswith(".")}  # and the writer's manifest
+    assert visible == LAYOUT
     card = (layout / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---\n")[1])
     assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py"
     assert {"evaluate", "metric"} <= set(metadata["tags"]) and metadata["title"]
     assert "evaluate.load('someone/subspace_probe_accuracy')" in card
-    assert "hf_recperc" in (layout / "requirements.txt").read_text().split("\n")[0]
+    assert (layout / "requirements.txt").read_text().split("\n")[0] == f"hf_recperc @ {PINNED}"
     app = (layout / "app.py").read_text()
     assert "launch_gradio_widget" in app and "evaluate.load('someone/subspace_probe_accuracy')" in app
     package_module = (
@@ -98,14 +104,16 @@ def test_push_uploads_exactly_the_layout(monkeypatch, tmp_path):
     folder = tmp_path / "probe_metric"
     folder.mkdir()
     (folder / "notes.txt").write_text("not part of the layout")
-    assert main(["--repo_id", "someone/probe_metric", "--output_dir", str(folder), "--push"]) == 0
+    assert (
+        main(["--repo_id", "someone/probe_metric", "--output_dir", str(folder), "--push", *REQUIREMENT]) == 0
+    )
     create, upload = calls
     assert create["repo_type"] == "space" and create["space_sdk"] == "gradio" and create["exist_ok"]
     assert upload["repo_id"] == "someone/probe_metric" and upload["repo_type"] == "space"
     assert upload["files"] == {"probe_metric.py", "README.md", "requirements.txt", "app.py"}
     # Without --output_dir the layout goes through a temporary folder and is uploaded the same way.
     calls.clear()
-    assert main(["--repo_id", "someone/probe_metric"]) == 0
+    assert main(["--repo_id", "someone/probe_metric", *REQUIREMENT]) == 0
     assert calls[1]["files"] == {"probe_metric.py", "README.md", "requirements.txt", "app.py"}
 
 
@@ -115,5 +123,5 @@ def test_bad_repo_id_and_offline_push_fail_with_a_message(capsys, tmp_path):
     assert "repo_id: expected 'namespace/name'" in capsys.readouterr().err
     assert main(["--repo_id", "someone/probe-metric", "--output_dir", str(tmp_path)]) == 2
     # conftest sets HF_HUB_OFFLINE=1: an un-intercepted push fails cleanly instead of reaching the network.
-    assert main(["--repo_id", "someone/probe_metric"]) == 1
+    assert main(["--repo_id", "someone/probe_metric", *REQUIREMENT]) == 1
     assert "error:" in capsys.readouterr().err

@@ -19,9 +19,8 @@ ratio, one panel per patch size, as in the paper) and ``alignment.json`` (all cu
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..cli import DataArguments, parse_arguments
 from ..corruption import GaussianNoise, Masking, parse_corruption
 from ..data import images_to_array, paper_preprocessing
 from ..plotting import plot_curve_panels
+from ..publish import OutputDirectory, Outputs, json_marker, write_json
 from ..theory import alignment_study
 from . import run_command
 
@@ -99,11 +99,21 @@ def audit_lines(study: dict) -> list[str]:
     return lines
 
 
+# What the command writes into --output_dir (a user's file of these names is never overwritten).
+ALIGNMENT_OUTPUTS = Outputs(
+    command="alignment",
+    names=frozenset({"alignment.json", "alignment.png", "denoising_benefit.png"}),
+    legacy=json_marker("alignment.json", ("corruptions", "ks", "rank")),
+)
+
+
 def run(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, solve every corruption in closed form, write figures and curves; returns the study."""
     data_args, args = parse_arguments((DataArguments, AlignmentArguments), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     corruptions = [parse_corruption(spec) for spec in args.corruptions]  # fail on a typo before loading data
+    output = OutputDirectory(args.output_dir, ALIGNMENT_OUTPUTS)
+    output.check()  # a user's alignment.json: refused before loading data
 
     data = data_args.load()
     images = images_to_array(
@@ -124,21 +134,19 @@ def run(argv: Sequence[str] | None = None) -> dict:
     )
     study = {"dataset": data.source, "image_shape": list(images.shape[1:]), **study}
 
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     name = f"{Path(data.source).name} ({len(X)} images, D={study['dim']})"
-    plot_curve_panels(
+    alignment_figure = functools.partial(
+        plot_curve_panels,
         figure_panels(study, "alignment"),
-        output_dir / "alignment.png",
         xlabel="latent size K",
         ylabel="task alignment (%)",
         title=f"Optimal linear (denoising) autoencoders: task alignment, {name}",
         logx=True,
         colormap="viridis",
     )
-    plot_curve_panels(
+    benefit_figure = functools.partial(
+        plot_curve_panels,
         figure_panels(study, "benefit"),
-        output_dir / "denoising_benefit.png",
         xlabel="latent size K",
         ylabel="denoising benefit (%)",
         title=f"Alignment gained over no noise, {name}",
@@ -147,9 +155,13 @@ def run(argv: Sequence[str] | None = None) -> dict:
         reference=0.0,
         min_yspan=1.0,  # Gaussian benefits are 0 up to round-off: show them as flat, not as 1e-12 wiggles
     )
-    partial = output_dir / f".alignment.{os.getpid()}.tmp.json"
-    partial.write_text(json.dumps(study))
-    os.replace(partial, output_dir / "alignment.json")  # never a half-written results file
+    output_dir = output.write(
+        {
+            "alignment.png": alignment_figure,
+            "denoising_benefit.png": benefit_figure,
+            "alignment.json": functools.partial(write_json, payload=study, indent=None),
+        }
+    )
 
     print(f"noise audit (docs/science.md section 4) on {name}, rank {study['rank']}:")
     print("\n".join(audit_lines(study)))

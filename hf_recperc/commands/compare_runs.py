@@ -10,6 +10,7 @@ panel per spectral band error), one colour per run, epoch on the x axis. Legends
 described in :mod:`hf_recperc.experiment_plots`.
 """
 
+import functools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from ..cli import DataclassArgumentParser, check_no_remaining_arguments
 from ..experiment_plots import load_run, plot_runs
+from ..publish import file_output
 from . import run_command
 
 
@@ -34,8 +36,10 @@ def run(argv: Sequence[str] | None = None) -> Path:
         args=sys.argv[1:] if argv is None else argv, return_remaining_strings=True
     )
     check_no_remaining_arguments(parser, remaining)
+    output, name = file_output(args.output, "compare_runs")
+    output.check()  # a user's file at --output: refused before reading the runs
     runs = [load_run(run_dir) for run_dir in extra.run_dirs]  # a missing run is an error before any drawing
-    figure = plot_runs(runs, args.output, title=args.title)
+    figure = output.write({name: functools.partial(plot_runs, runs, title=args.title)}) / name
     print(f"figure: {figure}")
     return figure
 

@@ -19,9 +19,8 @@ Writes ``OUTPUT_DIR/results.json`` (one record per subspace, saved after each on
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from ..experiments import (
     load_pixel_splits,
     run_projection_experiment,
 )
+from ..publish import OutputDirectory, Outputs, json_marker, write_json
 from ..spectral import parse_subspace
 from . import run_command
 
@@ -74,6 +74,14 @@ class ExperimentArguments:
     )
 
 
+# What the command writes into --output_dir (a user's file of these names is never overwritten).
+PCA_CLASSIFICATION_OUTPUTS = Outputs(
+    command="pca_classification",
+    names=frozenset({"results.json", "accuracy_vs_variance.png"}),
+    legacy=json_marker("results.json", ("subspace", "explained_variance", "accuracy")),
+)
+
+
 def run(argv: Sequence[str] | None = None) -> list[dict]:
     """Parse ``argv``, train one classifier per subspace, write results and figure; returns the records."""
     args, data_args, run_args = parse_arguments((ExperimentArguments, DataArguments, RunArguments), argv)
@@ -98,9 +106,9 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     for spec in subspaces:
         parse_subspace(spec)  # a typo fails here, not after minutes of decoding and PCA
 
+    output = OutputDirectory(args.output_dir, PCA_CLASSIFICATION_OUTPUTS)
+    output.check()  # a user's results.json: refused before decoding and PCA
     start = time.perf_counter()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     splits = load_pixel_splits(
         data_args, seed=run_args.seed, cache_dir=run_args.cache_dir, image_size=run_args.image_size
     )
@@ -108,14 +116,11 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     pca = fit_pixel_pca(splits.train_flat, cache_dir=run_args.cache_dir)
 
     records: list[dict] = []
-    results_file = output_dir / "results.json"
 
     def save(record: dict) -> None:
-        # Rewrite after every subspace so a long paper-scale run keeps what it has finished.
+        # Publish after every subspace so a long paper-scale run keeps what it has finished.
         records.append(record)
-        partial = results_file.with_suffix(".json.tmp")
-        partial.write_text(json.dumps(records, indent=2))
-        os.replace(partial, results_file)
+        output.write({"results.json": functools.partial(write_json, payload=list(records))})
 
     run_projection_experiment(
         splits,
@@ -128,12 +133,17 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     )
     if not records:
         raise ValueError(f"subspaces: every requested subspace was empty on this data: {subspaces}")
-    figure = plot_accuracy_vs_variance(
-        records,
-        output_dir / "accuracy_vs_variance.png",
-        title=f"{Path(splits.source).name}: {config.classifier}, {len(splits.train_flat[: config.train_subset])} "
-        f"train images, {records[0]['epochs']:g} epochs",
+    title = (
+        f"{Path(splits.source).name}: {config.classifier}, {len(splits.train_flat[: config.train_subset])} "
+        f"train images, {records[0]['epochs']:g} epochs"
     )
+    output_dir = output.write(
+        {
+            "results.json": functools.partial(write_json, payload=records),
+            "accuracy_vs_variance.png": functools.partial(plot_accuracy_vs_variance, records, title=title),
+        }
+    )
+    results_file, figure = output_dir / "results.json", output_dir / "accuracy_vs_variance.png"
     for record in records:
         print(
             f"{record['subspace']:>12}  dims {record['dims']:5d}  explained variance {record['explained_variance']:.3f}"

@@ -12,6 +12,7 @@ is a blurred colour blob. A literal ``top:0.25`` is empty on CIFAR-10 (its first
 48% of the variance) and fails with spectral's error naming that share.
 """
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from ..experiments import (
     load_pixel_splits,
     project_images,
 )
+from ..publish import file_output
 from ..spectral import parse_subspace
 from ..validation import check_positive_int
 from . import run_command
@@ -57,6 +59,8 @@ def run(argv: Sequence[str] | None = None) -> Path:
     for spec in args.subspaces:
         parse_subspace(spec)  # a typo fails here, before decoding and PCA
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    output, name = file_output(args.output, "pca_figure")
+    output.check()  # a user's file at --output: refused before decoding and PCA
 
     splits = load_pixel_splits(
         data_args, seed=run_args.seed, cache_dir=run_args.cache_dir, image_size=run_args.image_size
@@ -69,12 +73,13 @@ def run(argv: Sequence[str] | None = None) -> Path:
         rows[f"{spec}\n{pca.subspace(spec).numel()} dims, {pca.explained_variance(spec):.0%} var."] = (
             projected
         )
-    figure = plot_projection_grid(
+    draw = functools.partial(
+        plot_projection_grid,
         splits.eval_images[chosen],
         rows,
-        args.output,
         column_titles=[splits.label_names[label] for label in splits.eval_labels[chosen]],
     )
+    figure = output.write({name: draw}) / name
     print(f"figure: {figure}")
     return figure
 

@@ -5,8 +5,12 @@
     recperc-push-metric --repo_id NS/NAME --output_dir space --push
 
 Layout: NAME.py (the module), README.md (metric card with the Space metadata), requirements.txt
-(hf_recperc, evaluate) and app.py (evaluate's Gradio widget), in a folder named NAME (OUTPUT_DIR itself when
-it is named NAME, else OUTPUT_DIR/NAME): `evaluate.load("space/NAME")` loads it locally.
+(hf_recperc from a pinned source, evaluate) and app.py (evaluate's Gradio widget), in a folder named NAME
+(OUTPUT_DIR itself when it is named NAME, else OUTPUT_DIR/NAME): `evaluate.load("space/NAME")` loads it locally.
+A file of the user's under one of these names in that folder is an error, nothing is written.
+
+hf_recperc is not on the package index: --hf_recperc_requirement names a pinned source,
+'hf_recperc @ git+https://HOST/OWNER/REPO@<40-hex commit>' (default: the git commit this copy was installed from).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true", help="Create the Space as private.")
     parser.add_argument(
         "--hf_recperc_requirement",
-        help="requirements.txt line that installs hf_recperc (e.g. a git+https URL); default hf_recperc>=VERSION.",
+        help="requirements.txt line that installs hf_recperc: 'hf_recperc @ git+https://...@<40-hex commit>' or an "
+        "https wheel URL with #sha256=<hash>; default: the git commit this copy was installed from.",
     )
     parser.add_argument("--commit_message", default="Upload subspace_probe_accuracy metric")
     args = parser.parse_args(argv)

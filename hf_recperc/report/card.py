@@ -12,6 +12,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from ..publish import write_text
+
 __all__ = ["report_eval_results", "update_model_card", "push_model_card", "REPORT_CONFIG_PREFIX"]
 
 REPORT_CONFIG_PREFIX = "perception_report/"
@@ -84,9 +86,7 @@ def update_model_card(model_dir: str | Path, report: dict) -> Path:
     card.data.eval_results = kept + new
     if not card.data.model_name:
         card.data.model_name = Path(model_dir).resolve().name  # model-index needs a name
-    partial = path.with_name(f".{path.name}.partial")
-    card.save(partial)
-    partial.replace(path)
+    write_text(path, str(card))  # what card.save writes, atomically
     return path
 
 

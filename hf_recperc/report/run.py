@@ -15,11 +15,10 @@ reports the one-process numbers.
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from ..monitors import (
     parse_layers,
     spectrum_figure,
 )
+from ..publish import OutputDirectory, Outputs, json_marker, write_json, write_text
 from ..results import KNN_ACCURACY, KNN_WEIGHTED_ACCURACY, LAYERS, SPECTRUM_FIELDS, layer_key
 from ..spectral import parse_subspace
 from ..validation import check_finite_number, check_positive_int
@@ -342,6 +342,8 @@ def perception_report(
     started = time.perf_counter()
     subspaces, monitors = list(subspaces), list(dict.fromkeys(monitors))
     _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge)
+    if output_dir is not None:
+        report_output_dir(output_dir).check()  # a user's report.md or figure: refused before any work
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(
         model, image_processor=image_processor, trust_remote_code=trust_remote_code, image_size=image_size,
@@ -601,27 +603,33 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+# Every file a report writes; a user's file under one of these names (or the training run's figures, when the
+# report goes into the model's folder) is never overwritten.
+REPORT_OUTPUTS = Outputs(
+    command="report",
+    names=frozenset(
+        {"report.json", "report.md", "accuracy_per_layer.png", "eigenvalue_spectrum_per_layer.png"}
+        | {"accuracy_curve_*.png"}
+    ),
+    legacy=json_marker("report.json", ("metrics", "features", "versions")),
+)
+
+
+def report_output_dir(output_dir: str | os.PathLike) -> OutputDirectory:
+    """The report's guarded folder: :meth:`~hf_recperc.publish.OutputDirectory.check` before work, ``write`` after."""
+    return OutputDirectory(output_dir, REPORT_OUTPUTS)
+
+
 def write_report(report: dict, figures: dict, output_dir: str | os.PathLike) -> Path:
-    """Write ``report.json``, ``report.md`` and ``<stem>.png`` figures into ``output_dir`` atomically: everything
-    goes to a temporary sibling that replaces ``output_dir`` at the end (a failed write leaves no half report)."""
+    """Write ``report.json``, ``report.md`` and ``<stem>.png`` figures into ``output_dir`` as one set, through the
+    guarded writer (:class:`hf_recperc.publish.OutputDirectory`): a failed write leaves no half report, the
+    previous report's files are replaced, and a file the report did not write is never overwritten."""
     from ..plotting import save_figure  # noqa: PLC0415
 
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
-        (partial / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
-        (partial / "report.md").write_text(_markdown(report))
-        for stem, figure in figures.items():
-            save_figure(figure, partial / f"{stem}.png")
-        if output_dir.exists():  # replace a previous report (and only report files: keep anything else there)
-            for item in partial.iterdir():
-                os.replace(item, output_dir / item.name)
-            partial.rmdir()
-        else:
-            os.replace(partial, output_dir)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return output_dir
+    files = {
+        "report.json": functools.partial(write_json, payload=report, indent=1),
+        "report.md": functools.partial(write_text, text=_markdown(report)),
+    }
+    for stem, figure in figures.items():
+        files[f"{stem}.png"] = functools.partial(save_figure, figure)
+    return report_output_dir(output_dir).write(files)

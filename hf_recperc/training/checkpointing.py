@@ -16,6 +16,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from ..publish import write_json
 from .state import CHECKPOINT_PREFIX, TRAINER_STATE, TrainerState
 
 __all__ = [
@@ -70,11 +71,8 @@ def check_resume_arguments(
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON through a temporary sibling and a rename (never half a file)."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    """Write ``payload`` as indented JSON, atomically (:func:`hf_recperc.publish.write_json`)."""
+    write_json(path, payload)
 
 
 def find_checkpoint(output_dir: str | Path) -> Path | None:

@@ -15,13 +15,13 @@ band, which the band errors never project on.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from ..data import cache_root
 from ..monitors import SpectralBands, gather_rows
+from ..publish.atomic import prepare_cache_dir, save_torch
 from ..spectral import PCA, SecondMoments
 
 __all__ = ["cached_pixel_spectrum", "spectrum_key", "dual_pca"]
@@ -79,10 +79,8 @@ def cached_pixel_spectrum(
     else:  # as SpectralBands.from_pixels, keeping the PCA to save it
         pca = PCA().fit_from_moments(SecondMoments().update(rows))
     if path is not None and accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({name: getattr(pca, name).cpu() for name in _FIELDS}, partial)
-        os.replace(partial, path)
+        prepare_cache_dir(path.parent)
+        save_torch(path, {name: getattr(pca, name).cpu() for name in _FIELDS})
     return SpectralBands(pca, edges, device=device), "computed"
 
 
