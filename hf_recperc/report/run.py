@@ -323,7 +323,9 @@ def perception_report(
             ``hf-hub:timm/<name>``, a ``timm.models.save_for_hf`` directory, or a built ``nn.Module``.
         dataset: anything :func:`hf_recperc.data.load_image_dataset` accepts (``None`` = digits), or an
             :class:`~hf_recperc.data.ImageData`; its train split fits the probes / fills the kNN bank, its
-            validation split is scored.
+            validation split is scored. For one of our checkpoints (a directory with the run's ``results.json``) a
+            validation split carved out of train uses the run's seed and fraction, so that no training image of the
+            model is scored; other values on the run's own rows are refused.
         layers: ``"last"``, ``"all"`` (every block) or indices (0 = the embedding/input stage, negative from the end).
         poolings: among ``cls``, ``mean``, ``pooler`` (the model's own pooled output, last layer only); default:
             the model's own (ours), else ``cls`` and ``mean`` for models with a CLS token and ``mean`` otherwise.
@@ -339,12 +341,16 @@ def perception_report(
         max_train_samples, max_eval_samples: keep the first N rows of each split (when ``dataset`` is loaded here).
         curves: compute the accuracy-vs-number-of-components curves of the last layer.
         figures: draw the figures (when ``output_dir`` is given).
-        data_kwargs: more keyword arguments of :func:`~hf_recperc.data.load_image_dataset`.
+        data_kwargs: more keyword arguments of :func:`~hf_recperc.data.load_image_dataset` (``seed`` and
+            ``train_val_split`` default to the model's run's, see ``dataset``; ``None`` values are dropped).
 
     Returns:
         The content of ``report.json``: ``metrics`` (flat ``layers/<layer>/<pooling>/...`` keys, as the trainer's
-        ``eval/layers/...``), ``features`` (the same, nested per feature), ``finding`` (one sentence), ``layers``,
-        ``poolings``, ``subspaces``, ``model`` and ``data`` provenance, ``runtime`` and ``versions``.
+        ``eval/layers/...``), ``features`` (the same, nested per feature), ``finding`` (one sentence, or why none
+        can be stated: :mod:`hf_recperc.findings`), ``findings`` (one per pooling), ``evidence`` (the rows and
+        chance level they rest on), ``layers``, ``poolings``, ``subspaces``, ``model`` and ``data`` provenance
+        (``data.split``: how train/validation were made; ``data.run_split``: how the model's run made them),
+        ``runtime`` and ``versions``.
 
     Raises:
         ValueError: one line naming the argument, before any costly work and before anything is written.
