@@ -18,10 +18,11 @@ by the split's fingerprint, for the pixel-space tools (PCA, probes, linear theor
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -45,6 +46,7 @@ __all__ = [
     "random_crop_flip",
     "cache_root",
     "load_cached_array",
+    "split_conflict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ class ImageData:
         image_column, label_column: the column names in both splits.
         label_names: class names (from a ``ClassLabel`` feature, else ``str`` of each label id).
         source: what was loaded, for reports and model cards.
+        split: how train and validation were made (see :func:`_carve_validation`): ``train_split``,
+            ``validation_split`` (``None`` when carved), ``carved``, ``seed`` and ``fraction`` of a carve, and
+            ``source_rows`` / ``fingerprint`` of the split it was carved from. Saved by the trainer in
+            ``results.json`` (``run.data_split``) so that a report on the model evaluates the same rows.
     """
 
     train: datasets.Dataset
@@ -74,6 +80,7 @@ class ImageData:
     label_column: str
     label_names: list[str]
     source: str
+    split: dict = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -269,10 +276,10 @@ def load_image_dataset(
                     f"{validation_name!r} split, whose columns are {validation.column_names}"
                 )
         _check_labels(validation, label_column, validation_name)
+        split = {"train_split": train_name, "validation_split": validation_name, "carved": False}
     else:
-        stratify = label_column if isinstance(train.features[label_column], datasets.ClassLabel) else None
-        parts = train.train_test_split(test_size=train_val_split, seed=seed, stratify_by_column=stratify)
-        train, validation = parts["train"], parts["test"]
+        train, validation, carve = _carve_validation(train, label_column, train_val_split, seed)
+        split = {"train_split": train_name, **carve}
 
     if not isinstance(train.features[label_column], datasets.ClassLabel):
         train, validation = _encode_labels(train, validation, label_column)
@@ -283,7 +290,46 @@ def load_image_dataset(
         validation = _first_rows(
             validation, max_eval_samples, label_column, len(label_names), "max_eval_samples"
         )
-    return ImageData(train, validation, image_column, label_column, label_names, source)
+    return ImageData(train, validation, image_column, label_column, label_names, source, split)
+
+
+def _carve_validation(train: datasets.Dataset, label_column: str, fraction: float, seed: int):
+    """The one place a validation split is carved out of train (stratified by label when labels are classes).
+
+    Which rows land in validation depends only on the seed, the fraction, the row count and (stratified) the labels
+    in order, so the ``fingerprint`` hashes the row count and the labels: two loads with equal fingerprints, seeds
+    and fractions carve the same rows. Returns ``(train, validation, split record)``.
+    """
+    stratify = label_column if isinstance(train.features[label_column], datasets.ClassLabel) else None
+    parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=stratify)
+    labels = json.dumps([str(label) for label in train[label_column]])
+    record = {
+        "validation_split": None,
+        "carved": True,
+        "seed": seed,
+        "fraction": fraction,
+        "source_rows": len(train),
+        "fingerprint": hashlib.sha256(f"{len(train)}:{labels}".encode()).hexdigest()[:16],
+    }
+    return parts["train"], parts["test"], record
+
+
+def split_conflict(expected: dict, actual: dict) -> str | None:
+    """Why ``actual`` (an :attr:`ImageData.split`) would evaluate on rows that ``expected`` (a run's split) trained
+    on, or ``None``: both carved from the same rows (same fingerprint) but with another seed or fraction."""
+    if not (expected.get("carved") and actual.get("carved")):
+        return None
+    if expected.get("fingerprint") != actual.get("fingerprint"):
+        return None  # other data: its carve cannot be compared
+    for key, argument in (("seed", "seed"), ("fraction", "train_val_split")):
+        if expected.get(key) != actual.get(key):
+            return (
+                f"{argument}: the model's run carved its validation split with seed {expected.get('seed')} and "
+                f"fraction {expected.get('fraction')}, this data with seed {actual.get('seed')} and fraction "
+                f"{actual.get('fraction')}: the evaluation rows would include the model's training images; use "
+                "the run's values (the default)"
+            )
+    return None
 
 
 def _check_labels(split: datasets.Dataset, label_column: str, split_name: str) -> None:

@@ -108,6 +108,7 @@ class RunInfo:
     guidance: float
     monitors: list[str]
     spectral_band_dims: list[int] | None = None
+    data_split: dict | None = None  # ImageData.split: a report on the model evaluates the same rows
 
 
 @dataclass

@@ -404,3 +404,177 @@ def test_a_built_module_reports_like_its_directory_and_a_card_is_created_when_ab
     shutil.copytree(models["resnet"], model_dir)
     card = ModelCard.load(update_model_card(model_dir, from_dir))
     assert len(card.data.eval_results) == sum(len(r["accuracy"]) + 1 for r in from_dir["features"].values())
+
+
+# ---- report trust (items 9, 15, 18) ----
+
+
+def test_a_report_on_our_run_scores_the_runs_validation_rows(pretrained_ours, monkeypatch):
+    """Trust 9: with a carved split (digits have no validation split), a report on one of our checkpoints evaluates
+    exactly the run's validation images, none of its training images, and gives the run's numbers."""
+    import hf_recperc.report.run as report_run
+
+    run_dir = Path(pretrained_ours["ae"])
+    results = json.loads((run_dir / "results.json").read_text())
+    args, split = results["args"], results["run"]["data_split"]
+    assert split["carved"] and split["seed"] == args["seed"] == 42 and split["fraction"] == 0.2
+    evaluated = []
+    original_loader = report_run._loader
+
+    def recording_loader(source, rows, *rest):
+        evaluated.append(source.select(rows))
+        return original_loader(source, rows, *rest)
+
+    monkeypatch.setattr(report_run, "_loader", recording_loader)
+    limits = {"max_train_samples": args["max_train_samples"], "max_eval_samples": args["max_eval_samples"]}
+    report = perception_report(str(run_dir), None, layers="last", curves=False, **limits)
+    # the trainer's split, rebuilt independently from its saved arguments
+    trained = load_image_dataset(
+        args["dataset_name"], seed=args["seed"], train_val_split=args["train_val_split"], **limits
+    )
+    scored = evaluated[1]  # train rows first, then the evaluation rows
+    assert len(scored) == len(trained.validation) == 32
+    assert [r["image"].tobytes() for r in scored] == [r["image"].tobytes() for r in trained.validation]
+    assert scored["label"] == trained.validation["label"]
+    assert report["data"]["split"]["seed"] == 42 and report["data"]["run_split"]["same_split"] is True
+    compared = 0
+    for key, value in report["metrics"].items():
+        if "/accuracy/" in key and f"eval/{key}" in results:
+            assert value == pytest.approx(results[f"eval/{key}"], abs=1e-6), key
+            compared += 1
+    assert compared == 3  # top:0.9, bottom:0.2, all of the last layer
+
+
+def test_a_split_that_would_score_training_images_is_refused(pretrained_ours):
+    """Trust 9: data carved from the run's rows with another seed would evaluate on training images: refused."""
+    other_seed = load_image_dataset("digits", seed=0, max_train_samples=64, max_eval_samples=32)
+    with pytest.raises(
+        ValueError, match="^dataset: seed: the model's run carved its validation split with seed 42"
+    ):
+        perception_report(pretrained_ours["ae"], other_seed, curves=False)
+
+
+def _finding_metrics(accuracy_top, accuracy_bottom, dims_top, dims_bottom, variance_top, variance_bottom):
+    feature = "layers/layer_1/mean"
+    return {
+        f"{feature}/accuracy/top:0.9": accuracy_top,
+        f"{feature}/accuracy/bottom:0.2": accuracy_bottom,
+        f"{feature}/dims/top:0.9": dims_top,
+        f"{feature}/dims/bottom:0.2": dims_bottom,
+        f"{feature}/explained_variance/top:0.9": variance_top,
+        f"{feature}/explained_variance/bottom:0.2": variance_bottom,
+    }
+
+
+@pytest.mark.parametrize(
+    "case, metrics, evidence, expected",
+    [
+        (
+            "clear",
+            (0.30, 0.90, 20, 30, 0.9, 0.2),
+            (1000, 500, 0.1),
+            "^The bottom 20% of the variance carries more",
+        ),
+        (
+            "bottom_is_all",
+            (0.30, 0.90, 1, 32, 0.9, 1.0),
+            (1000, 500, 0.1),
+            "^No finding.*keeps all 32 dimensions",
+        ),
+        ("concentrated", (0.08, 0.75, 1, 31, 0.76, 0.24), (1000, 500, 0.1), "^No finding.*too concentrated"),
+        (
+            "few_rows",
+            (0.30, 0.90, 20, 30, 0.9, 0.2),
+            (3, 3, 0.34),
+            "^No finding.*only 3 training / 3 evaluation",
+        ),
+        ("chance", (0.11, 0.13, 20, 30, 0.9, 0.2), (1000, 100, 0.1), "^No finding.*above chance"),
+        ("tie", (0.80, 0.83, 20, 30, 0.9, 0.2), (1000, 100, 0.1), "^The top 90% .* and .* about as accurate"),
+    ],
+)
+def test_a_finding_needs_distinct_subspaces_enough_rows_and_accuracy_above_chance(
+    case, metrics, evidence, expected
+):
+    """Trust 15: the headline finding is stated only for two proper subspaces holding their named variance shares,
+    at least MIN_ROWS rows and an accuracy whose 95% binomial interval clears chance; otherwise it says why not."""
+    import re
+
+    from hf_recperc.findings import Evidence
+    from hf_recperc.report import main_finding
+
+    sentence = main_finding(
+        _finding_metrics(*metrics),
+        [1],
+        "mean",
+        ["top:0.9", "bottom:0.2"],
+        Evidence(*evidence),
+        {"layer_1/mean": 32},
+    )
+    assert re.search(expected, sentence), sentence
+
+
+def test_a_report_on_six_images_states_no_finding(models, tmp_path):
+    """Trust 15: a report on 3 + 3 images says it cannot conclude, and why, in report.json and report.md."""
+    report = perception_report(
+        models["vit"], "digits", layers="all", max_train_samples=3, max_eval_samples=3, curves=False,
+        output_dir=tmp_path / "report", figures=False,
+    )  # fmt: skip
+    assert (
+        report["finding"].startswith("No finding")
+        and "only 3 training / 3 evaluation images" in report["finding"]
+    )
+    assert all(sentence.startswith("No finding") for sentence in report["findings"].values())
+    assert report["evidence"]["num_eval"] == 3 and report["evidence"]["min_rows"] == 50
+    assert report["finding"] in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_alignment_says_can_help_only_with_a_measurable_benefit(tmp_path, capsys):
+    """Trust 15: the noise audit prints "can help" only next to a benefit above the stated margin (was: "can help"
+    next to "best benefit -0.00%"); the verdict is saved in alignment.json."""
+    from hf_recperc.commands import alignment
+    from hf_recperc.findings import BENEFIT_MARGIN, noise_verdict
+
+    assert (
+        noise_verdict(False, -0.0, 1000) == "no gain here" and noise_verdict(False, 0.5, 1000) == "can help"
+    )
+    assert (
+        noise_verdict(True, 0.0, 3) == "never beneficial" and noise_verdict(False, 5.0, 3) == "too few images"
+    )
+    study = alignment.run([
+        "--corruptions", "none", "mask:0.5:1", "mask:0.75:2", "--max_train_samples", "400",
+        "--output_dir", str(tmp_path), "--disable_tqdm",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    verdicts = {spec: result["verdict"] for spec, result in study["corruptions"].items()}
+    assert verdicts == {"none": "never beneficial", "mask:0.5:1": "can help", "mask:0.75:2": "no gain here"}
+    for line in printed.splitlines():
+        if "can help" in line:
+            assert float(line.split("best benefit ")[1].split("%")[0]) > BENEFIT_MARGIN, line
+    assert (
+        json.loads((tmp_path / "alignment.json").read_text())["corruptions"]["mask:0.75:2"]["verdict"]
+        == "no gain here"
+    )
+
+
+@pytest.mark.parametrize("kind", ["convnext", "resnet"])
+def test_image_size_works_with_shortest_edge_processors(kind, tmp_path):
+    """Trust 18: --image_size with a ConvNeXt/ResNet image processor (sized by shortest_edge) gives image_size x
+    image_size inputs (was: AttributeError: 'SizeDict' object has no attribute 'keys')."""
+    import transformers as tf
+    from PIL import Image
+
+    torch.manual_seed(0)
+    if kind == "convnext":
+        model = tf.ConvNextModel(tf.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2))
+    else:
+        model = tf.ResNetModel(
+            tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+        )
+    path = _save(model, tf.ConvNextImageProcessor(), tmp_path / kind)  # shortest_edge 384, crop_pct 0.875
+    backbone = load_backbone(path, image_size=32)
+    pixels = backbone.processor([Image.new("RGB", (40, 24))], return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape) == (1, 3, 32, 32)
+    output_dir = tmp_path / "report"
+    argv = ["--model_name_or_path", path, *DATA, "--image_size", "32", "--output_dir", str(output_dir)]
+    assert report_main(argv) == 0
+    assert json.loads((output_dir / "report.json").read_text())["settings"]["image_size"] == 32

@@ -3,7 +3,9 @@
 For every corruption, the closed-form optimal linear (denoising) autoencoder of every latent size K gives
 a task-alignment curve (how much of the label signal its K-dimensional code can reach, in %), a
 denoising benefit against no noise, and the noise audit: ``never beneficial`` (the learned subspaces are
-PCA's for every K, whatever the labels; isotropic Gaussian noise) or ``can help``.
+PCA's for every K, whatever the labels; isotropic Gaussian noise), ``can help`` (a benefit above
+``hf_recperc.findings.BENEFIT_MARGIN`` percent at some K on these data), ``no gain here`` (other subspaces than PCA's,
+but no measurable benefit on these data) or ``too few images`` (:func:`hf_recperc.findings.noise_verdict`).
 
 Examples::
 
@@ -30,6 +32,7 @@ import numpy as np
 from ..cli import DataArguments, parse_arguments
 from ..corruption import GaussianNoise, Masking, parse_corruption
 from ..data import images_to_array, paper_preprocessing
+from ..findings import noise_verdict
 from ..plotting import plot_curve_panels
 from ..publish import OutputDirectory, Outputs, json_marker, write_json
 from ..theory import alignment_study
@@ -83,18 +86,36 @@ def figure_panels(study: dict, key: str) -> dict:
     return {title: curves for title, curves in panels.items() if curves}
 
 
+def best_benefit(study: dict, result: dict) -> tuple[float, int]:
+    """``(benefit in %, K)`` of a corruption's largest benefit up to the rank (beyond it every code spans all of
+    X: benefit 0, nothing to report there); NaN when no K has one."""
+    benefits = np.array([np.nan if b is None else b for b in result["benefit"][: study["rank"]]])
+    if not np.isfinite(benefits).any():
+        return float("nan"), 1
+    best = int(np.nanargmax(benefits))
+    return float(benefits[best]), best + 1
+
+
+def add_verdicts(study: dict) -> dict:
+    """Each corruption's ``verdict`` (:func:`hf_recperc.findings.noise_verdict`), in place; returns ``study``."""
+    for result in study["corruptions"].values():
+        benefit, _ = best_benefit(study, result)
+        result["verdict"] = noise_verdict(result["never_beneficial"], benefit, study["num_samples"])
+    return study
+
+
 def audit_lines(study: dict) -> list[str]:
     width = max(len(spec) for spec in study["corruptions"])
     lines = []
     for spec, result in study["corruptions"].items():
-        verdict = "never beneficial" if result["never_beneficial"] else "can help"
-        # Beyond the rank every code spans all of X: benefit 0, nothing to report there.
-        benefits = np.array([np.nan if b is None else b for b in result["benefit"][: study["rank"]]])
-        best = int(np.nanargmax(benefits)) if np.isfinite(benefits).any() else 0
+        benefit, best_k = best_benefit(study, result)
+        verdict = result.get("verdict") or noise_verdict(
+            result["never_beneficial"], benefit, study["num_samples"]
+        )
         detail = f"max ||sin Theta_K||_F {result['max_subspace_distance']:.2g}"
         if not result["never_beneficial"]:
             detail += f" at K={result['worst_k']}"
-        detail += f" ({result['checked_ks']} K compared); best benefit {benefits[best]:+.2f}% at K={best + 1}"
+        detail += f" ({result['checked_ks']} K compared); best benefit {benefit:+.2f}% at K={best_k}"
         lines.append(f"  {spec:<{width}}  {verdict:<16}  {detail}")
     return lines
 
@@ -132,7 +153,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         gap_tol=args.gap_tol,
         progress=not args.disable_tqdm,
     )
-    study = {"dataset": data.source, "image_shape": list(images.shape[1:]), **study}
+    study = add_verdicts({"dataset": data.source, "image_shape": list(images.shape[1:]), **study})
 
     name = f"{Path(data.source).name} ({len(X)} images, D={study['dim']})"
     alignment_figure = functools.partial(

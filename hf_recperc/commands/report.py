@@ -20,7 +20,7 @@ from ..cli import DataArguments, parse_arguments
 from ..monitors import DEFAULT_SUBSPACES
 from . import run_command
 
-__all__ = ["ReportArguments", "main"]
+__all__ = ["ReportArguments", "ReportDataArguments", "main"]
 
 
 @dataclass
@@ -65,7 +65,13 @@ class ReportArguments:
     ridge: float = field(default=1e-3, metadata={"help": "Ridge penalty of the probes."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the kNN vote."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Image decoding workers per process."})
-    seed: int = field(default=0, metadata={"help": "Seed of a validation split carved out of train."})
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of a validation split carved out of train. Default: the model's training run's (our "
+            "checkpoints: the report then scores the run's own validation images), else 0."
+        },
+    )
     update_model_card: bool = field(
         default=False,
         metadata={"help": "Add the results as model-index entries to the local model's README.md."},
@@ -74,6 +80,19 @@ class ReportArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository the card is pushed to."})
     hub_token: str | None = field(
         default=None, metadata={"help": "Token for the push (default: the stored login)."}
+    )
+
+
+@dataclass
+class ReportDataArguments(DataArguments):
+    """The shared data flags; a carved split's fraction defaults to the model's training run's."""
+
+    train_val_split: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction of train held out for validation when the data has no such split. Default: the "
+            "model's training run's (our checkpoints), else 0.2."
+        },
     )
 
 
@@ -138,7 +157,7 @@ def run(args: ReportArguments, data_args: DataArguments) -> dict:
 def _report(argv: Sequence[str] | None) -> int:
     """Parse, report, print the finding and where the report went."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    args, data_args = parse_arguments([ReportArguments, DataArguments], argv)
+    args, data_args = parse_arguments([ReportArguments, ReportDataArguments], argv)
     report = run(args, data_args)
     if os.environ.get("RANK", "0") == "0":
         print(report["finding"] or "")

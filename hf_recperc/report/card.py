@@ -62,12 +62,24 @@ def report_eval_results(report: dict) -> list[EvalResult]:
 
 
 def check_model_card_target(model_name_or_path) -> Path:
-    """``--update_model_card`` needs a local model directory; checked before any costly work."""
+    """``--update_model_card`` needs a local model directory whose ``README.md``, if any, parses as a model card
+    (YAML front matter, ``model-index``); checked before any costly work, so a broken card never costs a report."""
     if not isinstance(model_name_or_path, str) or not Path(model_name_or_path).expanduser().is_dir():
         raise ValueError(
             f"update_model_card: expected model_name_or_path to be a local model directory, got {model_name_or_path!r}"
         )
-    return Path(model_name_or_path).expanduser()
+    model_dir = Path(model_name_or_path).expanduser()
+    card = model_dir / "README.md"
+    if card.exists():
+        try:
+            ModelCard(card.read_text()).data.eval_results  # noqa: B018  (parses the front matter and model-index)
+        except Exception as err:  # yaml's errors, huggingface_hub's ValueError, an unreadable file
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+            raise ValueError(
+                f"update_model_card: {str(card)!r} is not a valid model card ({reason}); fix its YAML front matter "
+                "(between the leading '---' lines) or move the file away"
+            ) from None
+    return model_dir
 
 
 def update_model_card(model_dir: str | Path, report: dict) -> Path:

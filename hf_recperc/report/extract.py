@@ -10,6 +10,7 @@ comes out of the same forward pass; :func:`pooled_features` turns them into the 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -21,12 +22,18 @@ from torch import nn
 
 from ..monitors import layer_feature, pool_hidden_state
 
-__all__ = ["Backbone", "load_backbone", "pooled_features", "PIXEL_PROCESSOR_HINT"]
+__all__ = ["Backbone", "BackboneError", "load_backbone", "pooled_features", "PIXEL_PROCESSOR_HINT"]
 
 logger = logging.getLogger(__name__)
 
 TIMM_PREFIXES = ("timm:", "hf-hub:timm/")
 PIXEL_PROCESSOR_HINT = "save one next to the weights (AutoImageProcessor.from_pretrained(path) must work)"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class BackboneError(ValueError):
+    """The model cannot give what the report reads (hidden states); the message names the model argument. The
+    report's dry run passes it on as it is, where other forward errors are blamed on the images' size."""
 
 
 @dataclass
@@ -42,6 +49,8 @@ class Backbone:
         num_prefix_tokens: leading CLS/register tokens of the token-sequence hidden states (0 for CNNs, Swin).
         name: what was loaded (Hub id, path, ``timm:<name>``), for the report's provenance.
         default_poolings: poolings used when the caller names none.
+        argument: the argument that named the model, for error messages (``model`` for a built module).
+        image_size: the square size the processor was asked for (``None``: the processor's own).
     """
 
     model: nn.Module
@@ -52,6 +61,8 @@ class Backbone:
     name: str
     default_poolings: tuple[str, ...] = ("mean",)
     extra_forward_kwargs: dict = field(default_factory=dict)
+    argument: str = "model_name_or_path"
+    image_size: int | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -87,10 +98,17 @@ class Backbone:
                 .contiguous()
             )  # (B, L)
         outputs = self.model(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
+        hidden = getattr(outputs, "hidden_states", None)
+        if not isinstance(hidden, (tuple, list)) or not hidden:
+            raise BackboneError(
+                f"{self.argument}: {self.name!r} ({type(self.model).__name__}) returns no hidden_states from "
+                f"forward(output_hidden_states=True) (it returns {_output_names(outputs)}); the report reads the "
+                "per-layer hidden states of a vision backbone (for a detection or segmentation model, its backbone)"
+            )
         pooled = getattr(outputs, "pooler_output", None)
         if pooled is not None:
             pooled = pooled.flatten(1)  # CNN poolers give (B, C, 1, 1)
-        return list(outputs.hidden_states), pooled
+        return list(hidden), pooled
 
     def _timm_hidden_states(self, pixel_values):
         model = self.model
@@ -124,6 +142,46 @@ class TimmProcessor:
 
     def __call__(self, images, return_tensors: str = "pt") -> dict:
         return {"pixel_values": torch.stack([self.transform(image) for image in images])}
+
+
+def _output_names(outputs) -> str:
+    """What a forward returned, in a few words (the fields of a ``ModelOutput``, else its type)."""
+    keys = getattr(outputs, "keys", None)
+    return f"fields {list(keys())}" if callable(keys) else f"a {type(outputs).__name__}"
+
+
+def _check_takes_hidden_states(model: nn.Module, name: str, argument: str) -> None:
+    """A transformers-style model must accept ``output_hidden_states`` (by name or through ``**kwargs``)."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    if not any(p.name == "output_hidden_states" or p.kind is p.VAR_KEYWORD for p in parameters):
+        raise BackboneError(
+            f"{argument}: {name!r} ({type(model).__name__}) has no output_hidden_states argument in forward, so "
+            "its hidden states are out of reach; the report needs a transformers-style vision model"
+        )
+
+
+def _check_channels(processor, num_channels: int, name: str, argument: str) -> None:
+    """The processor must normalise as many channels as the model takes (images are converted to ``L`` or ``RGB``
+    for the model's channel count before the processor): a mismatch fails deep inside the normalisation."""
+    if not getattr(processor, "do_normalize", True):
+        return
+    for attribute in ("image_mean", "image_std"):
+        value = getattr(processor, attribute, None)
+        if isinstance(value, (list, tuple)) and len(value) != num_channels:
+            where = (
+                f"{name}/preprocessor_config.json" if argument == "model_name_or_path" else "image_processor"
+            )
+            raise ValueError(
+                f"{argument}: the model takes {num_channels}-channel images but its image processor ({where}) "
+                f"normalises {len(value)} channels ({attribute}={list(value)}); expected {num_channels} value(s)"
+            )
+
+
+def _check_weight_files(path: Path, name: str) -> None:
+    """An empty weights file (a copy or a save cut short) is named before transformers tries to parse it."""
+    for file in sorted(path.iterdir()) if path.is_dir() else ():
+        if file.suffix in WEIGHT_SUFFIXES and file.is_file() and file.stat().st_size == 0:
+            raise ValueError(f"model_name_or_path: weights file {str(file)!r} of {name!r} is empty (0 bytes)")
 
 
 def _is_timm_directory(path: Path) -> bool:
@@ -173,12 +231,20 @@ def _load_transformers(name: str, trust_remote_code: bool, image_size: int | Non
         raise ValueError(
             f"model_name_or_path: could not load a transformers config from {name!r} ({type(err).__name__}: {err})"
         ) from err
-    # CLIP-like checkpoints: the vision tower is the vision model
-    if getattr(config, "vision_config", None) is not None and "vision" not in type(config).__name__.lower():
-        model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = getattr(model, "vision_model", model)
-    else:
-        model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code)
+    _check_weight_files(Path(name).expanduser(), name)
+    try:
+        # CLIP-like checkpoints: the vision tower is the vision model
+        if (
+            getattr(config, "vision_config", None) is not None
+            and "vision" not in type(config).__name__.lower()
+        ):
+            model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+            model = getattr(model, "vision_model", model)
+        else:
+            model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code)
+    except Exception as err:  # corrupt or truncated weights, missing shards: one line, not a traceback
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise ValueError(f"model_name_or_path: could not load the weights of {name!r} ({reason})") from err
     if getattr(model, "main_input_name", None) != "pixel_values":
         raise ValueError(
             f"model_name_or_path: {name!r} is a {config.model_type!r} model whose input is "
@@ -191,12 +257,24 @@ def _load_transformers(name: str, trust_remote_code: bool, image_size: int | Non
             f"model_name_or_path: {name!r} has no image processor ({type(err).__name__}); {PIXEL_PROCESSOR_HINT}"
         ) from err
     if image_size is not None:
-        processor.size = {"height": image_size, "width": image_size}
-        for attribute in ("crop_size",):  # a center crop would undo the resize
-            if getattr(processor, attribute, None) is not None:
-                setattr(processor, attribute, {"height": image_size, "width": image_size})
+        _resize_processor(processor, image_size)
     kind = "recperc" if callable(getattr(model, "hidden_states", None)) else "transformers"
     return model, processor, kind
+
+
+def _resize_processor(processor, image_size: int) -> None:
+    """Ask a transformers image processor for ``image_size`` x ``image_size`` images, in its own size format.
+
+    Processors sized by ``shortest_edge`` (ConvNeXt, ResNet, CLIP) only accept that key (ConvNeXt resizes to
+    ``shortest_edge / crop_pct`` and crops the centre square); the others take ``height`` / ``width``. A centre crop
+    gets the same square, or it would undo the resize. The dry run checks the size that comes out."""
+    size = getattr(processor, "size", None)
+    if size is not None and "shortest_edge" in size and "height" not in size:
+        processor.size = {"shortest_edge": image_size}
+    else:
+        processor.size = {"height": image_size, "width": image_size}
+    if getattr(processor, "crop_size", None) is not None:
+        processor.crop_size = {"height": image_size, "width": image_size}
 
 
 def load_backbone(
@@ -222,8 +300,9 @@ def load_backbone(
     Raises:
         ValueError: naming ``model_name_or_path`` (not loadable, not a vision model) or ``image_processor``.
     """
+    argument = "model_name_or_path"
     if isinstance(model_name_or_path, nn.Module):
-        model, name = model_name_or_path, type(model_name_or_path).__name__
+        model, name, argument = model_name_or_path, type(model_name_or_path).__name__, "model"
         if hasattr(model, "forward_intermediates") and hasattr(model, "pretrained_cfg"):
             kind, processor = "timm", image_processor or TimmProcessor(model, image_size)
         else:
@@ -266,6 +345,9 @@ def load_backbone(
     else:
         num_channels = int(getattr(config, "num_channels", 3) or 3)
         num_prefix_tokens = _transformers_prefix_tokens(model, config)
+        if kind == "transformers":
+            _check_takes_hidden_states(model, name, argument)
+        _check_channels(processor, num_channels, name, "image_processor" if image_processor else argument)
     extra = {}
     if kind == "transformers" and hasattr(getattr(model, "embeddings", None), "random_masking"):
         # ViTMAE masks (and shuffles) patches in its forward. For inference every patch must be seen, in order:
@@ -277,7 +359,20 @@ def load_backbone(
         default_poolings = tuple(model.default_poolings)
     else:
         default_poolings = ("cls", "mean") if num_prefix_tokens else ("mean",)
-    return Backbone(model, kind, processor, num_channels, num_prefix_tokens, name, default_poolings, extra)
+    # the size the processor was asked for (a given processor, or a built transformers module's, is used as it is)
+    resized = image_size if image_processor is None and (argument != "model" or kind == "timm") else None
+    return Backbone(
+        model,
+        kind,
+        processor,
+        num_channels,
+        num_prefix_tokens,
+        name,
+        default_poolings,
+        extra,
+        argument,
+        resized,
+    )
 
 
 def _transformers_prefix_tokens(model: nn.Module, config) -> int:

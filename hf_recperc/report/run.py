@@ -16,17 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data import ImageData, ProcessedImages, load_image_dataset, processor_transform
+from ..data import ImageData, ProcessedImages, load_image_dataset, processor_transform, split_conflict
+from ..findings import (
+    MIN_ROWS,
+    Evidence,
+    SubspaceResult,
+    best_subspace_finding,
+    compare_subspaces,
+    subspace_finding,
+)
 from ..monitors import (
     DEFAULT_SUBSPACES,
     EVAL,
@@ -46,7 +57,7 @@ from ..results import KNN_ACCURACY, KNN_WEIGHTED_ACCURACY, LAYERS, SPECTRUM_FIEL
 from ..spectral import parse_subspace
 from ..validation import check_finite_number, check_positive_int
 from ..versions import library_versions
-from .extract import Backbone, load_backbone, pooled_features
+from .extract import Backbone, BackboneError, load_backbone, pooled_features
 
 __all__ = [
     "perception_report",
@@ -110,9 +121,17 @@ def _dry_run(backbone: Backbone, data: ImageData, mixed_precision: str):
     )
     batch = transform(data.train[:1])
     pixel_values = batch["pixel_values"].to(backbone.device, backbone.dtype)  # (1, C, H, W)
+    size = backbone.image_size
+    if size is not None and tuple(pixel_values.shape[-2:]) != (size, size):
+        raise ValueError(
+            f"image_size: asked for {size}x{size} images, but the image processor "
+            f"({type(backbone.processor).__name__}) gives {pixel_values.shape[-2]}x{pixel_values.shape[-1]}"
+        )
     try:
         with torch.inference_mode(), _autocast(backbone.device, mixed_precision):
             hidden, pooled = backbone.hidden_states(pixel_values)
+    except BackboneError:
+        raise  # names the model argument: not a matter of image size
     except (RuntimeError, ValueError, AssertionError, TypeError) as err:
         shape = "x".join(str(s) for s in pixel_values.shape[1:])
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -208,51 +227,43 @@ def _bank_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def main_finding(
-    metrics: dict[str, float], layers: Sequence[int], pooling: str, subspaces: Sequence[str]
+    metrics: dict[str, float],
+    layers: Sequence[int],
+    pooling: str,
+    subspaces: Sequence[str],
+    evidence: Evidence,
+    feature_dims: dict[str, int] | None = None,
 ) -> str:
     """One sentence on where the class information sits: the first ``bottom:*`` against the first ``top:*``
-    subspace across layers (the paper's comparison, arXiv 2402.11337 section 3)."""
+    subspace at each layer (the paper's comparison, arXiv 2402.11337 section 3), or, without both, the layer whose
+    first subspace probes best. Stated only when the evidence holds (:mod:`hf_recperc.findings`: enough rows, two
+    proper subspaces, accuracies above chance by their 95% binomial interval); otherwise the sentence says why not.
+
+    Args:
+        feature_dims: ``layer_<i>/<pooling>`` -> the feature's dimension (a subspace keeping all of them is ``all``).
+    """
     top = next((s for s in subspaces if s.startswith("top:")), None)
     bottom = next((s for s in subspaces if s.startswith("bottom:")), None)
-    name = {
-        s: f"the {s.split(':')[0]} {float(s.split(':')[1]):.0%} of the variance" for s in (top, bottom) if s
-    }
+
+    def value(i: int, field_name: str, spec: str) -> float:
+        return metrics.get(layer_key(layer_feature(i, pooling), field_name, spec), math.nan)
+
     if top is None or bottom is None:
         spec = subspaces[0]
-        accuracy = {
-            i: metrics.get(layer_key(layer_feature(i, pooling), "accuracy", spec), math.nan) for i in layers
-        }
-        finite = {i: a for i, a in accuracy.items() if math.isfinite(a)}
-        if not finite:
-            return f"No {spec} subspace could be probed ({pooling} pooling)."
-        best = max(finite, key=finite.get)
-        return f"The {spec} probe is most accurate at layer {best} ({finite[best]:.3f}, {pooling} pooling)."
-    wins = []
+        return best_subspace_finding({i: value(i, "accuracy", spec) for i in layers}, spec, evidence, pooling)
+    name = {s: f"the {s.split(':')[0]} {float(s.split(':')[1]):.0%} of the variance" for s in (top, bottom)}
+    verdicts = {}
     for i in layers:
-        feature = layer_feature(i, pooling)
-        a_top = metrics.get(layer_key(feature, "accuracy", top), math.nan)
-        a_bottom = metrics.get(layer_key(feature, "accuracy", bottom), math.nan)
-        if math.isfinite(a_top) and math.isfinite(a_bottom):
-            wins.append((i, a_bottom > a_top))
-    if not wins:
-        return f"Neither {top} nor {bottom} could be probed ({pooling} pooling): the features are degenerate."
-    first_bottom = next((k for k in range(len(wins)) if all(w for _, w in wins[k:])), None)
-    if first_bottom == 0:
-        where = "at every layer probed" if len(wins) > 1 else f"at layer {wins[0][0]}"
-        return f"{name[bottom].capitalize()} carries more class information than {name[top]} {where} ({pooling} pooling)."
-    if first_bottom is not None:
-        return (
-            f"{name[bottom].capitalize()} carries more class information than {name[top]} from layer "
-            f"{wins[first_bottom][0]} on ({pooling} pooling)."
-        )
-    if not any(w for _, w in wins):
-        where = "at every layer probed" if len(wins) > 1 else f"at layer {wins[0][0]}"
-        return f"{name[top].capitalize()} carries more class information than {name[bottom]} {where} ({pooling} pooling)."
-    better = ", ".join(str(i) for i, w in wins if w)
-    return (
-        f"{name[bottom].capitalize()} carries more class information than {name[top]} at layers {better} only "
-        f"({pooling} pooling)."
-    )
+        dims = (feature_dims or {}).get(layer_feature(i, pooling))
+        results = [
+            SubspaceResult(
+                spec, value(i, "accuracy", spec), int(value(i, "dims", spec) or 0),
+                value(i, "explained_variance", spec), dims,
+            )
+            for spec in (top, bottom)
+        ]  # fmt: skip
+        verdicts[i] = compare_subspaces(*results, evidence)
+    return subspace_finding(verdicts, name[top], name[bottom], pooling)
 
 
 def _nested(metrics: dict[str, float], features: Sequence[str], subspaces: Sequence[str]) -> dict[str, dict]:
@@ -313,7 +324,9 @@ def perception_report(
             ``hf-hub:timm/<name>``, a ``timm.models.save_for_hf`` directory, or a built ``nn.Module``.
         dataset: anything :func:`hf_recperc.data.load_image_dataset` accepts (``None`` = digits), or an
             :class:`~hf_recperc.data.ImageData`; its train split fits the probes / fills the kNN bank, its
-            validation split is scored.
+            validation split is scored. For one of our checkpoints (a directory with the run's ``results.json``) a
+            validation split carved out of train uses the run's seed and fraction, so that no training image of the
+            model is scored; other values on the run's own rows are refused.
         layers: ``"last"``, ``"all"`` (every block) or indices (0 = the embedding/input stage, negative from the end).
         poolings: among ``cls``, ``mean``, ``pooler`` (the model's own pooled output, last layer only); default:
             the model's own (ours), else ``cls`` and ``mean`` for models with a CLS token and ``mean`` otherwise.
@@ -329,12 +342,16 @@ def perception_report(
         max_train_samples, max_eval_samples: keep the first N rows of each split (when ``dataset`` is loaded here).
         curves: compute the accuracy-vs-number-of-components curves of the last layer.
         figures: draw the figures (when ``output_dir`` is given).
-        data_kwargs: more keyword arguments of :func:`~hf_recperc.data.load_image_dataset`.
+        data_kwargs: more keyword arguments of :func:`~hf_recperc.data.load_image_dataset` (``seed`` and
+            ``train_val_split`` default to the model's run's, see ``dataset``; ``None`` values are dropped).
 
     Returns:
         The content of ``report.json``: ``metrics`` (flat ``layers/<layer>/<pooling>/...`` keys, as the trainer's
-        ``eval/layers/...``), ``features`` (the same, nested per feature), ``finding`` (one sentence), ``layers``,
-        ``poolings``, ``subspaces``, ``model`` and ``data`` provenance, ``runtime`` and ``versions``.
+        ``eval/layers/...``), ``features`` (the same, nested per feature), ``finding`` (one sentence, or why none
+        can be stated: :mod:`hf_recperc.findings`), ``findings`` (one per pooling), ``evidence`` (the rows and
+        chance level they rest on), ``layers``, ``poolings``, ``subspaces``, ``model`` and ``data`` provenance
+        (``data.split``: how train/validation were made; ``data.run_split``: how the model's run made them),
+        ``runtime`` and ``versions``.
 
     Raises:
         ValueError: one line naming the argument, before any costly work and before anything is written.
@@ -349,7 +366,8 @@ def perception_report(
         model, image_processor=image_processor, trust_remote_code=trust_remote_code, image_size=image_size,
         device=device,
     )  # fmt: skip
-    data = _load_data(dataset, max_train_samples, max_eval_samples, data_kwargs)
+    run_split = _run_split(model)
+    data = _load_data(dataset, run_split, max_train_samples, max_eval_samples, data_kwargs)
     hidden, layer_ids, poolings, features = _choose_features(
         backbone, data, layers, poolings, mixed_precision
     )
@@ -369,7 +387,7 @@ def perception_report(
         last_layer = [layer_feature(layer_ids[-1], pooling) for pooling in poolings]
         accuracy_curves = _accuracy_curves(probes, last_layer) if curves else {}
     report = {
-        **_findings(metrics, layer_ids, poolings, subspaces, probes),
+        **_findings(metrics, layer_ids, poolings, subspaces, probes, _evidence(data), features),
         "metrics": metrics,
         "features": _nested(metrics, features, subspaces),
         "layers": layer_ids,
@@ -378,7 +396,7 @@ def perception_report(
         "monitors": monitors,
         "accuracy_curves": accuracy_curves,
         "model": _model_provenance(backbone, hidden, len(hidden) - 1),
-        "data": _data_provenance(data),
+        "data": _data_provenance(data, run_split),
         "settings": {
             "batch_size": batch_size,
             "mixed_precision": mixed_precision,
@@ -410,19 +428,70 @@ def _timed(timings: dict, name: str):
     timings[name] = time.perf_counter() - started
 
 
-def _load_data(dataset, max_train_samples, max_eval_samples, data_kwargs) -> ImageData:
-    """``dataset`` as given (an :class:`ImageData`), or loaded with the row limits and extra loader arguments."""
+def _run_split(model) -> dict | None:
+    """How the training run of one of our checkpoints made its validation split (``run.data_split`` of its
+    ``results.json``), or ``None`` for any other model. Runs saved before the split was recorded give the seed and
+    fraction of their arguments, without a fingerprint."""
+    if not isinstance(model, (str, os.PathLike)) or not Path(model).expanduser().is_dir():
+        return None
+    path = Path(model).expanduser() / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"model_name_or_path: {str(path)!r} is not readable JSON ({type(err).__name__}); it says how the "
+            "model's training run split its data"
+        ) from None
+    run, args = results.get("run"), results.get("args")
+    if not isinstance(run, dict) or not isinstance(args, dict):
+        return None  # a results.json that is not a run's
+    recorded = run.get("data_split") or {
+        "carved": None, "seed": args.get("seed"), "fraction": args.get("train_val_split")
+    }  # fmt: skip
+    return {**recorded, "results": str(path)}
+
+
+def _load_data(dataset, run_split, max_train_samples, max_eval_samples, data_kwargs) -> ImageData:
+    """``dataset`` as given (an :class:`ImageData`), or loaded with the row limits and extra loader arguments.
+
+    On one of our checkpoints (``run_split``), a validation split carved out of train uses the run's seed and
+    fraction unless ``data_kwargs`` names others; a carve of the run's own rows with other values is refused: it
+    would evaluate on the model's training images."""
     if isinstance(dataset, ImageData):
-        return dataset
-    limits = {"max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
-    return load_image_dataset(
-        dataset, **{**(data_kwargs or {}), **{k: v for k, v in limits.items() if v is not None}}
-    )
+        data = dataset
+    else:
+        kwargs = {k: v for k, v in (data_kwargs or {}).items() if v is not None}
+        for key, name in (("seed", "seed"), ("fraction", "train_val_split")):
+            if run_split and run_split.get(key) is not None:
+                kwargs.setdefault(name, run_split[key])
+        limits = {"max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
+        data = load_image_dataset(dataset, **{**kwargs, **{k: v for k, v in limits.items() if v is not None}})
+    if run_split:
+        conflict = split_conflict(run_split, data.split)
+        if conflict:
+            raise ValueError(conflict if not isinstance(dataset, ImageData) else f"dataset: {conflict}")
+        if run_split.get("carved") and data.split.get("carved") and not _same_carve(run_split, data.split):
+            logger.warning(
+                "the model's run carved its validation split from other rows (fingerprint %s, here %s): the "
+                "report cannot check that its evaluation images were not training images",
+                run_split.get("fingerprint"), data.split.get("fingerprint"),
+            )  # fmt: skip
+    return data
+
+
+def _same_carve(run_split: dict, split: dict) -> bool | None:
+    """Whether ``split`` is the run's split (``None``: the run recorded too little to tell)."""
+    if run_split.get("carved") is None:
+        return None
+    keys = ("carved", "validation_split", "seed", "fraction", "fingerprint")
+    return all(run_split.get(key) == split.get(key) for key in keys)
 
 
 def _choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixed_precision: str):
     """One forward pass on a few images resolves the layers and poolings (and fails early on those the model cannot
-    do). Returns ``(hidden states of the dry run, layer ids, poolings, feature names)``."""
+    do). Returns ``(hidden states of the dry run, layer ids, poolings, {feature name: dimension})``."""
     hidden, pooled = _dry_run(backbone, data, mixed_precision)
     num_layers = len(hidden) - 1
     layer_ids = parse_layers(layers, num_layers, argument="layers")
@@ -434,7 +503,7 @@ def _choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixe
     sample = pooled_features(
         hidden, pooled, layer_ids, poolings, backbone.num_prefix_tokens
     )  # pooling errors
-    return hidden, layer_ids, poolings, list(sample)
+    return hidden, layer_ids, poolings, {name: int(rows.shape[-1]) for name, rows in sample.items()}
 
 
 def _compute(monitors) -> dict[str, float]:
@@ -458,17 +527,32 @@ def _accuracy_curves(probes: dict, features: Sequence[str]) -> dict[str, dict[st
     return curves
 
 
-def _findings(metrics, layer_ids, poolings, subspaces, probes) -> dict:
-    """``finding``: the main sentence (first pooling); ``findings``: one per pooling (pooler: last layer only)."""
+def _findings(metrics, layer_ids, poolings, subspaces, probes, evidence: Evidence, feature_dims) -> dict:
+    """``finding``: the main sentence (first pooling); ``findings``: one per pooling (pooler: last layer only);
+    ``evidence``: what they rest on (rows, chance level, the thresholds of :mod:`hf_recperc.findings`)."""
     if not probes:
         return {"finding": None, "findings": {}}
     return {
-        "finding": main_finding(metrics, layer_ids, poolings[0], subspaces),
+        "finding": main_finding(metrics, layer_ids, poolings[0], subspaces, evidence, feature_dims),
         "findings": {
-            p: main_finding(metrics, [i for i in layer_ids if layer_feature(i, p) in probes], p, subspaces)
+            p: main_finding(
+                metrics, [i for i in layer_ids if layer_feature(i, p) in probes], p, subspaces, evidence,
+                feature_dims,
+            )
             for p in poolings
         },
-    }
+        "evidence": {
+            **asdict(evidence), "min_rows": MIN_ROWS, "interval": "95% Wilson binomial interval",
+        },
+    }  # fmt: skip
+
+
+def _evidence(data: ImageData) -> Evidence:
+    """Rows the findings rest on, and chance: the majority class's share of the evaluation rows."""
+    labels = data.validation[data.label_column]
+    counts = Counter(int(label) for label in labels)
+    chance = max(counts.values()) / len(data.validation) if counts else 1.0
+    return Evidence(num_train=len(data.train), num_eval=len(data.validation), chance=chance)
 
 
 def _images_seen(seen: int, device: torch.device) -> float:
@@ -496,8 +580,13 @@ def _model_provenance(backbone: Backbone, hidden, num_layers: int) -> dict:
     }
 
 
-def _data_provenance(data: ImageData) -> dict:
+def _data_provenance(data: ImageData, run_split: dict | None) -> dict:
+    """Where the images came from; ``split`` says how train/validation were made, ``run_split`` how the model's
+    training run made them (our checkpoints) with ``same_split`` telling whether the report used the same rows."""
+    run = None if run_split is None else {**run_split, "same_split": _same_carve(run_split, data.split)}
     return {
+        "split": data.split,
+        "run_split": run,
         "source": data.source,
         "image_column": data.image_column,
         "label_column": data.label_column,

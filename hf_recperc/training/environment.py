@@ -72,5 +72,6 @@ def run_results(run) -> RunResults:
         guidance=config.guidance,
         monitors=[monitor.name for monitor in run.monitors],
         spectral_band_dims=next((m.bands.dims for m in run.monitors if getattr(m, "bands", None)), None),
+        data_split=getattr(run.data, "split", None),  # streamed data: never carved, nothing to record
     )
     return RunResults(metrics=run.state.history[-1], args=run.all_args, run=info, versions=library_versions())
