@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import reprlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,20 @@ __all__ = [
 ]
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+# Largest argument file read, and largest YAML document once its aliases are expanded (scalar characters plus
+# one per node): argument files are a few KB, and an alias bomb (each line repeating the previous one ten times)
+# must be refused before anything walks or prints its billions of values.
+MAX_CONFIG_BYTES = 10 * 2**20
+MAX_CONFIG_EXPANDED = 10**6
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a few items and characters: a quoted value keeps an error message one readable line."""
+    shortened = reprlib.Repr()  # keyword arguments need Python 3.12
+    shortened.maxlist = shortened.maxdict = 4
+    shortened.maxstring = shortened.maxother = 40
+    shortened.maxlevel = 3
+    return shortened.repr(value)
 
 
 class ArgumentError(ValueError):
@@ -155,12 +170,21 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ArgumentError(f"config: expected a .json, .yaml or .yml file, got {str(path)!r}")
     if not path.is_file():
         raise ArgumentError(f"config: file {str(path)!r} not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ArgumentError(
+            f"config: {str(path)!r} is {path.stat().st_size:,} bytes; argument files are at most "
+            f"{MAX_CONFIG_BYTES:,} bytes"
+        )
     text = path.read_text()
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        values = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_BoundedSafeLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
         raise ArgumentError(f"config: {str(path)!r} is not valid {kind}: {_one_line(err)}") from None
+    except RecursionError:
+        raise ArgumentError(f"config: {str(path)!r} is nested too deeply to be an argument file") from None
+    except _AliasBomb as err:
+        raise ArgumentError(f"config: {str(path)!r}: {err}") from None
     if values is None:  # an empty YAML file: no arguments
         return {}
     if not isinstance(values, dict):
@@ -168,6 +192,39 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             f"config: {str(path)!r} must map argument names to values, got a {type(values).__name__}"
         )
     return values
+
+
+class _AliasBomb(Exception):
+    """A YAML document whose aliases expand beyond :data:`MAX_CONFIG_EXPANDED`."""
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases (``*name``) expand beyond
+    :data:`MAX_CONFIG_EXPANDED`, measured on the composed node graph before any Python object is built."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        if _expanded_size(node, {}) > MAX_CONFIG_EXPANDED:
+            raise _AliasBomb(
+                f"its aliases (*name) expand to more than {MAX_CONFIG_EXPANDED:,} values; write the values out"
+            )
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Characters plus nodes of ``node`` with every alias expanded; ``sizes`` memoises shared nodes, so the cost
+    is linear in the file, not in the expansion."""
+    if id(node) not in sizes:
+        if isinstance(node, yaml.ScalarNode):
+            size = 1 + len(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(
+                _expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value
+            )
+        else:
+            size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+        sizes[id(node)] = size
+    return sizes[id(node)]
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
@@ -250,13 +307,15 @@ def _config_to_argv(parser: DataclassArgumentParser, path: str, values: dict[str
         if key in list_valued:
             items = value if isinstance(value, list) else [value]
             if any(isinstance(item, (list, dict)) for item in items):
-                raise ArgumentError(f"config {path!r}: {key}: expected a list of plain values, got {value!r}")
+                raise ArgumentError(
+                    f"config {path!r}: {key}: expected a list of plain values, got {_short(value)}"
+                )
             argv += [f"--{key}", *map(_as_token, items)]
         elif key == "config_overrides" and isinstance(value, dict):
             # A YAML/JSON mapping is the natural spelling in a file; write it in the flag's key=value form.
             argv.append(f"--{key}=" + ",".join(f"{name}={json.dumps(item)}" for name, item in value.items()))
         elif isinstance(value, (list, dict)):
-            raise ArgumentError(f"config {path!r}: {key}: expected one value, got {value!r}")
+            raise ArgumentError(f"config {path!r}: {key}: expected one value, got {_short(value)}")
         else:
             argv.append(f"--{key}={_as_token(value)}")  # '=': a value may start with '-'
     return argv

@@ -29,9 +29,9 @@ import torch
 
 from .distributed import gather_rows
 from .spectral import PCA, SecondMoments, as_float_tensor, compute_dtype, parse_subspace
-from .validation import check_labels
+from .validation import check_labels, check_memory, format_bytes
 
-__all__ = ["SubspaceProbe", "PROBES", "DEFAULT_SUBSPACES"]
+__all__ = ["SubspaceProbe", "PROBES", "DEFAULT_SUBSPACES", "check_targets_memory"]
 
 PROBES = ("ridge", "logistic")
 DEFAULT_SUBSPACES = ("top:0.9", "bottom:0.2", "all")
@@ -40,6 +40,26 @@ DEFAULT_SUBSPACES = ("top:0.9", "bottom:0.2", "all")
 _SCORE_ROWS = 4096
 # Rows scored at once when building accuracy curves: the (rows, D, C) cumulative-score block stays ~100 MB.
 _CURVE_ROWS = 256
+# Peak memory of the label statistics, in `(D, C)` float64 matrices: the cross moment (twice while it grows), the
+# cross-covariance and its class columns, the coefficients in the PCA basis.
+_TARGET_MATRICES = 6
+
+
+def check_targets_memory(name: str, dim: int, num_classes: int, num_rows: int = 0, device=None) -> None:
+    """``ValueError`` naming ``name`` when ``num_classes`` classes of ``dim`` features would not fit in memory.
+
+    Counts the `(D, C)` float64 label statistics of a ridge probe and the `(num_rows, C)` one-hot targets of a
+    batch; called before they are allocated.
+    """
+    matrix = 8 * dim * num_classes
+    check_memory(
+        name,
+        f"{num_classes:,} classes of {dim:,} features need a {dim:,} x {num_classes:,} float64 cross-moment "
+        f"matrix ({format_bytes(matrix)})",
+        _TARGET_MATRICES * matrix + 8 * num_rows * num_classes,
+        device,
+        hint="merge classes or reduce the features",
+    )
 
 
 def _as_labels(y, num_rows: int, name: str = "y") -> torch.Tensor:
@@ -130,14 +150,18 @@ class SubspaceProbe:
         if self.probe == "logistic" and self.ridge == 0:
             raise ValueError("ridge: probe='logistic' needs ridge > 0 (an unpenalised softmax can diverge)")
 
-    def _columns(self, labels: torch.Tensor) -> torch.Tensor:
+    def _columns(self, labels: torch.Tensor, dim: int, device) -> torch.Tensor:
         """Target column `(N,)` of each label: a class gets the next free column when first seen.
 
         Compacting ids keeps memory ``O(D C)`` in the number of classes *present*: labels ``{0, 10**6}``
-        take two columns, not a million (one-hot by raw id took 10 GB).
+        take two columns, not a million (one-hot by raw id took 10 GB). New classes are counted against the
+        memory (``dim`` features) before any column is added.
         """
         ids, inverse = torch.unique(labels, return_inverse=True)  # sorted ids (U,), (N,) positions
         columns = self._class_columns
+        new = sum(class_id not in columns for class_id in ids.tolist())
+        if new:
+            check_targets_memory("y", dim, len(columns) + new, len(labels), device)
         for class_id in ids.tolist():
             columns.setdefault(class_id, len(columns))
         lookup = torch.tensor([columns[class_id] for class_id in ids.tolist()], dtype=torch.long)
@@ -151,7 +175,7 @@ class SubspaceProbe:
             self._class_columns = {}
         if X.shape[0] == 0:
             return
-        columns = self._columns(labels)
+        columns = self._columns(labels, X.shape[1], X.device)
         one_hot = torch.nn.functional.one_hot(columns, len(self._class_columns)).to(
             device=X.device, dtype=compute_dtype(X.dtype)
         )

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .validation import check_memory, format_bytes
+
 __all__ = [
     "SUBSPACE_FORMS",
     "SubspaceSpec",
@@ -32,6 +34,7 @@ __all__ = [
     "SecondMoments",
     "PCA",
     "as_float_tensor",
+    "check_moments_memory",
     "compute_dtype",
     "num_components",
     "fix_eigenvector_signs",
@@ -53,6 +56,11 @@ _HALF = (torch.float16, torch.bfloat16)
 _ACCUMULATE_ROWS = 16384
 # Rows per block when choosing that shift: temporaries of a few MB instead of a copy of the first chunk.
 _SHIFT_BLOCK_ROWS = 2048
+# Peak memory of accumulating second moments and solving their PCA, in `(D, D)` float64 matrices: the sums, the
+# covariance and its symmetrised copy, the eigensolver's input and eigenvectors (SubspaceProbe.fit measured ~5).
+_MOMENT_MATRICES = 5
+# Largest magnitude of float32 rows whose products are formed after scaling to unit magnitude (_underflow_scale).
+_TINY_FLOAT32_PEAK = 2.0**-40
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,12 @@ def as_float_tensor(X, name: str = "X", ndim: int = 2, *, check_finite: bool = T
         tensor = torch.from_numpy(array)
     if tensor.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(tensor.shape)}")
+    if tensor.is_complex():
+        # A cast to real would silently drop the imaginary parts (torch only warns).
+        raise ValueError(
+            f"{name}: expected real features, got complex dtype {tensor.dtype}; pass the real and imaginary "
+            "parts (or the magnitudes) as real features"
+        )
     if not tensor.is_floating_point():
         tensor = tensor.to(torch.float64 if tensor.dtype == torch.int64 else torch.float32)
     if check_finite:
@@ -184,6 +198,21 @@ def check_finite_values(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: contains NaN or infinite values")
 
 
+def check_moments_memory(name: str, dim: int, device=None) -> None:
+    """``ValueError`` naming ``name`` when second moments of ``dim`` features (and their PCA) would not fit in memory.
+
+    Called before the `(D, D)` float64 sums are allocated: ``D = 100,000`` needs 74.5 GiB per matrix.
+    """
+    matrix = 8 * dim * dim
+    check_memory(
+        name,
+        f"{dim:,} features need a {dim:,} x {dim:,} float64 second-moment matrix ({format_bytes(matrix)})",
+        _MOMENT_MATRICES * matrix,
+        device,
+        hint="reduce the features (pool, project or subsample them)",
+    )
+
+
 def _reference_shift(first_rows: torch.Tensor) -> torch.Tensor:
     """The shift of :class:`SecondMoments`: the rows' mean, or zeros when centring would not pay.
 
@@ -192,6 +221,8 @@ def _reference_shift(first_rows: torch.Tensor) -> torch.Tensor:
     at most one bit, and skipping the shift saves a copy of every batch (15% of the time on CIFAR-10).
     """
     dtype = compute_dtype(first_rows.dtype)  # half would overflow in the squares
+    # Tiny float32 rows would underflow in the squares; a power of two leaves the decision and the mean exact.
+    scale = _underflow_scale(first_rows)
     # Per-feature sums of x and x^2 over blocks (a decision, not a statistic: the input precision is enough).
     # mu^2 <= sigma^2 = E[x^2] - mu^2 is tested as 2 mu^2 <= E[x^2]: no subtraction, so no cancellation, and
     # two plain sums cost a quarter of torch's variance along dim 0. Squares that overflow float32 (|x| ~ 1e19
@@ -199,7 +230,7 @@ def _reference_shift(first_rows: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(first_rows.shape[1], dtype=dtype, device=first_rows.device)
     total_square = torch.zeros_like(total)
     for block in first_rows.split(_SHIFT_BLOCK_ROWS):
-        block = block.to(dtype)
+        block = block.to(dtype) if scale == 1.0 else block.to(dtype) * scale
         total += block.sum(0)
         total_square += block.square().sum(0)
     mean = total.to(torch.float64) / len(first_rows)
@@ -215,6 +246,25 @@ def _finite(*tensors: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
 
 
+def _underflow_scale(chunk: torch.Tensor) -> float:
+    """A power of two that brings tiny rows `(b, D)` (float32 or half) to unit scale before their products, else 1.0.
+
+    Products of float32 features of magnitude 1e-22 are ~1e-44, below float32's smallest normal number (1.2e-38):
+    they lose their digits or flush to zero, and the PCA then sees a few directions instead of all. float32 rows
+    whose largest magnitude is below ``2**-40`` (~1e-12: squares 2**23 times above the smallest normal) are
+    scaled by ``2**-e`` with ``peak = m 2**e``; scaling by a power of two is exact, and the float64 sums hold the
+    scaled-back products of any float32 value. Rows of ordinary magnitude, and float64 rows (whose products are
+    formed in float64), are left alone: their numbers stay bit-identical.
+    """
+    if compute_dtype(chunk.dtype) != torch.float32:
+        return 1.0
+    low, high = torch.aminmax(chunk)  # one pass, no |chunk| copy
+    peak = max(-float(low), float(high))
+    if not (0.0 < peak < _TINY_FLOAT32_PEAK):
+        return 1.0
+    return 2.0 ** -math.frexp(peak)[1]  # peak * scale in [0.5, 1)
+
+
 def _chunk_products(chunk: torch.Tensor, targets: torch.Tensor | None):
     """float64 ``(sum (D,), outer (D, D), cross (D, T) or None)`` of one chunk `(b, D)` (targets `(b, T)`).
 
@@ -222,7 +272,14 @@ def _chunk_products(chunk: torch.Tensor, targets: torch.Tensor | None):
     eps log b), so this is safe and 10x cheaper than casting every entry to float64 first. When a float32
     product overflows (features of magnitude ~1e19 and up) the chunk is redone in float64; the diagonal
     bounds every entry (``|o_ij| <= sqrt(o_ii o_jj)``), so checking it is enough and costs only ``O(D)``.
+    Tiny rows are scaled to unit magnitude for the outer product and scaled back in float64, exactly
+    (:func:`_underflow_scale`).
     """
+    scale = _underflow_scale(chunk)
+    if scale != 1.0:
+        scaled = chunk * scale  # exact: a power of two
+        outer = (scaled.T @ scaled).to(torch.float64) / scale**2  # (D, D); exact in float64
+        return _finish_products(chunk, chunk.sum(0), outer, targets)
     attempt = chunk
     outer, chunk_sum = attempt.T @ attempt, attempt.sum(0)  # (D, D), (D,)
     if not _finite(outer.diagonal(), chunk_sum) and chunk.dtype != torch.float64:
@@ -232,10 +289,15 @@ def _chunk_products(chunk: torch.Tensor, targets: torch.Tensor | None):
     if not _finite(outer.diagonal(), chunk_sum):
         peak = float(chunk.abs().max())
         raise ValueError(f"X: second moments overflow float64 (max |x| = {peak:.3g}); rescale the features")
+    return _finish_products(attempt, chunk_sum, outer, targets)
+
+
+def _finish_products(rows: torch.Tensor, chunk_sum, outer, targets):
+    """:func:`_chunk_products`' float64 result, with the cross moment of ``rows`` `(b, D)` and ``targets``."""
     cross = None
     if targets is not None:
         # (T, b) @ (b, D) runs as a proper GEMM; chunk.T @ targets takes a slow skinny path (5x).
-        cross = (targets.to(attempt.dtype).T @ attempt).T.to(torch.float64)
+        cross = (targets.to(rows.dtype).T @ rows).T.to(torch.float64)
     return chunk_sum.to(torch.float64), outer.to(torch.float64), cross
 
 
@@ -284,6 +346,7 @@ class SecondMoments:
         if X.shape[0] == 0:
             return self
         if self.sum is None:
+            check_moments_memory("X", X.shape[1], X.device)
             self._allocate(X.shape[1], X.device, _reference_shift(X[:_ACCUMULATE_ROWS]))
         elif X.shape[1] != self.dim:
             raise ValueError(

@@ -17,8 +17,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .probing import DEFAULT_SUBSPACES, SubspaceProbe
-from .spectral import _ACCUMULATE_ROWS, SecondMoments, as_float_tensor, check_finite_values
+from .probing import DEFAULT_SUBSPACES, SubspaceProbe, check_targets_memory
+from .spectral import (
+    _ACCUMULATE_ROWS,
+    SecondMoments,
+    as_float_tensor,
+    check_finite_values,
+    check_moments_memory,
+)
 from .validation import check_labels
 
 __all__ = ["SPLITS", "BlockPool", "ProbeStream", "StoredRows", "stratified_split", "subspace_probe_accuracy"]
@@ -41,12 +47,17 @@ def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> tuple[n
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _labels(labels, name: str, num_rows: int, min_classes: int = 1) -> torch.Tensor:
-    """Shared label checks plus the metric's own: at least ``min_classes`` distinct ids."""
+def _labels(
+    labels, name: str, num_rows: int, min_classes: int = 1, dim: int | None = None, device=None
+) -> torch.Tensor:
+    """Shared label checks plus the metric's own: at least ``min_classes`` distinct ids, and (with ``dim``, for
+    labels a probe is fitted on) label statistics of ``dim`` features that fit in the memory of ``device``."""
     tensor = check_labels(name, labels, num_rows)
     found = int(torch.unique(tensor).numel())
     if found < min_classes:
         raise ValueError(f"{name}: need at least {min_classes} classes, got {found}")
+    if dim is not None:
+        check_targets_memory(name, dim, found, min(num_rows, _ACCUMULATE_ROWS), device)
     return tensor
 
 
@@ -138,8 +149,18 @@ def _probe_accuracy(
     """
     num_rows = sum(len(block) for block in blocks)
     has_train = train_probe is not None or train_references is not None
+    dim, device = blocks[0].shape[1], blocks[0].device
+    if train_probe is None:  # streamed training moments exist already
+        check_moments_memory("predictions", dim, device)
     # The evaluated rows may all belong to one class (a per-class report); only training needs two.
-    labels = _labels(references, "references", num_rows, min_classes=1 if has_train else 2)
+    labels = _labels(
+        references,
+        "references",
+        num_rows,
+        min_classes=1 if has_train else 2,
+        dim=None if has_train else dim,
+        device=device,
+    )
     if (train_predictions is None) != (train_references is None):
         raise ValueError("train_predictions and train_references: give both or neither")
     if train_probe is not None and train_predictions is not None:
@@ -201,7 +222,13 @@ def _score_with_training_rows(
 ) -> dict[str, float | int | str]:
     """Fit on ``train_predictions`` `(M, D)` / ``train_references`` `(M,)`, score ``features`` `(N, D)`."""
     train_features = as_float_tensor(train_predictions, "train_predictions")
-    train_labels = _labels(train_references, "train_references", len(train_features))
+    train_labels = _labels(
+        train_references,
+        "train_references",
+        len(train_features),
+        dim=features.shape[1],
+        device=features.device,
+    )
     if train_features.shape[1] != features.shape[1]:
         raise ValueError(
             f"train_predictions: expected {features.shape[1]} features per row like predictions, "
@@ -355,6 +382,8 @@ class ProbeStream:
             raise ValueError(
                 f"{name}: expected {dim} features per row (as in earlier batches), got {features.shape[1]}"
             )
+        if dim is None:  # the first batch: refuse features whose moments cannot fit before storing any row
+            check_moments_memory(name, features.shape[1], features.device)
         if len(features) == 0:
             return
         # A copy either way: the caller may reuse its batch buffer.

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .corruption import Corruption, parse_corruption
 from .spectral import as_float_tensor, fix_eigenvector_signs
-from .validation import check_finite_number, check_labels, check_positive_int
+from .validation import check_finite_number, check_labels, check_memory, check_positive_int, format_bytes
 
 __all__ = [
     "LinearTheory",
@@ -61,6 +61,8 @@ __all__ = [
     "subspace_audit",
     "never_beneficial",
     "alignment_study",
+    "check_theory_memory",
+    "theory_memory",
 ]
 
 # Relative ridge added to the right-hand matrix of every generalized eigenproblem (see module docstring).
@@ -76,15 +78,44 @@ _JITTER = 1e-10
 _AUDIT_GAP_TOL = 1e-6
 _AUDIT_TOL = 1e-4
 
+# Peak memory of the closed forms, in `(D, D)` float64 matrices: X^T X and its eigenvectors, then per corruption
+# P, M2, the jittered pencil and its Cholesky factor with their temporaries (alignment_study measured ~15).
+_THEORY_MATRICES = 16
+
 
 # --------------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------------
 
 
-def _as_data(X, name: str = "X") -> np.ndarray:
-    """Validated float64 numpy copy of a 2-D array `(N, D)` (numpy or torch input)."""
+def theory_memory(num_samples: int, dim: int) -> int:
+    """Estimated peak bytes of the closed forms on `(num_samples, dim)` data (float64 copies and `(D, D)` solves)."""
+    return _THEORY_MATRICES * 8 * dim * dim + 16 * num_samples * dim
+
+
+def check_theory_memory(name: str, num_samples: int, dim: int, hint: str = "") -> None:
+    """``ValueError`` naming ``name`` when the closed forms on `(num_samples, dim)` data cannot fit in memory.
+
+    Called before any `(D, D)` matrix exists: 4096 x 4096 RGB images (``D = 50,331,648``) would need 18 PiB for
+    ``X^T X`` alone.
+    """
+    matrix = 8 * dim * dim
+    check_memory(
+        name,
+        f"{dim:,} features need a {dim:,} x {dim:,} float64 matrix X^T X ({format_bytes(matrix)})",
+        theory_memory(num_samples, dim),
+        hint=hint or "reduce the features (downsample the images or project them)",
+    )
+
+
+def _as_data(X, name: str = "X", *, gram: bool = False) -> np.ndarray:
+    """Validated float64 numpy copy of a 2-D array `(N, D)` (numpy or torch input).
+
+    ``gram``: ``X`` is the data of a closed form, whose `(D, D)` matrices must fit in memory (checked first).
+    """
     tensor = as_float_tensor(X, name=name)
+    if gram:
+        check_theory_memory(name, tensor.shape[0], tensor.shape[1])
     array = np.asarray(tensor.detach().cpu().numpy(), dtype=np.float64)
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one sample and one feature, got shape {array.shape}")
@@ -295,7 +326,7 @@ class LinearTheory:
     _CACHE_SIZE = 2
 
     def __init__(self, X, image_shape: tuple[int, int, int] | None = None):
-        self.X = _as_data(X)
+        self.X = _as_data(X, gram=True)
         num_samples, dim = self.X.shape
         self.image_shape = _check_image_shape(image_shape, dim)
         self.gram = self.X.T @ self.X  # (D, D), the one X^T X every corruption reuses
@@ -496,7 +527,7 @@ def optimal_linear_autoencoder(
     """
     corruption = _check_corruption(corruption)
     theory = X if isinstance(X, LinearTheory) else None
-    data = theory.X if theory else _as_data(X)
+    data = theory.X if theory else _as_data(X, gram=True)
     dim = data.shape[1]
     k = _check_k(k, dim)
     shape = theory._shape(image_shape) if theory else _check_image_shape(image_shape, dim)
@@ -523,7 +554,7 @@ def denoising_objective(
     """
     corruption = _check_corruption(corruption)
     theory = X if isinstance(X, LinearTheory) else None
-    data = theory.X if theory else _as_data(X)
+    data = theory.X if theory else _as_data(X, gram=True)
     dim = data.shape[1]
     V = _as_data(encoder, "encoder")
     W = _as_data(decoder, "decoder")
@@ -561,7 +592,7 @@ def optimal_hybrid_linear_model(
         ``(encoder, head, decoder)``: float64 arrays `(D, K)`, `(K, C)`, `(K, D)`; predictions
         ``X @ encoder @ head``, reconstructions ``X @ encoder @ decoder``.
     """
-    data = _as_data(X.X if isinstance(X, LinearTheory) else X)
+    data = X.X if isinstance(X, LinearTheory) else _as_data(X, gram=True)
     dim = data.shape[1]
     k = _check_k(k, dim)
     reconstruction_weight = check_finite_number("reconstruction_weight", reconstruction_weight, minimum=0)

@@ -36,8 +36,8 @@ import torch
 import torchmetrics
 from torchmetrics.utilities.data import dim_zero_cat
 
-from .probing import DEFAULT_SUBSPACES, SubspaceProbe
-from .spectral import SecondMoments, as_float_tensor, compute_dtype
+from .probing import DEFAULT_SUBSPACES, SubspaceProbe, check_targets_memory
+from .spectral import SecondMoments, as_float_tensor, check_moments_memory, compute_dtype
 from .streaming import SPLITS, subspace_probe_accuracy
 from .validation import check_labels, check_positive_int
 
@@ -77,6 +77,9 @@ class SubspaceProbeAccuracy(torchmetrics.Metric):
         super().__init__(**kwargs)
         check_positive_int("num_features", num_features)
         check_positive_int("num_classes", num_classes)
+        # The states below are allocated at once: refuse sizes that cannot fit before allocating them.
+        check_moments_memory("num_features", num_features)
+        check_targets_memory("num_classes", num_features, num_classes)
         if isinstance(subspaces, str):
             subspaces = [subspaces]
         SubspaceProbe(tuple(subspaces), probe, ridge, standardize)._validate_params()  # fail at construction

@@ -23,8 +23,11 @@ __all__ = [
     "check_hub_repo_id",
     "check_model_path",
     "check_name_or_path",
+    "check_memory",
     "check_positive_int",
+    "format_bytes",
     "hub_offline",
+    "MEMORY_LIMIT_VARIABLE",
     "is_finite_number",
 ]
 
@@ -70,6 +73,65 @@ def check_positive_number(name: str, value: Any) -> float:
     if not is_finite_number(value) or value <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return float(value)
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+# Overrides the memory a statistic may plan to use, in GiB (e.g. to count swap, or to cap a shared machine).
+MEMORY_LIMIT_VARIABLE = "RECPERC_MEMORY_LIMIT_GB"
+
+
+def format_bytes(num_bytes: float) -> str:
+    """``80_000_000_000`` -> ``'74.5 GiB'`` (binary units, three significant digits)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if num_bytes < 1024 or unit == "PiB":
+            return f"{num_bytes:.3g} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+        num_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def available_memory(device=None) -> int:
+    """Bytes a new allocation can take now: ``RECPERC_MEMORY_LIMIT_GB`` when set, else the free memory of a CUDA
+    ``device`` (free plus what PyTorch's allocator holds unused), else the available RAM."""
+    override = os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip()
+    if override:
+        try:
+            return int(float(override) * 2**30)
+        except ValueError:
+            raise ValueError(f"{MEMORY_LIMIT_VARIABLE}: expected a number of GiB, got {override!r}") from None
+    if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch  # noqa: PLC0415  (configuration modules import this file and must not pull in torch)
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        import psutil  # noqa: PLC0415  (a dependency of accelerate)
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with accelerate
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_memory(name: str, what: str, peak_bytes: float, device=None, hint: str = "") -> None:
+    """Raise ``ValueError`` naming ``name`` when a planned computation would need more than the available memory.
+
+    Called before the first large allocation, so that a too-large input fails in a second with one line instead
+    of swapping or being killed hours later. ``what`` says what is too large, e.g. ``"100,000 features need a
+    100,000 x 100,000 float64 second-moment matrix (74.5 GiB)"``; ``peak_bytes`` is the estimated peak of the
+    whole computation; ``hint`` says how to make it smaller.
+    """
+    limit = available_memory(device)
+    if peak_bytes <= limit:
+        return
+    if os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip():
+        allowed = f"{MEMORY_LIMIT_VARIABLE} allows {format_bytes(limit)}"
+    else:
+        where = "GPU memory" if device is not None and str(device).startswith("cuda") else "memory"
+        allowed = f"{format_bytes(limit)} of {where} is available (set {MEMORY_LIMIT_VARIABLE} to allow more)"
+    raise ValueError(
+        f"{name}: {what}; the computation needs about {format_bytes(peak_bytes)} but {allowed}"
+        f"{'; ' + hint if hint else ''}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ names and paths

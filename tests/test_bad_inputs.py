@@ -405,3 +405,104 @@ def test_report_checks_the_model_card_before_any_work(vit, tmp_path, capsys):
         f"error: update_model_card: '{card}' is not a valid model card"
     ), err
     assert card.read_bytes() == before and not out.exists()
+
+
+# ---- numbers: memory guards, evaluate's multi-process mode (trust items 5, 12) ----
+
+HUGE_D = 100_000  # a 100,000 x 100,000 float64 matrix is 74.5 GiB
+
+
+@pytest.fixture
+def memory_limit_16_gib(monkeypatch):
+    """The memory a computation may plan to use, fixed so that refusals do not depend on the test machine."""
+    monkeypatch.setenv("RECPERC_MEMORY_LIMIT_GB", "16")
+
+
+def test_features_whose_second_moments_cannot_fit_are_refused_before_allocating(memory_limit_16_gib):
+    """Trust 5: 100,000 features are refused at once with one line naming the argument and the size of the
+    second-moment matrix, by the metric (arrays, streamed batches before any row is stored, training rows), the
+    probe, the torchmetrics twin and the monitors; nothing of 74.5 GiB is allocated first."""
+    import time
+
+    import evaluate
+    import numpy as np
+    import torch
+
+    import hf_recperc
+    from hf_recperc import SubspaceProbe
+    from hf_recperc.monitors import MonitorBatch, SubspaceProbeMonitor
+    from hf_recperc.torchmetrics import SubspaceProbeAccuracy
+
+    X, y = np.zeros((4, HUGE_D), dtype=np.float32), np.array([0, 1, 0, 1])
+    metric = evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY)
+    monitor = SubspaceProbeMonitor()
+    size = rf"{HUGE_D:,} features need a {HUGE_D:,} x {HUGE_D:,} float64 second-moment matrix \(74.5 GiB\); "
+    calls = [
+        ("predictions", lambda: metric.compute(predictions=X, references=y)),
+        ("predictions", lambda: metric.add_batch(predictions=X, references=y)),
+        ("train_predictions", lambda: metric.add_batch(predictions=X, references=y, split="train")),
+        ("X", lambda: SubspaceProbe().fit(X, y)),
+        ("num_features", lambda: SubspaceProbeAccuracy(num_features=HUGE_D, num_classes=10)),
+        (
+            "X",
+            lambda: monitor.update(
+                MonitorBatch("train", torch.from_numpy(y), {"embedding": torch.from_numpy(X)})
+            ),
+        ),
+    ]
+    for name, call in calls:
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=f"^{name}: {size}.*16 GiB") as raised:
+            call()
+        assert time.perf_counter() - start < 2 and "\n" not in str(raised.value)
+    assert len(metric) == 0  # the refused batch was not stored
+
+
+def test_too_many_classes_are_refused_before_allocating(memory_limit_16_gib, monkeypatch):
+    """Trust 5: 20,000 classes are refused with one line naming the labels and the size of the `(D, C)` label
+    statistics, before the one-hot targets and cross moments are allocated."""
+    import numpy as np
+
+    from hf_recperc import SubspaceProbe
+    from hf_recperc.streaming import subspace_probe_accuracy
+    from hf_recperc.torchmetrics import SubspaceProbeAccuracy
+
+    monkeypatch.setenv("RECPERC_MEMORY_LIMIT_GB", "1")
+    num_classes, dim = 20_000, 512
+    X = np.zeros((num_classes, dim), dtype=np.float32)
+    y = np.arange(num_classes)
+    size = r"20,000 classes of 512 features need a 512 x 20,000 float64 cross-moment matrix \(78.1 MiB\); "
+    for name, call in [
+        ("y", lambda: SubspaceProbe().fit(X, y)),
+        ("references", lambda: subspace_probe_accuracy(X, y)),
+        ("train_references", lambda: subspace_probe_accuracy(X[:2], y[:2], X, y)),
+    ]:
+        with pytest.raises(ValueError, match=f"^{name}: {size}"):
+            call()
+    size = r"200,000 classes of 512 features need a 512 x 200,000 float64 cross-moment matrix \(781 MiB\); "
+    with pytest.raises(ValueError, match=f"^num_classes: {size}"):
+        SubspaceProbeAccuracy(num_features=dim, num_classes=10 * num_classes)
+
+
+def test_alignment_on_huge_images_is_refused_before_decoding_them(tmp_path, capsys, monkeypatch):
+    """Trust 5: recperc-alignment on 4096 x 4096 RGB images (X^T X alone would take 18 PiB) exits 2 with one line
+    naming image_size, the size, and an image size that fits, after decoding one image; nothing is written."""
+    import shutil
+
+    from PIL import Image
+
+    monkeypatch.setenv("RECPERC_MEMORY_LIMIT_GB", "16")
+    first = tmp_path / "image.png"
+    Image.new("RGB", (4096, 4096), (10, 20, 30)).save(first)
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(5):
+            shutil.copy(first, tmp_path / "images" / label / f"{index}.png")
+    out = tmp_path / "out"
+    argv = ["--dataset_name", str(tmp_path / "images"), "--output_dir", str(out), "--corruptions", "none"]
+    assert alignment.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "error: image_size: 50,331,648 features need a 50,331,648 x 50,331,648 float64 matrix X^T X (18 PiB); "
+    ), err
+    assert "Traceback" not in "\n".join(err) and "pass --image_size" in err[-1] and not out.exists()

@@ -139,3 +139,36 @@ def test_parse_config_overrides(text, expected):
 def test_parse_config_overrides_errors(text, message):
     with pytest.raises(ArgumentError, match=f"config_overrides: {message}"):
         parse_config_overrides(text)
+
+
+def test_yaml_alias_bomb_in_a_list_argument_is_refused_at_once(tmp_path):
+    """Trust 5: a YAML alias bomb (each item repeating the previous one nine times: 9**9 = 387 million values) in a
+    list argument is refused with one line naming the file, in well under a second, instead of exhausting memory
+    while the values are checked or quoted in an error message; a few ordinary aliases still work."""
+    import time
+
+    lines = ["subspaces:", "  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for previous, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  - &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("output_dir: out\n" + "\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ArgumentError) as raised:
+        parse(["-c", str(bomb)])
+    assert time.perf_counter() - start < 5
+    message = str(raised.value)
+    assert message.startswith(f"config: {str(bomb)!r}: its aliases (*name) expand to more than")
+    assert "\n" not in message and len(message) < 300
+
+    friendly = tmp_path / "aliases.yaml"
+    friendly.write_text("output_dir: &name run1\nsubspaces: [*name, all]\n")
+    assert parse(["-c", str(friendly)])[0].subspaces == ["run1", "all"]
+
+
+def test_a_huge_nested_value_is_quoted_short(tmp_path):
+    """Trust 5: an error about a nested value quotes a shortened repr, never the whole value (one line)."""
+    path = tmp_path / "nested.yaml"
+    path.write_text("output_dir: out\nsubspaces: [[" + ", ".join(["x" * 50] * 5000) + "]]\n")
+    with pytest.raises(ArgumentError, match="expected a list of plain values") as raised:
+        parse(["-c", str(path)])
+    assert len(str(raised.value)) - len(str(path)) < 300

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import evaluate
@@ -255,6 +256,9 @@ def two_process_results() -> tuple[dict[str, list[dict]], Path]:
     """
     out_dir = Path(tempfile.mkdtemp(prefix="metric_two_processes_"))
     atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+    data_dir = Path(load(cache_dir=str(out_dir / "cache")).data_dir)
+    for experiment_id in ("evaluate-False", "evaluate-True"):  # as if earlier evaluations had crashed
+        plant_stale_states(data_dir, experiment_id, num_process=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     command = [
         sys.executable,
@@ -289,6 +293,57 @@ def one_process_answers():
     }
 
 
+STALE_TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def plant_stale_states(data_dir: Path, experiment_id: str, num_process: int) -> list[Path]:
+    """The files a crashed evaluation with this ``experiment_id`` may leave in the metric's ``data_dir``: process
+    1's state (other rows) under the name of older versions and under a dead exchange's token, and that token."""
+    stream = hf_recperc.streaming.ProbeStream()
+    X, y = make_problem(num_rows=300, seed=7)
+    stream.add(X * 3, (y + 1) % 3)
+    prefix = f"{experiment_id}-{num_process}"
+    paths = [data_dir / f"{prefix}-1.probe.pt", data_dir / f"{prefix}-1.{STALE_TOKEN}.probe.pt"]
+    for path in paths:
+        torch.save(stream.state(), path)
+    (data_dir / f"{prefix}.probe-token").write_text(STALE_TOKEN)
+    return [*paths, data_dir / f"{prefix}.probe-token"]
+
+
+def exchange_files(data_dir: Path) -> list[str]:
+    """State, partial and token files of the metric's multi-process mode left in ``data_dir``."""
+    return sorted(p.name for p in data_dir.iterdir() if ".probe.pt" in p.name or "probe-token" in p.name)
+
+
+def test_evaluate_multi_process_mode_never_merges_a_stale_file(tmp_path):
+    """Trust 12: in evaluate's num_process mode, state files left by a crashed evaluation with the same
+    experiment_id are never merged (the answer is the one-process answer, twice in a row with fresh metric
+    objects), and no state file is left behind to poison the next evaluation."""
+    X, y = make_problem()
+    expected = load().compute(predictions=X, references=y, subspaces=SUBSPACES)
+    halves = np.array_split(np.arange(len(X)), 2)
+    data_dir = Path(load(cache_dir=str(tmp_path)).data_dir)
+    plant_stale_states(data_dir, "exp", num_process=2)
+    for _ in range(2):  # back to back: the second evaluation must not answer the first one's token
+        metrics = [
+            load(cache_dir=str(tmp_path), experiment_id="exp", num_process=2, process_id=p, timeout=30)
+            for p in (0, 1)
+        ]
+        for metric, rows in zip(metrics, halves):
+            metric.add_batch(predictions=X[rows], references=y[rows])
+        answers = {}
+
+        def process_1(metric=metrics[1], answers=answers):
+            answers[1] = metric.compute(subspaces=SUBSPACES)
+
+        second = threading.Thread(target=process_1)
+        second.start()
+        answers[0] = metrics[0].compute(subspaces=SUBSPACES)
+        second.join(timeout=60)
+        assert answers == {0: expected, 1: None}
+        assert exchange_files(data_dir) == []
+
+
 @pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_evaluate_two_process_mode_gives_the_one_process_answer():
     results, out_dir = two_process_results()
@@ -299,6 +354,19 @@ def test_evaluate_two_process_mode_gives_the_one_process_answer():
     assert_same_metric_results(first["streamed_train"], expected["streamed_train"], 1e-9)
     assert not list((out_dir / "cache").rglob("*.pt")), "state files are removed once merged"
     assert not list((out_dir / "cache").rglob("*.arrow"))
+
+
+@pytest.mark.slow  # the same launch as above
+def test_two_processes_never_merge_the_files_of_a_crashed_evaluation():
+    """Trust 12: with files of a crashed evaluation planted under both experiment ids before the launch (process
+    1's state under the old name and under a dead token, and that token), two real processes give the
+    one-process answer and leave no state, partial or token file."""
+    results, out_dir = two_process_results()
+    expected = one_process_answers()
+    assert results["evaluate"][0]["split"] == expected["split"]
+    assert_same_metric_results(results["evaluate"][0]["streamed_train"], expected["streamed_train"], 1e-9)
+    data_dir = Path(load(cache_dir=str(out_dir / "cache")).data_dir)
+    assert exchange_files(data_dir) == []
 
 
 def test_torch_distributed_gives_the_one_process_answer_on_every_rank():

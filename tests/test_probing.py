@@ -207,3 +207,16 @@ def test_cifar10_reference_numbers():
     assert result["accuracy/bottom:0.2"] == pytest.approx(0.234, abs=0.005)
     assert result["accuracy/all"] == pytest.approx(0.397, abs=0.005)
     assert result["num_train"] == 50000 and result["probe"] == "ridge"
+
+
+def test_tiny_float32_features_give_the_numbers_of_unit_features():
+    """Trust 13: float32 features of magnitude ~1e-22 (products below float32's smallest normal number) give the
+    same dims and accuracies as the same features at unit magnitude, in the probe and in the metric, bit for bit
+    (a power-of-two scale is exact)."""
+    from hf_recperc.streaming import subspace_probe_accuracy
+
+    X, y = make_problem(num_rows=1200, dim=48)
+    tiny = X * np.float32(2.0**-74)  # max |x| ~ 1e-21, most entries ~1e-23
+    assert np.abs(tiny).max() < 1e-20
+    assert SubspaceProbe().fit(tiny, y).score(tiny, y) == SubspaceProbe().fit(X, y).score(X, y)
+    assert subspace_probe_accuracy(tiny, y) == subspace_probe_accuracy(X, y)

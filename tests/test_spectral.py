@@ -152,3 +152,26 @@ def test_fix_eigenvector_signs_is_sign_invariant():
     fixed = fix_eigenvector_signs(rows)
     assert torch.equal(fix_eigenvector_signs(rows * signs), fixed)
     assert (fixed.gather(1, fixed.abs().argmax(1, keepdim=True)) > 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_features_are_refused(dtype):
+    """Trust 14: complex features are refused with one line naming the argument, never cast to real (dropping
+    the imaginary parts) in the moments, the probe, the metric or the theory."""
+    from hf_recperc import SubspaceProbe
+    from hf_recperc.streaming import subspace_probe_accuracy
+    from hf_recperc.theory import LinearTheory
+
+    X = (np.arange(40).reshape(20, 2) + 1j).astype(dtype)
+    y = np.arange(20) % 2
+    calls = [
+        ("X", lambda: SecondMoments().update(X)),
+        ("X", lambda: SecondMoments().update(torch.from_numpy(X))),
+        ("X", lambda: SubspaceProbe().fit(X, y)),
+        ("predictions", lambda: subspace_probe_accuracy(X, y)),
+        ("train_predictions", lambda: subspace_probe_accuracy(X.real, y, X, y)),
+        ("X", lambda: LinearTheory(X)),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=rf"^{name}: expected real features, got complex dtype"):
+            call()

@@ -403,3 +403,21 @@ def test_never_beneficial_refuses_to_guess_on_a_flat_spectrum():
     with pytest.raises(ValueError, match="cannot decide"):
         never_beneficial(X, Masking(0.5, 1))
     assert never_beneficial(X, "none")
+
+
+def test_features_whose_closed_forms_cannot_fit_are_refused_before_allocating(monkeypatch):
+    """Trust 5: 100,000 features are refused with one line naming X and the size of X^T X (74.5 GiB), before any
+    `(D, D)` matrix (or the float64 copy of X) is allocated; the limit is RECPERC_MEMORY_LIMIT_GB when set."""
+    monkeypatch.setenv("RECPERC_MEMORY_LIMIT_GB", "16")
+    X = np.ones((3, 100_000), dtype=np.float32)
+    expected = r"^X: 100,000 features need a 100,000 x 100,000 float64 matrix X\^T X \(74.5 GiB\); .* 16 GiB"
+    for call in (
+        lambda: LinearTheory(X),
+        lambda: task_alignment(X, [0, 1, 0]),
+        lambda: optimal_linear_autoencoder(X, 1),
+        lambda: optimal_hybrid_linear_model(X, [0, 1, 0], 1, 1.0),
+    ):
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=expected):
+            call()
+        assert time.perf_counter() - start < 1

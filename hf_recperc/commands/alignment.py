@@ -35,7 +35,8 @@ from ..data import images_to_array, paper_preprocessing
 from ..findings import noise_verdict
 from ..plotting import plot_curve_panels
 from ..publish import OutputDirectory, Outputs, json_marker, write_json
-from ..theory import alignment_study
+from ..theory import alignment_study, check_theory_memory, theory_memory
+from ..validation import available_memory
 from . import run_command
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,23 @@ ALIGNMENT_OUTPUTS = Outputs(
 )
 
 
+def check_memory_before_decoding(data, image_size: int | None) -> None:
+    """Refuse, from the first image alone, images whose closed-form theory cannot fit in memory (before decoding
+    them all): the ``D x D`` matrices grow as the fourth power of the image side."""
+    first = images_to_array(data.train.select([0]), data.image_column, image_size=image_size, cache=False)
+    channels, height, width = first.shape[1:]
+    num_samples, limit = len(data.train), available_memory()
+    side = min(height, width)
+    while side > 1 and theory_memory(num_samples, channels * side * side) > limit:
+        side = int(side / 1.1)
+    check_theory_memory(
+        "image_size",
+        num_samples,
+        channels * height * width,
+        hint=f"images of {channels} x {height} x {width} pixels; pass --image_size {side} or smaller",
+    )
+
+
 def run(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, solve every corruption in closed form, write figures and curves; returns the study."""
     data_args, args = parse_arguments((DataArguments, AlignmentArguments), argv)
@@ -137,6 +155,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     output.check()  # a user's alignment.json: refused before loading data
 
     data = data_args.load()
+    check_memory_before_decoding(data, args.image_size)
     images = images_to_array(
         data.train, data.image_column, image_size=args.image_size
     )  # (N, C, H, W) in [0, 1]

@@ -6,13 +6,11 @@ paper (Balestriero & LeCun, arXiv 2402.11337, section 2) for the definitions. Re
 package (declared in ``requirements.txt`` of the Hub layout, ``scripts/push_metric.py``).
 """
 
-import os
-import time
-
 import datasets
 import evaluate
 import torch
 
+from hf_recperc.distributed import FileExchange
 from hf_recperc.probing import DEFAULT_SUBSPACES
 from hf_recperc.streaming import ProbeStream, subspace_probe_accuracy
 
@@ -88,10 +86,6 @@ Examples:
     True
 """
 
-# Interval at which process 0 looks for the other processes' state files in evaluate's multi-process mode;
-# it gives up after evaluate's own `timeout` (default 100 s).
-_POLL_SECONDS = 0.05
-
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class SubspaceProbeAccuracy(evaluate.Metric):
@@ -164,34 +158,24 @@ class SubspaceProbeAccuracy(evaluate.Metric):
         return result
 
     def _exchange_through_files(self, stream: ProbeStream) -> bool:
-        """evaluate's multi-process mode: processes > 0 write their state file, process 0 merges them all.
+        """evaluate's multi-process mode: processes > 0 send their state, process 0 merges them all in order.
 
-        Files live beside evaluate's own cache files (`data_dir`, named by `experiment_id`, `num_process`,
-        `process_id`), are written atomically (temporary name, then rename) and deleted once read. Returns
-        True on process 0, which then holds every process's rows in process order.
+        Through files beside evaluate's own cache files (`data_dir`, named by `experiment_id` and `num_process`),
+        with evaluate's lock handshake and a token per evaluation, so that a file left by a crashed evaluation is
+        never merged (`hf_recperc.distributed.FileExchange`); every file is deleted once read. Waits up to
+        evaluate's `timeout`. Returns True on process 0, which then holds every process's rows in process order.
         """
-
-        def path(process_id):
-            return os.path.join(
-                self.data_dir, f"{self.experiment_id}-{self.num_process}-{process_id}.probe.pt"
-            )
-
+        exchange = FileExchange(
+            self.data_dir,
+            f"{self.experiment_id}-{self.num_process}",
+            self.num_process,
+            self.process_id,
+            self.timeout,
+        )
         if self.process_id > 0:
-            partial = path(self.process_id) + ".partial"
-            torch.save(stream.state(), partial)
-            os.replace(partial, path(self.process_id))
+            exchange.send(stream.state())
             return False
-        deadline = time.monotonic() + self.timeout
-        for process_id in range(1, self.num_process):
-            while not os.path.exists(path(process_id)):
-                if time.monotonic() > deadline:
-                    raise ValueError(
-                        f"num_process: waited {self.timeout} s for process {process_id}'s state "
-                        f"({path(process_id)}); every process must call compute() with the same experiment_id"
-                    )
-                time.sleep(_POLL_SECONDS)
-            stream.merge(torch.load(path(process_id), weights_only=True))
-            os.remove(path(process_id))
+        exchange.receive(stream.merge)
         return True
 
     def _compute(
