@@ -118,8 +118,14 @@ def model_index_results(results: Mapping[str, Any]) -> list[EvalResult]:
         )
     others = (
         ("accuracy", "Online probe accuracy", "online", ONLINE_PROBE_ACCURACY, 4),
-        ("accuracy", "kNN accuracy (k=20, cosine, majority vote)", "knn", KNN_ACCURACY, 4),
-        ("accuracy", "kNN accuracy (k=20, cosine, weighted vote)", "knn-weighted", KNN_WEIGHTED_ACCURACY, 4),
+        ("accuracy", f"kNN accuracy ({_knn_settings(results)}, majority vote)", "knn", KNN_ACCURACY, 4),
+        (
+            "accuracy",
+            f"kNN accuracy ({_knn_settings(results)}, weighted vote)",
+            "knn-weighted",
+            KNN_WEIGHTED_ACCURACY,
+            4,
+        ),
         (
             "effective_rank",
             "Effective rank of the embeddings (RankMe)",
@@ -144,6 +150,12 @@ def model_index_results(results: Mapping[str, Any]) -> list[EvalResult]:
             )
         )
     return entries
+
+
+def _knn_settings(results: Mapping[str, Any]) -> str:
+    """The kNN monitor's settings as the run used them (a card states what its numbers were measured with)."""
+    args = results["args"]
+    return f"k={args['knn_k']}, cosine, temperature {args['knn_temperature']:g}"
 
 
 def cell(value: Any, spec: str = ".4f") -> str:
@@ -172,8 +184,8 @@ def _measurement_rows(results: Mapping[str, Any], subspaces: list[str]) -> list[
         label = f"subspace probe accuracy, `{spec}` ({dims} dims, {100 * variance:.1f}% of the embedding variance)"
         rows.append((label, cell(get(eval_key(subspace_key("accuracy", spec))))))
     optional = (
-        ("kNN accuracy (k=20, cosine): majority vote", KNN_ACCURACY, ".4f"),
-        ("kNN accuracy (k=20, cosine): temperature-weighted vote", KNN_WEIGHTED_ACCURACY, ".4f"),
+        (f"kNN accuracy ({_knn_settings(results)}): majority vote", KNN_ACCURACY, ".4f"),
+        (f"kNN accuracy ({_knn_settings(results)}): temperature-weighted vote", KNN_WEIGHTED_ACCURACY, ".4f"),
         ("effective rank of the embeddings (RankMe)", spectrum_key("effective_rank"), ".2f"),
         ("eigenvalue decay exponent alpha (l_i ~ i^-alpha)", spectrum_key("alpha"), ".3f"),
         ("participation ratio", spectrum_key("participation_ratio"), ".2f"),

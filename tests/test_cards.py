@@ -150,3 +150,15 @@ def test_results_are_not_mutated():
     before = copy.deepcopy(results)
     render_model_card(results)
     assert results == before
+
+
+def test_card_states_the_knn_settings_the_run_used():
+    """A card names the settings its numbers were measured with: a run with --knn_k 5 says k=5 (the card used to
+    print a literal k=20 whatever the run used), in the text and in model-index."""
+    results = make_results(knn_k=5, knn_temperature=0.2)
+    results["eval/knn/accuracy"] = 0.7
+    results["eval/knn/weighted_accuracy"] = 0.72
+    text = str(render_model_card(results))
+    assert "k=5, cosine, temperature 0.2" in text and "k=20" not in text
+    names = [entry.metric_name for entry in model_index_results(results)]
+    assert "kNN accuracy (k=5, cosine, temperature 0.2, majority vote)" in names
