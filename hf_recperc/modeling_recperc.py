@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
@@ -36,7 +37,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .configuration_recperc import RecPercAEConfig
 from .corruption import Corruption, parse_corruption
 from .layers import conv_bn_relu
-from .processing import image_processor_for
+from .processing import RecPercImageProcessor, image_processor_for
 from .validation import check_labels as _check_label_ids
 
 __all__ = [
@@ -834,3 +835,6 @@ for _auto, _cls in (
     _auto.register(RecPercAEConfig, _cls, exist_ok=True)
     _cls.register_for_auto_class(_auto.__name__)
 RecPercAEConfig.register_for_auto_class()
+AutoImageProcessor.register(
+    RecPercAEConfig, image_processor_classes={"torchvision": RecPercImageProcessor}, exist_ok=True
+)

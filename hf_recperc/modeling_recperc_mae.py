@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
@@ -54,6 +55,7 @@ from .modeling_recperc import (
     hybrid_loss,
     probe_logits,
 )
+from .processing import RecPercImageProcessor
 
 __all__ = [
     "RecPercMAEPreTrainedModel",
@@ -443,6 +445,9 @@ for _auto, _cls in (
     _auto.register(RecPercMAEConfig, _cls, exist_ok=True)
     _cls.register_for_auto_class(_auto.__name__)
 RecPercMAEConfig.register_for_auto_class()
+AutoImageProcessor.register(
+    RecPercMAEConfig, image_processor_classes={"torchvision": RecPercImageProcessor}, exist_ok=True
+)
 
 # transformers 5 renamed ViTMAE's weights (`encoder.layer.N.attention.attention.query` -> `layers.N.attention.q_proj`,
 # ...) and converts on load and back on save, looked up by class name; custom classes get no conversion unless

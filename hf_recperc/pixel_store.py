@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from .data import _undecoded, cache_root, decode_image
+from .processing import image_mode
 
 __all__ = [
     "decode_uint8",
@@ -64,7 +65,7 @@ def image_to_uint8(image, num_channels: int, image_size: int) -> tuple[np.ndarra
     whether it had to be resized."""
     if isinstance(image, dict):  # undecoded datasets.Image value
         image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
-    mode = "L" if num_channels == 1 else "RGB"
+    mode = image_mode(num_channels) or "RGB"  # the saved image processor converts the same way
     pixels = np.asarray(image.convert(mode) if isinstance(image, Image.Image) else image, dtype=np.uint8)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, h, w)
     if pixels.shape[1:] == (image_size, image_size):
