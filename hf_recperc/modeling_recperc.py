@@ -607,7 +607,7 @@ class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
 
         Call ``model.eval()`` first: BatchNorm layers would otherwise use batch statistics.
         """
-        return self.base_model(pixel_values=pixel_values).embeddings
+        return self.base_model(pixel_values=pixel_values, return_dict=True).embeddings
 
     @property
     def num_hidden_layers(self) -> int:
@@ -616,7 +616,9 @@ class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
 
     def hidden_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Clean images `(B, C, H, W)` -> `(input, block_1, ..., block_L)` hidden states (unpooled)."""
-        return self.base_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+        return self.base_model(
+            pixel_values=pixel_values, output_hidden_states=True, return_dict=True
+        ).hidden_states
 
 
 class RecPercAEModel(RecPercAEPreTrainedModel):
