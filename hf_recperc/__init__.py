@@ -49,7 +49,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "RecPercMAEModel",
         "RecPercMAEPreTrainedModel",
     ),
-    "processing": ("image_processor_for",),
+    "processing": ("image_processor_for", "RecPercImageProcessor"),
     # the perception report of any vision model
     "report": ("perception_report",),
     # theory
@@ -104,6 +104,7 @@ _AUTO_METHODS = {
         name: ("from_pretrained", "from_config")
         for name in ("AutoModel", "AutoModelForPreTraining", "AutoModelForImageClassification")
     },
+    "transformers.models.auto.image_processing_auto": {"AutoImageProcessor": ("from_pretrained",)},
 }
 _wrapped: dict[tuple[type, str], classmethod] = {}  # (Auto class, method name) -> the original classmethod
 _registered = False

@@ -26,17 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
     PreTrainedModel,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_recperc import RecPercAEConfig
 from .corruption import Corruption, parse_corruption
 from .layers import conv_bn_relu
-from .processing import image_processor_for
+from .processing import RecPercImageProcessor, image_processor_for
 from .validation import check_labels as _check_label_ids
 
 __all__ = [
@@ -73,13 +74,18 @@ class RecPercModelOutput(ModelOutput):
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
             index 0 the embedding stage (AE: the input images), index `i` the output of encoder block `i`:
             `(batch_size, 1 + num_patches, hidden_size)` tokens (MAE), `(batch_size, C_i, H_i, W_i)` feature maps
-            (conv / timm AE) or `(batch_size, width_i)` vectors (MLP AE).
+            (conv / timm AE) or `(batch_size, width_i)` vectors (MLP AE). With `output_hidden_states` a list of
+            indices (transformers' convention), the tuple keeps its length and holds `None` where not selected.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            MAE only: each layer's attention weights `(batch_size, num_heads, 1 + num_patches, 1 + num_patches)`
+            (eager attention; SDPA computes none, as in ViTMAE).
     """
 
     embeddings: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -103,6 +109,9 @@ class RecPercForPreTrainingOutput(ModelOutput):
             mask, 1 = masked (`None` for AE).
         pixel_mask (`torch.BoolTensor` of shape `(batch_size, 1, height, width)`, *optional*): which pixels of
             the input were masked (`True`), in both families; `None` when nothing was masked.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states`): the encoder's hidden
+            states on the input it was given (corrupted for AE, visible patches for MAE, as ViTMAE returns them).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`): MAE only, as ViTMAE.
     """
 
     loss: torch.FloatTensor | None = None
@@ -113,6 +122,8 @@ class RecPercForPreTrainingOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
     mask: torch.Tensor | None = None
     pixel_mask: torch.Tensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -120,14 +131,20 @@ class RecPercImageClassifierOutput(ModelOutput):
     """Output of the ``...ForImageClassification`` models.
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): cross-entropy, when labels are given.
+        loss (`torch.FloatTensor` of shape `()`, *optional*): when labels are given, the loss of
+            `config.problem_type` (see :func:`check_classification_labels`).
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): classification scores.
         embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): the classifier's input.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states`): the encoder's, as in
+            :class:`RecPercModelOutput`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`): MAE only.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ---------------------------------------------------------------------------------- shared objective
@@ -172,6 +189,73 @@ def check_labels(labels: torch.Tensor, num_labels: int, batch_size: int) -> None
         raise ValueError(
             f"labels: values must lie in [0, {num_labels}) (num_labels), got a maximum of {high}"
         )
+
+
+def problem_type(config, labels: torch.Tensor) -> str:
+    """The classification head's problem: ``config.problem_type``, or when unset transformers' rule for
+    ``...ForImageClassification`` (one label: regression; integer labels: single-label; else multi-label)."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    if not labels.is_floating_point():
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def check_classification_labels(labels: torch.Tensor, config, batch_size: int) -> None:
+    """Raise a ValueError naming the expected form unless ``labels`` fits the head's :func:`problem_type`.
+
+    * ``single_label_classification``: `(batch_size,)` integers in ``[0, num_labels)``;
+    * ``regression``: floats, `(batch_size,)` or `(batch_size, num_labels)`;
+    * ``multi_label_classification``: floats `(batch_size, num_labels)` (0/1 targets, or probabilities).
+    """
+    kind = problem_type(config, labels)
+    if kind == "single_label_classification":
+        check_labels(labels, config.num_labels, batch_size)
+        return
+    if not isinstance(labels, torch.Tensor) or not labels.is_floating_point():
+        raise ValueError(
+            f"labels: problem_type {kind!r} expects floating-point labels, got "
+            f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}"
+        )
+    shapes = [(batch_size, config.num_labels)]
+    if kind == "regression" and config.num_labels == 1:
+        shapes.insert(0, (batch_size,))
+    if tuple(labels.shape) not in shapes:
+        expected = " or ".join(str(shape) for shape in shapes)
+        raise ValueError(f"labels: problem_type {kind!r} expects shape {expected}, got {tuple(labels.shape)}")
+
+
+def classification_loss(model: PreTrainedModel, logits: torch.Tensor, labels: torch.Tensor | None):
+    """The ``...ForImageClassification`` loss (``None`` without labels): labels checked first, then transformers'
+    own loss for image classification (``model.loss_function``: cross-entropy, MSE or BCE with logits by
+    :func:`problem_type`; it records an inferred problem type in ``config.problem_type``, as transformers does)."""
+    if labels is None:
+        return None
+    check_classification_labels(labels, model.config, logits.shape[0])
+    return model.loss_function(labels, logits, model.config)
+
+
+def select_hidden_states(
+    states: tuple[torch.Tensor, ...], output_hidden_states: bool | int | list[int] | None
+) -> tuple[torch.Tensor | None, ...] | None:
+    """transformers' ``output_hidden_states`` convention: ``True`` keeps every state, an index or a list of
+    indices (negative ones count from the end) keeps those and puts ``None`` elsewhere, so positions keep their
+    meaning."""
+    if not output_hidden_states:  # False, None, and (as in transformers) 0 or an empty list
+        return None
+    if output_hidden_states is True:
+        return states
+    indices = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+    count = len(states)
+    kept = {index % count for index in indices if -count <= index < count}
+    return tuple(state if i in kept else None for i, state in enumerate(states))
+
+
+def output_flag(config, name: str, value):
+    """A forward's ``output_*`` keyword, defaulting to the config's value as transformers models do."""
+    return getattr(config, name, False) if value is None else value
 
 
 def probe_logits(probe: nn.Module, embeddings: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -361,18 +445,43 @@ class TimmEncoder(nn.Module):
     """Any timm CNN as a feature extractor (global pooling, no classifier), then Linear to the latent.
 
     The backbone keeps timm's own initialisation: its modules are tagged ``_recperc_keep_init`` so that
-    :meth:`RecPercAEPreTrainedModel._init_weights` leaves them alone.
+    :meth:`RecPercAEPreTrainedModel._init_weights` leaves them alone. A backbone built on the meta device (as
+    ``from_pretrained`` does) never ran timm's initialisation; :meth:`initialise_unloaded_backbone` gives every
+    tensor the checkpoint did not provide timm's initial value.
     """
 
     def __init__(self, config: RecPercAEConfig):
         super().__init__()
-        import timm  # noqa: PLC0415  (only timm encoders need it)
-
-        name = config.encoder.removeprefix("timm:")
-        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=config.num_channels)
+        self.backbone_kwargs = dict(
+            model_name=config.encoder.removeprefix("timm:"),
+            pretrained=False,
+            num_classes=0,
+            in_chans=config.num_channels,
+        )
+        self.backbone = _create_timm_model(self.backbone_kwargs)
         for module in self.backbone.modules():
             module._recperc_keep_init = True
-        self.to_latent = nn.Linear(self.backbone.num_features, config.latent_dim)
+        self.backbone_initialised = not any(p.is_meta for p in self.backbone.parameters())
+        # What `backbone(x)` returns: `head_hidden_size` when timm's head has a pre-logits layer (MobileNetV3,
+        # LCNet, GhostNet, EfficientViT, HGNetV2, MambaOut ...), else the last feature map's `num_features`.
+        features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.to_latent = nn.Linear(features, config.latent_dim)
+
+    @torch.no_grad()
+    def initialise_unloaded_backbone(self) -> None:
+        """Copy timm's initial values (a fresh CPU build of the same model) into every backbone parameter and
+        buffer not loaded from a checkpoint (no ``_is_hf_initialized`` flag), if timm's initialisation never ran."""
+        if self.backbone_initialised:
+            return
+        tensors = [*self.backbone.named_parameters(), *self.backbone.named_buffers()]
+        unloaded = [(name, t) for name, t in tensors if not getattr(t, "_is_hf_initialized", False)]
+        if unloaded:
+            with torch.device("cpu"):
+                reference = _create_timm_model(self.backbone_kwargs)
+            initial = dict(reference.named_parameters()) | dict(reference.named_buffers())
+            for name, tensor in unloaded:
+                tensor.copy_(initial[name])
+        self.backbone_initialised = True
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.backbone(pixel_values))  # (B, F) -> (B, K)
@@ -397,6 +506,12 @@ class TimmEncoder(nn.Module):
             last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
             return int(last.get("reduction", 32))
         return 32
+
+
+def _create_timm_model(kwargs: dict) -> nn.Module:
+    import timm  # noqa: PLC0415  (only timm encoders need it)
+
+    return timm.create_model(**kwargs)
 
 
 def build_encoder_decoder(
@@ -467,10 +582,21 @@ class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # transformers' default re-draws every Linear/Conv from N(0, 0.02), which would wipe a timm backbone's
         # own initialisation. We only touch our own layers, and give them PyTorch's default initialisation.
+        # `initialize_weights` runs under transformers' guard: the torch.nn.init calls below skip loaded tensors.
         if getattr(module, "_recperc_keep_init", False):
             return
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm1d, nn.BatchNorm2d)):
             module.reset_parameters()
+
+    def initialize_weights(self) -> None:
+        """transformers' initialisation (fresh models, and tensors a checkpoint lacks), then timm's own for timm
+        backbones built on the meta device, as ``from_pretrained`` builds them. It is done here, not in
+        ``_init_weights``: for remote code, transformers never calls ``_init_weights`` on a module without
+        parameters of its own (the encoder wrapper), and per-layer hooks cannot tell timm's scheme."""
+        super().initialize_weights()
+        for module in self.modules():
+            if isinstance(module, TimmEncoder):
+                module.initialise_unloaded_backbone()
 
     # Layer probes (hf_recperc.monitors.layers): feature maps and vectors are mean-pooled; there is no CLS token.
     num_prefix_tokens = 0
@@ -481,7 +607,7 @@ class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
 
         Call ``model.eval()`` first: BatchNorm layers would otherwise use batch statistics.
         """
-        return self.base_model(pixel_values=pixel_values).embeddings
+        return self.base_model(pixel_values=pixel_values, return_dict=True).embeddings
 
     @property
     def num_hidden_layers(self) -> int:
@@ -490,7 +616,9 @@ class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
 
     def hidden_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Clean images `(B, C, H, W)` -> `(input, block_1, ..., block_L)` hidden states (unpooled)."""
-        return self.base_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+        return self.base_model(
+            pixel_values=pixel_values, output_hidden_states=True, return_dict=True
+        ).hidden_states
 
 
 class RecPercAEModel(RecPercAEPreTrainedModel):
@@ -505,28 +633,42 @@ class RecPercAEModel(RecPercAEPreTrainedModel):
         self.encoder, _ = build_encoder_decoder(config, with_decoder=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(
-        self, pixel_values: torch.Tensor | None = None, output_hidden_states: bool = False, **kwargs
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        **kwargs,
     ) -> RecPercModelOutput:
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
                 Images, normalised by the saved image processor. No corruption is applied.
-            output_hidden_states (`bool`): also return every block's output (`hidden_states`).
+            output_hidden_states (`bool` or `int` or `list[int]`, *optional*): also return the input and every
+                block's output (`hidden_states`), or only the selected indices; defaults to
+                `config.output_hidden_states`.
+            return_dict (`bool`, *optional*): `False` returns the output's non-`None` fields as a tuple; defaults
+                to `config.return_dict`.
 
         Returns:
             :class:`RecPercModelOutput` with `embeddings` (and `pooler_output`) of shape `(batch_size, latent_dim)`.
         """
         check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
-        hidden_states = None
-        if output_hidden_states:  # one encoder pass for both
-            embeddings, states = self.encoder.forward_with_states(pixel_values)  # (B, K), blocks
-            hidden_states = (pixel_values, *states)
-        else:
-            embeddings = self.encoder(pixel_values)  # (B, K)
+        embeddings, hidden_states = self.encode(pixel_values, output_hidden_states)
         return RecPercModelOutput(
             embeddings=embeddings, pooler_output=embeddings, hidden_states=hidden_states
         )
+
+    def encode(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | int | list[int] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...] | None]:
+        """`(embeddings (B, K), hidden_states)` of ``pixel_values`` as given (clean or corrupted), in one pass;
+        ``hidden_states`` is `(input, block_1, ..., block_L)` as selected by ``output_hidden_states``."""
+        output_hidden_states = output_flag(self.config, "output_hidden_states", output_hidden_states)
+        if not output_hidden_states:
+            return self.encoder(pixel_values), None  # (B, K)
+        embeddings, states = self.encoder.forward_with_states(pixel_values)  # (B, K), blocks
+        return embeddings, select_hidden_states((pixel_values, *states), output_hidden_states)
 
 
 class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
@@ -551,11 +693,13 @@ class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
         self.corruption: Corruption = parse_corruption(config.corruption)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         **kwargs,
     ) -> RecPercForPreTrainingOutput:
         """
@@ -567,6 +711,9 @@ class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
             generator (`torch.Generator`, *optional*):
                 Source of the corruption's randomness (the only random choice of the forward pass), for
                 reproducible runs and tests.
+            output_hidden_states (`bool` or `int` or `list[int]`, *optional*): the encoder's hidden states on the
+                corrupted input (see :meth:`RecPercAEModel.forward`); defaults to `config.output_hidden_states`.
+            return_dict (`bool`, *optional*): `False` returns a tuple; defaults to `config.return_dict`.
 
         Returns:
             :class:`RecPercForPreTrainingOutput`.
@@ -574,7 +721,7 @@ class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
         check_pixel_values(pixel_values, self.config.num_channels, self.config.image_size)
         # The corruption applies in eval mode too: it is part of the objective being measured.
         corrupted = self.corruption(pixel_values, generator=generator)
-        embeddings = self.model.encoder(corrupted.pixel_values)  # (B, K)
+        embeddings, hidden_states = self.model.encode(corrupted.pixel_values, output_hidden_states)  # (B, K)
         reconstruction = self.decoder(embeddings)  # (B, C, H, W)
         logits = probe_logits(self.probe, embeddings, self.config.guidance)  # (B, num_labels)
         loss, reconstruction_loss, supervised_loss = self.forward_loss(
@@ -588,6 +735,7 @@ class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
             reconstruction=reconstruction,
             embeddings=embeddings,
             pixel_mask=corrupted.mask,
+            hidden_states=hidden_states,
         )
 
     def sample_forward_randomness(self, pixel_values: torch.Tensor, generator: torch.Generator) -> dict:
@@ -649,24 +797,35 @@ class RecPercAEForImageClassification(RecPercAEPreTrainedModel):
         self.classifier = nn.Linear(config.latent_dim, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
-        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        **kwargs,
     ) -> RecPercImageClassifierOutput:
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
-            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): classes in `[0, num_labels)`.
+            labels (`torch.Tensor`, *optional*): by `config.problem_type` (see :func:`check_classification_labels`):
+                classes `(batch_size,)` in `[0, num_labels)`, regression targets or multi-label targets.
+            output_hidden_states (`bool` or `int` or `list[int]`, *optional*): the encoder's hidden states.
+            return_dict (`bool`, *optional*): `False` returns a tuple; defaults to `config.return_dict`.
 
         Returns:
-            :class:`RecPercImageClassifierOutput`; `loss` is the cross-entropy when labels are given.
+            :class:`RecPercImageClassifierOutput`; `loss` when labels are given.
         """
-        embeddings = self.model(pixel_values=pixel_values).embeddings  # (B, K)
-        logits = self.classifier(embeddings)  # (B, num_labels)
-        loss = None
-        if labels is not None:
-            check_labels(labels, self.config.num_labels, logits.shape[0])
-            loss = F.cross_entropy(logits, labels)
-        return RecPercImageClassifierOutput(loss=loss, logits=logits, embeddings=embeddings)
+        outputs = self.model(
+            pixel_values=pixel_values, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        logits = self.classifier(outputs.embeddings)  # (B, num_labels)
+        return RecPercImageClassifierOutput(
+            loss=classification_loss(self, logits, labels),
+            logits=logits,
+            embeddings=outputs.embeddings,
+            hidden_states=outputs.hidden_states,
+        )
 
 
 AutoConfig.register(RecPercAEConfig.model_type, RecPercAEConfig, exist_ok=True)
@@ -678,3 +837,6 @@ for _auto, _cls in (
     _auto.register(RecPercAEConfig, _cls, exist_ok=True)
     _cls.register_for_auto_class(_auto.__name__)
 RecPercAEConfig.register_for_auto_class()
+AutoImageProcessor.register(
+    RecPercAEConfig, image_processor_classes={"torchvision": RecPercImageProcessor}, exist_ok=True
+)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
@@ -40,6 +41,8 @@ from transformers.models.vit_mae.modeling_vit_mae import (
     ViTMAEModelOutput,
     ViTMAEPreTrainedModel,
 )
+from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_recperc import RecPercMAEConfig
 from .modeling_recperc import (
@@ -47,11 +50,12 @@ from .modeling_recperc import (
     RecPercImageClassifierOutput,
     RecPercModelOutput,
     SavesImageProcessorMixin,
-    check_labels,
     check_pixel_values,
+    classification_loss,
     hybrid_loss,
     probe_logits,
 )
+from .processing import RecPercImageProcessor
 
 __all__ = [
     "RecPercMAEPreTrainedModel",
@@ -98,7 +102,7 @@ class RecPercMAEPreTrainedModel(SavesImageProcessorMixin, ViTMAEPreTrainedModel)
         """Pooled encoder output `(batch_size, hidden_size)` of the full, unmasked images
         `(batch_size, num_channels, height, width)`."""
         return self.base_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True
         ).embeddings
 
     # Layer probes (hf_recperc.monitors.layers): one CLS token leads every token sequence.
@@ -115,7 +119,9 @@ class RecPercMAEPreTrainedModel(SavesImageProcessorMixin, ViTMAEPreTrainedModel)
 
     def hidden_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Full, unmasked images -> `(embeddings, block_1, ..., block_L)`, each `(B, 1 + num_patches, D)`."""
-        return self.base_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+        return self.base_model(
+            pixel_values=pixel_values, output_hidden_states=True, return_dict=True
+        ).hidden_states
 
 
 class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
@@ -128,11 +134,14 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
         config (:class:`~hf_recperc.RecPercMAEConfig`): the model configuration.
     """
 
+    # transformers' output capture, as ViTMAEModel: hooks on the layers record `hidden_states` (the embedding output,
+    # then each layer's, before the final layer norm) and `attentions`; `output_*` keywords default to the config,
+    # `output_hidden_states` may select indices, `return_dict=False` gives a tuple.
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
-        output_hidden_states: bool = False,
         **kwargs,
     ) -> RecPercModelOutput:
         """
@@ -140,8 +149,12 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
             interpolate_pos_encoding (`bool`, *optional*): accept other image sizes by interpolating the
                 position embeddings.
-            output_hidden_states (`bool`): also return the embedding output and every block's output
-                (`hidden_states`, each `(batch_size, 1 + num_patches, hidden_size)`, before the final layer norm).
+            output_hidden_states (`bool` or `int` or `list[int]`, *optional*): also return the embedding output
+                and every block's output (`hidden_states`, each `(batch_size, 1 + num_patches, hidden_size)`, before
+                the final layer norm), or only the selected indices; defaults to `config.output_hidden_states`.
+            output_attentions (`bool`, *optional*): also return each layer's attention weights (eager attention);
+                defaults to `config.output_attentions`.
+            return_dict (`bool`, *optional*): `False` returns a tuple; defaults to `config.return_dict`.
 
         Returns:
             :class:`~hf_recperc.modeling_recperc.RecPercModelOutput` with `embeddings` / `pooler_output`
@@ -166,17 +179,12 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
             patches.shape[0], -1, -1
         )  # (B, 1, D)
         hidden_states = torch.cat([cls_token, patches + position[:, 1:]], dim=1)  # (B, 1 + L, D)
-        all_hidden_states = [hidden_states]
         for layer in self.layers:
             hidden_states = layer(hidden_states)  # no attention mask: every token sees every token
-            all_hidden_states.append(hidden_states)
         last_hidden_state = self.layernorm(hidden_states)  # (B, 1 + L, D)
         embeddings = self.pool(last_hidden_state)  # (B, D)
         return RecPercModelOutput(
-            embeddings=embeddings,
-            pooler_output=embeddings,
-            last_hidden_state=last_hidden_state,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            embeddings=embeddings, pooler_output=embeddings, last_hidden_state=last_hidden_state
         )
 
     def forward_masked(
@@ -186,7 +194,10 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
         interpolate_pos_encoding: bool | None = None,
         **kwargs,
     ) -> ViTMAEModelOutput:
-        """ViTMAE's masked forward: `last_hidden_state` `(B, 1 + L_keep, D)`, `mask` `(B, L)`, `ids_restore`."""
+        """ViTMAE's masked forward: `last_hidden_state` `(B, 1 + L_keep, D)`, `mask` `(B, L)`, `ids_restore`, and
+        the `hidden_states` / `attentions` that ``kwargs`` (or the config) ask for. Always a ``ViTMAEModelOutput``,
+        whatever ``config.return_dict`` says (the callers read its fields)."""
+        kwargs["return_dict"] = True
         return super().forward(
             pixel_values, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
@@ -221,6 +232,7 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
         self.probe = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -236,6 +248,9 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
             noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*): ViTMAE's masking noise;
                 the patches with the smallest values are kept. Drawn uniformly when omitted.
             interpolate_pos_encoding (`bool`, *optional*): accept other (square) image sizes.
+            output_hidden_states, output_attentions (*optional*): the encoder's on the visible patches, as
+                ViTMAEForPreTraining returns them; default to the config's.
+            return_dict (`bool`, *optional*): `False` returns a tuple; defaults to `config.return_dict`.
 
         Returns:
             :class:`~hf_recperc.modeling_recperc.RecPercForPreTrainingOutput`; `mask` is ViTMAE's patch mask of
@@ -281,6 +296,8 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
             embeddings=embeddings,
             mask=outputs.mask,
             pixel_mask=self.pixel_mask(outputs.mask, pixel_values.shape[-2:]),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
     def pixel_mask(self, mask: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -385,6 +402,7 @@ class RecPercMAEForImageClassification(RecPercMAEPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -395,21 +413,27 @@ class RecPercMAEForImageClassification(RecPercMAEPreTrainedModel):
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
-            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): classes in `[0, num_labels)`.
+            labels (`torch.Tensor`, *optional*): by `config.problem_type` (see
+                :func:`~hf_recperc.modeling_recperc.check_classification_labels`).
             interpolate_pos_encoding (`bool`, *optional*): accept other image sizes.
+            output_hidden_states, output_attentions (*optional*): the encoder's (see :meth:`RecPercMAEModel.forward`).
+            return_dict (`bool`, *optional*): `False` returns a tuple; defaults to `config.return_dict`.
 
         Returns:
             :class:`~hf_recperc.modeling_recperc.RecPercImageClassifierOutput`.
         """
-        embeddings = self.vit(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
-        ).embeddings
-        logits = self.classifier(embeddings)  # (B, num_labels)
-        loss = None
-        if labels is not None:
-            check_labels(labels, self.config.num_labels, logits.shape[0])
-            loss = nn.functional.cross_entropy(logits, labels)
-        return RecPercImageClassifierOutput(loss=loss, logits=logits, embeddings=embeddings)
+        kwargs["return_dict"] = True
+        outputs = self.vit(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
+        logits = self.classifier(outputs.embeddings)  # (B, num_labels)
+        return RecPercImageClassifierOutput(
+            loss=classification_loss(self, logits, labels),
+            logits=logits,
+            embeddings=outputs.embeddings,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 AutoConfig.register(RecPercMAEConfig.model_type, RecPercMAEConfig, exist_ok=True)
@@ -421,6 +445,9 @@ for _auto, _cls in (
     _auto.register(RecPercMAEConfig, _cls, exist_ok=True)
     _cls.register_for_auto_class(_auto.__name__)
 RecPercMAEConfig.register_for_auto_class()
+AutoImageProcessor.register(
+    RecPercMAEConfig, image_processor_classes={"torchvision": RecPercImageProcessor}, exist_ok=True
+)
 
 # transformers 5 renamed ViTMAE's weights (`encoder.layer.N.attention.attention.query` -> `layers.N.attention.q_proj`,
 # ...) and converts on load and back on save, looked up by class name; custom classes get no conversion unless

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .data import _undecoded, cache_root, decode_image, load_cached_array
+from .processing import image_mode
 from .publish.atomic import prepare_cache_dir, save_npy
 
 __all__ = [
@@ -61,7 +62,7 @@ def _resize_uint8(pixels: torch.Tensor, size: int) -> torch.Tensor:
 def image_to_uint8(image, num_channels: int, image_size: int) -> tuple[np.ndarray, bool]:
     """One decoded image (PIL, from :func:`hf_recperc.data.decode_image`, which names an unreadable file's row) ->
     `(C, S, S)` uint8, and whether it had to be resized."""
-    mode = "L" if num_channels == 1 else "RGB"
+    mode = image_mode(num_channels) or "RGB"  # the saved image processor converts the same way
     pixels = np.asarray(image.convert(mode) if isinstance(image, Image.Image) else image, dtype=np.uint8)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, h, w)
     if pixels.shape[1:] == (image_size, image_size):

@@ -506,3 +506,29 @@ def test_alignment_on_huge_images_is_refused_before_decoding_them(tmp_path, caps
         "error: image_size: 50,331,648 features need a 50,331,648 x 50,331,648 float64 matrix X^T X (18 PiB); "
     ), err
     assert "Traceback" not in "\n".join(err) and "pass --image_size" in err[-1] and not out.exists()
+
+
+# ---- models (citizen items 5) ----
+
+
+@pytest.mark.parametrize(
+    "problem_type, labels, message",
+    [
+        (None, [0.0, 1.0], r"problem_type 'multi_label_classification' expects shape \(2, 3\)"),
+        ("regression", [[0, 1, 2], [1, 1, 1]], "problem_type 'regression' expects floating-point labels"),
+        ("regression", [0.5, 1.5], r"problem_type 'regression' expects shape \(2, 3\)"),
+        ("single_label_classification", [0, 3], r"labels: values must lie in \[0, 3\)"),
+    ],
+)
+def test_classification_labels_of_the_wrong_form(problem_type, labels, message):
+    """Citizen 5: labels that do not fit the head's problem type are refused with the expected form, before any
+    loss is computed (transformers' losses would broadcast or fail with a shape error)."""
+    import torch  # noqa: PLC0415
+
+    from hf_recperc import RecPercAEConfig, RecPercAEForImageClassification  # noqa: PLC0415
+
+    config = RecPercAEConfig(encoder="mlp", image_size=4, num_channels=1, latent_dim=2, depth=1, num_labels=3)
+    config.problem_type = problem_type
+    model = RecPercAEForImageClassification(config)
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values=torch.zeros(2, 1, 4, 4), labels=torch.tensor(labels))

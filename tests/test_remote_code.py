@@ -56,8 +56,13 @@ CHECK = textwrap.dedent(
             assert torch.equal(encoder(pixel_values=expected["pixels"]).embeddings, expected["features"])
         classifier = AutoModelForImageClassification.from_pretrained(model_dir, trust_remote_code=True)
         assert type(classifier).__name__.endswith("ForImageClassification")
-        processor = AutoImageProcessor.from_pretrained(model_dir)
+        processor = AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=True)
+        assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
         assert processor.size["height"] == config.image_size
+        # Citizen 7: the processor converts an RGB image to the model's channels (1 for these digits models).
+        rgb = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8)
+        pixels = processor(rgb, return_tensors="pt").pixel_values
+        assert pixels.shape == (1, config.num_channels, config.image_size, config.image_size), pixels.shape
         print("remote code OK", type(model).__name__)
 
     # argv: (model_dir, expected_file, family) triples
