@@ -131,19 +131,6 @@ def test_measurement_with_monitor_objects_reads_the_embedding_alias(digits):
     assert model.config.mask_ratio == 0.75 and model.training and model.vit.training  # restored
 
 
-def test_bad_arguments_fail_at_construction(digits):
-    """Citizen 12: a wrong monitor name or feature is one line naming the argument, before training."""
-    with pytest.raises(ValueError, match="monitors: expected names among"):
-        PerceptionMeasurement(digits, monitors=["knn", "fid"])
-    with pytest.raises(ValueError, match="monitors: expected names .* or Monitor objects, not both"):
-        PerceptionMeasurement(digits, monitors=["knn", KNNMonitor()])
-    model, processor = tiny_mae()
-    with pytest.raises(ValueError, match="monitors: a monitor reads feature 'pixels'"):
-        PerceptionMeasurement(digits, monitors=[KNNMonitor("pixels")])(model, image_processor=processor)
-    with pytest.raises(ValueError, match="image_processor: required"):
-        PerceptionMeasurement(digits)(model)
-
-
 def test_lightning_callback_logs_the_report_numbers_at_each_validation(digits, tmp_path):
     """Citizen 12: lightning.Trainer + LightningPerceptionCallback on a LightningModule holding the MAE."""
     lightning = pytest.importorskip("lightning")

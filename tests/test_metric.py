@@ -147,8 +147,6 @@ def test_add_takes_the_input_names_as_evaluate_documents_them(metric):
         else:
             metric.add(prediction=X[row], reference=y[row])
     assert metric.compute(subspaces=["first:2", "all"]) == expected
-    with pytest.raises(ValueError, match="give prediction= or predictions=, not both"):
-        metric.add(prediction=X[0], predictions=X[0], reference=y[0])
 
 
 def test_combine_adds_rows_and_batches_and_computes_like_the_modules(metric):
