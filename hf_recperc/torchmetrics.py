@@ -14,6 +14,13 @@ State kept per process, synchronised by torchmetrics' own machinery at ``compute
 * evaluated rows (``split="test"``), reduced with ``"cat"``: they are scored once the PCA is known, and
   without training rows 80% of them train the probe (the evaluate module's stratified split).
 
+As with every torchmetrics metric, ``compute()`` returns tensors and ``metric(features, labels)`` (forward) adds
+the batch and returns the metric of that batch alone; a training batch (``split="train"``) has no value of its
+own, so its forward returns ``{}``. The states keep their dtypes under ``Module.to(dtype)``, ``half()`` and
+``set_dtype`` (Lightning's ``precision="bf16-true"`` casts the whole LightningModule): the second moments stay
+float64 and the stored rows in the dtype they came in, only the device follows (docs/design.md, "Half precision").
+:func:`subspace_probe_accuracy` is the functional form.
+
 Example:
     >>> import torch
     >>> from hf_recperc.torchmetrics import SubspaceProbeAccuracy
@@ -24,24 +31,85 @@ Example:
     ...     features = torch.randn(64, 8, generator=g) + 3 * labels[:, None]
     ...     metric.update(features, labels, split="train")
     ...     metric.update(features, labels)
-    >>> metric.compute()["accuracy/all"] > 0.9
-    True
+    >>> result = metric.compute()
+    >>> bool(result["accuracy/all"] > 0.9), result["dims/all"]
+    (True, tensor(8))
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchmetrics
+from lightning_utilities import apply_to_collection
 from torchmetrics.utilities.data import dim_zero_cat
 
+from . import streaming
 from .probing import DEFAULT_SUBSPACES, SubspaceProbe, check_targets_memory
 from .spectral import SecondMoments, as_float_tensor, check_moments_memory, compute_dtype
-from .streaming import SPLITS, subspace_probe_accuracy
+from .streaming import SPLITS
 from .validation import check_labels, check_positive_int
 
-__all__ = ["SubspaceProbeAccuracy"]
+__all__ = ["SubspaceProbeAccuracy", "subspace_probe_accuracy"]
+
+
+def _as_tensors(result: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The evaluate module's dict of Python scalars as torchmetrics returns results: 0-d tensors.
+
+    ``dims/S`` and ``num_train`` are int64, accuracies and explained variances float64 (the Python floats
+    exactly, so the twin and the module agree bit for bit); the ``probe`` name, a setting, is dropped.
+    """
+    return {
+        key: torch.tensor(
+            value, dtype=torch.int64 if isinstance(value, int) else torch.float64, device=device
+        )
+        for key, value in result.items()
+        if not isinstance(value, str)
+    }
+
+
+def subspace_probe_accuracy(
+    features,
+    labels,
+    train_features=None,
+    train_labels=None,
+    *,
+    subspaces: Sequence[str] = DEFAULT_SUBSPACES,
+    probe: str = "ridge",
+    ridge: float = 1e-3,
+    standardize: bool = False,
+    seed: int = 0,
+    test_size: float = 0.2,
+) -> dict[str, torch.Tensor]:
+    """Functional form of :class:`SubspaceProbeAccuracy` (torchmetrics' ``functional`` convention).
+
+    Args:
+        features (`torch.Tensor` of shape `(N, D)`): rows to score, any float dtype.
+        labels (`torch.LongTensor` of shape `(N,)`): their class ids.
+        train_features (`(M, D)`), train_labels (`(M,)`): rows to fit the PCA and the probes on; without them
+            a deterministic stratified split of the given rows (``test_size``, ``seed``) is used.
+        subspaces, probe, ridge, standardize, seed, test_size: as in the evaluate module's ``compute``.
+
+    Returns:
+        The class's ``compute()`` dict: ``accuracy/S``, ``dims/S``, ``explained_variance/S``, ``num_train`` as
+        0-d tensors on the device of ``features``.
+    """
+    device = features.device if isinstance(features, torch.Tensor) else "cpu"
+    result = streaming.subspace_probe_accuracy(
+        features,
+        labels,
+        train_features,
+        train_labels,
+        subspaces=subspaces,
+        probe=probe,
+        ridge=ridge,
+        standardize=standardize,
+        seed=seed,
+        test_size=test_size,
+    )
+    return _as_tensors(result, device)
 
 
 class SubspaceProbeAccuracy(torchmetrics.Metric):
@@ -54,8 +122,8 @@ class SubspaceProbeAccuracy(torchmetrics.Metric):
         **kwargs: torchmetrics' ``Metric`` options (``process_group``, ``dist_sync_fn``, ...).
 
     ``update(features (n, D), labels (n,), split="test" | "train")``; ``compute()`` returns the evaluate
-    module's flat dict of Python scalars (``accuracy/S``, ``dims/S``, ``explained_variance/S``, ``probe``,
-    ``num_train``); log the numbers with ``{k: v for k, v in result.items() if k != "probe"}``.
+    module's numbers as a flat dict of 0-d tensors (``accuracy/S``, ``dims/S``, ``explained_variance/S``,
+    ``num_train``; see :func:`_as_tensors`), ready for ``LightningModule.log_dict``.
     """
 
     is_differentiable = False
@@ -140,6 +208,39 @@ class SubspaceProbeAccuracy(torchmetrics.Metric):
         if features.dtype == torch.float64:
             self.train_float64.fill_(1.0)
 
+    def forward(self, features, labels, split: str = "test") -> dict[str, torch.Tensor]:
+        """Add the batch to the state and return the metric of this batch alone (torchmetrics' contract).
+
+        A training batch only adds statistics: it has no evaluated rows, hence no value of its own, and returns
+        ``{}`` (``compute()`` on the accumulated state still needs evaluated rows).
+        """
+        if split == "train":
+            self.update(features, labels, split=split)
+            self._forward_cache = {}
+            return self._forward_cache
+        return super().forward(features, labels, split=split)
+
+    def _apply(self, fn, exclude_state: Sequence[str] = ()):
+        """Move the states with the module, but never change their dtype.
+
+        torchmetrics applies ``Module.to(dtype)`` (and, after ``set_dtype``, any cast) to the states. Ours are
+        float64 sums and the rows as given: cast to bfloat16 they would lose the digits the probe needs, and
+        ``compute`` would mix float64 and bfloat16 operands. So the states follow the device only.
+        """
+        states = [key for key in self._defaults if key not in exclude_state]
+        cached = (self._computed, self._forward_cache)
+        this = super()._apply(fn, exclude_state=(*exclude_state, *states))
+        device = this.device  # updated by torchmetrics from ``fn`` applied to a probe tensor
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(device)
+
+        for key in states:
+            this._defaults[key] = apply_to_collection(this._defaults[key], torch.Tensor, move)
+            setattr(this, key, apply_to_collection(getattr(this, key), torch.Tensor, move))
+        this._computed, this._forward_cache = apply_to_collection(cached, torch.Tensor, move)
+        return this
+
     def _train_probe(self) -> SubspaceProbe | None:
         """A ridge probe holding the (synchronised) training statistics, or None without training rows."""
         count = int(self.train_count.item())
@@ -156,12 +257,15 @@ class SubspaceProbeAccuracy(torchmetrics.Metric):
         probe._stale = True
         return probe
 
-    def compute(self) -> dict[str, float | int | str]:
-        """The evaluate module's result dict (see the class docstring) over every process's batches."""
+    def compute(self) -> dict[str, torch.Tensor]:
+        """The evaluate module's numbers as 0-d tensors (see the class docstring) over every process's batches."""
         features = self.features if isinstance(self.features, torch.Tensor) else None
         if features is None:
             if not self.features:
                 raise ValueError("features: no evaluated rows; call update(features, labels) first")
             features = dim_zero_cat(self.features)
         labels = self.labels if isinstance(self.labels, torch.Tensor) else dim_zero_cat(self.labels)
-        return subspace_probe_accuracy(features, labels, train_probe=self._train_probe(), **self.settings)
+        result = streaming.subspace_probe_accuracy(
+            features, labels, train_probe=self._train_probe(), **self.settings
+        )
+        return _as_tensors(result, self.train_sum.device)

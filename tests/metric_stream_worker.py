@@ -40,7 +40,7 @@ def stream(mode: str, with_train: bool):
         if with_train:
             for rows in np.array_split(mine_train, 4):
                 metric.update(torch.from_numpy(X_train[rows]), torch.from_numpy(y_train[rows]), split="train")
-        return metric.compute()
+        return {key: value.item() for key, value in metric.compute().items()}  # 0-d tensors -> JSON
     kwargs = {"num_process": num_process, "process_id": process_id} if mode == "evaluate" else {}
     metric = evaluate.load(
         hf_recperc.SUBSPACE_PROBE_ACCURACY,

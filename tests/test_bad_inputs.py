@@ -532,3 +532,50 @@ def test_classification_labels_of_the_wrong_form(problem_type, labels, message):
     model = RecPercAEForImageClassification(config)
     with pytest.raises(ValueError, match=message):
         model(pixel_values=torch.zeros(2, 1, 4, 4), labels=torch.tensor(labels))
+
+
+# ---- metric twins and trainer integrations (Citizen 9, 10, 12) ----
+
+
+def test_integrations_refuse_bad_arguments_before_training():
+    """Citizen 12: a wrong monitor name, a mix of names and objects, a feature no model gives, a missing image
+    processor or a wrong model attribute: one line naming the argument."""
+    from test_integrations import tiny_mae
+
+    from hf_recperc.data import load_image_dataset
+    from hf_recperc.integrations import PerceptionMeasurement
+    from hf_recperc.monitors import KNNMonitor
+
+    digits = load_image_dataset("digits", max_train_samples=40, max_eval_samples=20)
+    with pytest.raises(ValueError, match="monitors: expected names among"):
+        PerceptionMeasurement(digits, monitors=["knn", "fid"])
+    with pytest.raises(ValueError, match="monitors: expected names .* or Monitor objects, not both"):
+        PerceptionMeasurement(digits, monitors=["knn", KNNMonitor()])
+    with pytest.raises(ValueError, match="subspaces: subspace 'top:2'"):
+        PerceptionMeasurement(digits, subspaces=["top:2"])
+    model, processor = tiny_mae()
+    with pytest.raises(ValueError, match="monitors: a monitor reads feature 'pixels'"):
+        PerceptionMeasurement(digits, monitors=[KNNMonitor("pixels")])(model, image_processor=processor)
+    with pytest.raises(ValueError, match="image_processor: required"):
+        PerceptionMeasurement(digits)(model)
+    assert model.config.mask_ratio == 0.75  # a failed measurement restores the model too
+    lightning = pytest.importorskip("lightning")
+    from hf_recperc.integrations import LightningPerceptionCallback
+
+    callback = LightningPerceptionCallback(digits, model="encoder", image_processor=processor)
+    with pytest.raises(ValueError, match="model: the LightningModule has no attribute 'encoder'"):
+        callback.on_validation_epoch_end(
+            type("T", (), {"sanity_checking": False})(), lightning.LightningModule()
+        )
+
+
+def test_metric_add_refuses_a_row_given_twice():
+    """Citizen 10: `add(prediction=..., predictions=...)` names both spellings instead of picking one."""
+    import evaluate
+    import numpy as np
+
+    import hf_recperc
+
+    metric = evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY)
+    with pytest.raises(ValueError, match="add: give prediction= or predictions=, not both"):
+        metric.add(prediction=np.zeros(3), predictions=np.ones(3), reference=0)

@@ -116,3 +116,49 @@ def test_a_one_class_evaluation_set_is_fine_when_training_data_is_given(metric):
     assert 0 <= result["accuracy/all"] <= 1
     with pytest.raises(ValueError, match="references: class ids must be >= 0"):
         metric.compute(predictions=X, references=y - 1)
+
+
+# ---- Citizen 10: evaluate's common metric checks (its tests/test_metric_common.py) and combine ----
+
+
+def test_evaluate_common_checks_compute_signature_and_docstring_examples():
+    """Citizen 10: as evaluate's own test_metric_common: `_compute` takes no **kwargs, and the module's
+    docstring examples run (more than one) through the module file evaluate imports."""
+    import doctest
+    import importlib
+    import inspect
+
+    factory = evaluate.loading.evaluation_module_factory(hf_recperc.SUBSPACE_PROBE_ACCURACY)
+    module = importlib.import_module(factory.module_path)
+    metric_class = evaluate.loading.import_main_class(module.__name__)
+    parameters = inspect.signature(metric_class._compute).parameters.values()
+    assert all(p.kind != p.VAR_KEYWORD for p in parameters)
+    results = doctest.testmod(module, raise_on_error=True)
+    assert results.failed == 0 and results.attempted > 1
+
+
+def test_add_takes_the_input_names_as_evaluate_documents_them(metric):
+    """Citizen 10: `add(predictions=..., references=...)` (evaluate's docs) used to raise a TypeError."""
+    X, y = make_problem()
+    expected = metric.compute(predictions=X, references=y, subspaces=["first:2", "all"])
+    for row in range(len(X)):
+        if row % 2:
+            metric.add(predictions=X[row], references=y[row])
+        else:
+            metric.add(prediction=X[row], reference=y[row])
+    assert metric.compute(subspaces=["first:2", "all"]) == expected
+
+
+def test_combine_adds_rows_and_batches_and_computes_like_the_modules(metric):
+    """Citizen 10: `evaluate.combine([...]).add(predictions=..., references=...)` works, and so do add_batch and
+    compute; two modules of the same name get evaluate's prefixes."""
+    X, y = make_problem()
+    expected = metric.compute(predictions=X, references=y, subspaces=["all"])
+    combined = evaluate.combine([metric])
+    for row in range(len(X)):
+        combined.add(predictions=X[row], references=y[row])
+    assert combined.compute(subspaces=["all"]) == expected
+    pair = evaluate.combine({"a": evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY), "b": metric})
+    for rows in np.array_split(np.arange(len(X)), 3):
+        pair.add_batch(predictions=X[rows], references=y[rows])
+    assert pair.compute(subspaces=["all"]) == {f"{name}_{k}": v for name in "ab" for k, v in expected.items()}

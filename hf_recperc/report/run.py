@@ -66,6 +66,10 @@ __all__ = [
     "main_finding",
     "write_report",
     "extract_split",
+    "extract_splits",
+    "build_monitors",
+    "choose_features",
+    "compute_monitors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -150,6 +154,7 @@ def extract_split(
     monitors: Sequence,
     mixed_precision: str = "no",
     update_rows: int = UPDATE_ROWS,
+    aliases: dict[str, str] | None = None,
 ) -> int:
     """Stream one split through the model and the monitors; returns the number of images seen.
 
@@ -159,12 +164,15 @@ def extract_split(
         update_rows: pooled rows are handed to the monitors in blocks of at least this many: each update pays
             fixed checks (labels, finiteness, class columns) besides its ``X.T @ X``; blocks of 4096 rows fit at
             the bare ``X.T @ X`` + ``eigh`` floor (0.96x), blocks of 1024 cost 1.43x (benchmarks/feature_extraction.py).
+        aliases: more names of extracted features, e.g. ``{"embedding": "layer_12/cls"}`` for monitors that read
+            ``"embedding"`` (the same tensor under both names).
     """
     seen, pending, pending_labels = 0, {}, []
 
     def flush():
         if pending_labels:
             features = {name: torch.cat(rows) for name, rows in pending.items()}  # (n, D) float32
+            features.update({alias: features[name] for alias, name in (aliases or {}).items()})
             labels = torch.cat(pending_labels)
             for monitor in monitors:
                 monitor.update(MonitorBatch(split, labels=labels, features=features))
@@ -194,6 +202,30 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def extract_splits(
+    backbone: Backbone,
+    data: ImageData,
+    layers: Sequence[int],
+    poolings: Sequence[str],
+    monitors: Sequence,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    mixed_precision: str = "no",
+    aliases: dict[str, str] | None = None,
+) -> int:
+    """Feed the monitors this process's shard (``rows[rank::world]``) of ``data.train`` (``"train"``) and
+    ``data.validation`` (``"eval"``), via :func:`extract_split`; returns the images this process extracted.
+    The perception report and the trainer callbacks (:mod:`hf_recperc.integrations`) share this pass."""
+    rank, world = _rank_and_world()
+    seen = 0
+    for split, source in ((TRAIN, data.train), (EVAL, data.validation)):
+        loader = _loader(source, range(rank, len(source), world), backbone, data, batch_size, num_workers)
+        seen += extract_split(
+            backbone, loader, layers, poolings, split, monitors, mixed_precision, aliases=aliases
+        )
+    return seen
+
+
 def _loader(split, rows, backbone: Backbone, data: ImageData, batch_size: int, num_workers: int):
     transform = processor_transform(
         backbone.processor, data.image_column, data.label_column, backbone.num_channels, data.label_names
@@ -202,7 +234,7 @@ def _loader(split, rows, backbone: Backbone, data: ImageData, batch_size: int, n
     return torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def _build_monitors(features, names, subspaces, ridge, knn_k, knn_temperature, bank_dtype):
+def build_monitors(features, names, subspaces, ridge, knn_k, knn_temperature, bank_dtype=None):
     """Per feature: the subspace probe, the spectrum (reusing the probe's eigenvalues) and kNN, keyed
     ``layers/<feature>/...`` like :class:`~hf_recperc.monitors.LayerProbeMonitor`."""
     probes, spectra, knns = {}, {}, {}
@@ -368,22 +400,19 @@ def perception_report(
     )  # fmt: skip
     run_split = _run_split(model)
     data = _load_data(dataset, run_split, max_train_samples, max_eval_samples, data_kwargs)
-    hidden, layer_ids, poolings, features = _choose_features(
-        backbone, data, layers, poolings, mixed_precision
-    )
-    probes, spectra, knns = _build_monitors(
+    hidden, layer_ids, poolings, features = choose_features(backbone, data, layers, poolings, mixed_precision)
+    probes, spectra, knns = build_monitors(
         features, monitors, subspaces, ridge, knn_k, knn_temperature, _bank_dtype(device)
     )
     all_monitors = [*probes.values(), *spectra.values(), *knns.values()]
     rank, world = _rank_and_world()
     timings = {}
     with _timed(timings, "extraction_seconds"):
-        seen = 0
-        for split, source in ((TRAIN, data.train), (EVAL, data.validation)):
-            loader = _loader(source, range(rank, len(source), world), backbone, data, batch_size, num_workers)
-            seen += extract_split(backbone, loader, layer_ids, poolings, split, all_monitors, mixed_precision)
+        seen = extract_splits(
+            backbone, data, layer_ids, poolings, all_monitors, batch_size, num_workers, mixed_precision
+        )
     with _timed(timings, "fitting_seconds"):
-        metrics = _compute(all_monitors)
+        metrics = compute_monitors(all_monitors)
         last_layer = [layer_feature(layer_ids[-1], pooling) for pooling in poolings]
         accuracy_curves = _accuracy_curves(probes, last_layer) if curves else {}
     report = {
@@ -489,7 +518,7 @@ def _same_carve(run_split: dict, split: dict) -> bool | None:
     return all(run_split.get(key) == split.get(key) for key in keys)
 
 
-def _choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixed_precision: str):
+def choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixed_precision: str = "no"):
     """One forward pass on a few images resolves the layers and poolings (and fails early on those the model cannot
     do). Returns ``(hidden states of the dry run, layer ids, poolings, {feature name: dimension})``."""
     hidden, pooled = _dry_run(backbone, data, mixed_precision)
@@ -506,7 +535,7 @@ def _choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixe
     return hidden, layer_ids, poolings, {name: int(rows.shape[-1]) for name, rows in sample.items()}
 
 
-def _compute(monitors) -> dict[str, float]:
+def compute_monitors(monitors) -> dict[str, float]:
     """Merge every monitor across processes, then compute: flat metric keys."""
     for monitor in monitors:
         monitor.all_reduce()

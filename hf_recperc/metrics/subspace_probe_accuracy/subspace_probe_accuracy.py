@@ -114,8 +114,20 @@ class SubspaceProbeAccuracy(evaluate.Metric):
             raise ValueError("add_batch: expected both predictions (n, D) and references (n,)")
         self._stream().add(predictions, references, split)
 
-    def add(self, *, prediction=None, reference=None, split="test"):
-        """Add one row: feature vector `prediction` `(D,)` and its class id `reference`."""
+    def add(self, *, prediction=None, reference=None, split="test", predictions=None, references=None):
+        """Add one row: feature vector `prediction` `(D,)` and its class id `reference`.
+
+        `predictions=` / `references=` (the input names) are accepted too, as by evaluate's own `add`:
+        `evaluate.combine([...]).add(...)` passes them that way.
+        """
+        for singular, plural, name in (
+            (prediction, predictions, "prediction"),
+            (reference, references, "reference"),
+        ):
+            if singular is not None and plural is not None:
+                raise ValueError(f"add: give {name}= or {name}s=, not both")
+        prediction = prediction if prediction is not None else predictions
+        reference = reference if reference is not None else references
         if prediction is None or reference is None:
             raise ValueError("add: expected both prediction (D,) and reference")
         row = prediction if isinstance(prediction, torch.Tensor) else torch.as_tensor(prediction)
