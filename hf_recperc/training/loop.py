@@ -454,7 +454,12 @@ class PretrainingRun:
         self.guard.check(self.describe_checkpoint)  # the steps since the last log line
         with self.timer("publish"):
             results = self._publish()
-        self.info(self.timer.finish(time.time() - self.start_time))
+        # One duration: the card's "training time" is results.json's runtime_seconds (taken as publishing starts);
+        # this line says so beside the total, which adds the publishing itself.
+        self.info(
+            f"{self.timer.finish(time.time() - self.start_time)}; the model card's training time, "
+            f"{results['run']['runtime_seconds']:.1f} s, is the total before publishing"
+        )
         return results
 
     def _publish(self) -> dict:
