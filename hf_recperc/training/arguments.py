@@ -212,10 +212,10 @@ class PretrainingArguments:
         metadata={"help": "Trackers: 'tensorboard', 'wandb', ..., comma-separated, 'all' or 'none'."},
     )
     tracker_figures_every: int = field(
-        default=10,
+        default=15,
         metadata={
             "help": "Send the monitors' figures to the trackers (TensorBoard images) at every N-th evaluation "
-            "(default 10; 0: only at the end). The PNG files are drawn once, at the end of the run: drawing at "
+            "(default 15: one set halfway through the default 30-epoch run; 0: only at the end). The PNG files are drawn once, at the end of the run: drawing at "
             "each evaluation would cost more than the evaluation itself on small runs."
         },
     )
