@@ -41,6 +41,7 @@ __all__ = [
     "render_model_card",
     "model_index_results",
     "push_to_hub",
+    "project_url",
 ]
 
 # The template lives in model_cards/ at the repository root; hf_recperc/templates/ links to it so that a
@@ -69,6 +70,27 @@ _UPLOAD_IGNORE = ["checkpoints/**", ".*", "**/.*"]
 
 class HubPushError(RuntimeError):
     """Uploading to the Hub failed; the message says why and how to retry from the intact local output."""
+
+
+# The [project.urls] labels (pyproject.toml) that name the project itself, most specific first; "Paper" is not one.
+PROJECT_URL_LABELS = ("repository", "source", "homepage", "documentation")
+
+
+def project_url() -> str | None:
+    """The project's own address from the installed package's metadata (``[project.urls]`` of pyproject.toml:
+    Repository, Source, Homepage or Documentation), or ``None``: the card then names hf_recperc without a link
+    rather than linking its name to the paper."""
+    from importlib.metadata import PackageNotFoundError, metadata  # noqa: PLC0415
+
+    try:
+        entries = metadata("hf_recperc").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return None
+    urls = {}
+    for entry in entries:  # "Label, https://..."
+        label, _, url = entry.partition(",")
+        urls[label.strip().lower()] = url.strip()
+    return next((urls[label] for label in PROJECT_URL_LABELS if urls.get(label)), None)
 
 
 def _hub_dataset_id(source: str) -> str | None:
@@ -295,7 +317,8 @@ def render_model_card(
         )
         or "none",
         "seed": args["seed"],
-        "training time": f"{run['runtime_seconds']:.0f} s on {run['device']}",
+        # The run's one duration (results.json run.runtime_seconds), which the run's last log line quotes.
+        "training time": f"{run['runtime_seconds']:.1f} s on {run['device']} (until publishing)",
     }
     return ModelCard.from_template(
         card_data,
@@ -324,6 +347,7 @@ def render_model_card(
         figures=dict(figures or {}),
         versions=results["versions"],
         citation=CITATION,
+        project_url=project_url(),
     )
 
 

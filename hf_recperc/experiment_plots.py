@@ -34,6 +34,7 @@ __all__ = [
     "RunHistory",
     "load_run",
     "plot_runs",
+    "runs_figure",
     "RECONSTRUCTION_KEY",
     "ONLINE_PROBE_KEY",
     "SUBSPACE_PROBE_PREFIX",
@@ -208,26 +209,70 @@ def _band_sort_key(key: str) -> float:
 
 
 def plot_runs(run_dirs, output: str | Path, *, title: str | None = None) -> Path:
+    """E3/E4: :func:`runs_figure` of the runs, saved as a PNG at ``output``; returns the path."""
+    return save_figure(runs_figure(run_dirs, title=title), output, dpi=100, tight=False)
+
+
+def runs_figure(run_dirs, *, title: str | None = None) -> Figure:
     """E3/E4: runs side by side, one panel per metric, one colour per run, x axis = epoch.
 
     Panels, each drawn only when some run has its keys: reconstruction MSE; online probe accuracy;
-    subspace probe accuracy (line style per subspace); one panel per spectral band error.
+    subspace probe accuracy (line style per subspace); one panel per spectral band error. One legend for the
+    whole figure, below the panels: the runs by colour (their labels can be long: ``name (guidance=0.01,
+    corruption=gaussian:0.3)``) and the subspaces by line style; no legend sits on a panel's curves.
 
     Args:
-        run_dirs: run directories, each with ``history.json`` (see :func:`load_run`).
-        output: PNG path.
+        run_dirs: run directories, each with ``history.json`` (see :func:`load_run`), or :class:`RunHistory`.
 
     Raises:
         ValueError: when no run dir is given or no run holds any known metric.
     """
+    from matplotlib.lines import Line2D  # noqa: PLC0415
+
     runs = [run if isinstance(run, RunHistory) else load_run(run) for run in run_dirs]
     if not runs:
         raise ValueError("run_dirs: give at least one run directory")
+    panels = _run_panels(runs)
+    columns = min(4, len(panels))
+    panel_rows = math.ceil(len(panels) / columns)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    linestyles = ["-", "--", ":", "-."]
+    styles = {label: linestyles[i % 4] for i, label in enumerate(_style_labels(panels))}
+    handles = [Line2D([], [], color=colors[i % len(colors)], label=run.label) for i, run in enumerate(runs)]
+    handles += [Line2D([], [], color="0.3", linestyle=style, label=label) for label, style in styles.items()]
+    legend_rows = math.ceil(len(handles) / min(len(handles), 2 if columns < 3 else 3))
+    legend_height = 0.25 * legend_rows + 0.2  # inches
+    fig = Figure(figsize=(3.6 * columns, 2.8 * panel_rows + legend_height + (0.4 if title else 0)))
+    axes = fig.subplots(panel_rows, columns, squeeze=False)
+    for axis, (panel_title, ylabel, entries) in zip(axes.flat, panels):
+        for run_index, run in enumerate(runs):
+            for key, style_label in entries:
+                epochs, values = run.series(key)
+                if len(epochs) == 0:
+                    continue
+                axis.plot(epochs, values, color=colors[run_index % len(colors)],
+                          linestyle=styles.get(style_label, "-"), marker="." if len(epochs) < 30 else None,
+                          label=run.label if style_label is None else f"{run.label}: {style_label}")  # fmt: skip
+        axis.tick_params(labelsize=7)
+        axis.set_title(panel_title, fontsize=10)
+        axis.set(xlabel="epoch", ylabel=ylabel)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    bottom = legend_height / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 2 if columns < 3 else 3),
+               fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))  # fmt: skip
+    return fig
+
+
+def _run_panels(runs: list[RunHistory]) -> list[tuple[str, str, list[tuple[str, str | None]]]]:
+    """``(title, y label, [(key, line-style label)])`` of each panel some run has data for."""
     keys = set().union(*(run.keys for run in runs))
     subspace_keys = sorted(k for k in keys if k.startswith(SUBSPACE_PROBE_PREFIX))
     band_keys = sorted((k for k in keys if k.startswith(BAND_ERROR_PREFIX)), key=_band_sort_key)
-
-    # Each panel: (title, y label, [(key, line-style label)]).
     panels = []
     if RECONSTRUCTION_KEY in keys:
         panels.append(("reconstruction MSE", "MSE", [(RECONSTRUCTION_KEY, None)]))
@@ -244,27 +289,9 @@ def plot_runs(run_dirs, output: str | Path, *, title: str | None = None) -> Path
             f"run_dirs: no known metric in {[str(r.path) for r in runs]}; expected keys such as "
             f"{RECONSTRUCTION_KEY!r}, {ONLINE_PROBE_KEY!r}, '{SUBSPACE_PROBE_PREFIX}top:0.9', '{BAND_ERROR_PREFIX}0.00-0.50'"
         )
+    return panels
 
-    columns = min(4, len(panels))
-    panel_rows = math.ceil(len(panels) / columns)
-    fig = Figure(figsize=(3.6 * columns, 2.8 * panel_rows))
-    axes = fig.subplots(panel_rows, columns, squeeze=False)
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    linestyles = ["-", "--", ":", "-."]
-    for axis, (panel_title, ylabel, entries) in zip(axes.flat, panels):
-        for run_index, run in enumerate(runs):
-            for entry_index, (key, style_label) in enumerate(entries):
-                epochs, values = run.series(key)
-                if len(epochs) == 0:
-                    continue
-                label = run.label if style_label is None else f"{run.label}: {style_label}"
-                axis.plot(epochs, values, color=colors[run_index % len(colors)],
-                          linestyle=linestyles[entry_index % len(linestyles)], marker="." if len(epochs) < 30 else None,
-                          label=label)  # fmt: skip
-        axis.tick_params(labelsize=7)
-        style_axis(axis, panel_title, "epoch", ylabel)
-    for axis in list(axes.flat)[len(panels) :]:
-        axis.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return save_figure(fig, output, dpi=100)
+
+def _style_labels(panels) -> list[str]:
+    """The line-style labels (subspaces), in panel order, each once."""
+    return list(dict.fromkeys(label for _, _, entries in panels for _, label in entries if label is not None))

@@ -579,3 +579,36 @@ def test_metric_add_refuses_a_row_given_twice():
     metric = evaluate.load(hf_recperc.SUBSPACE_PROBE_ACCURACY)
     with pytest.raises(ValueError, match="add: give prediction= or predictions=, not both"):
         metric.add(prediction=np.zeros(3), predictions=np.ones(3), reference=0)
+
+
+# ---- first hour (items 2, 5) ----
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--tracker_figures_every", "-1"], "tracker_figures_every: expected an integer >= 0"),
+        (["--tracker_figures_every", "often"], "argument --tracker_figures_every"),
+    ],
+)
+def test_a_bad_tracker_figure_cadence_is_one_line(argv, expected, tmp_path, capsys, monkeypatch, vit):
+    """First hour 2: --tracker_figures_every takes an integer >= 0 (0: figures only at the end)."""
+    test_bad_input_is_one_line_exit_2_and_changes_nothing(
+        pretrain, ["--output_dir", "{out}", *argv], expected, tmp_path, capsys, monkeypatch, vit
+    )
+
+
+def test_an_earlier_runs_checkpoints_are_refused_before_any_work(tmp_path, capsys, monkeypatch, vit):
+    """First hour 5: a fresh run into an output_dir holding an earlier run's checkpoints is one line naming the
+    checkpoint and the three ways out (--resume_from_checkpoint latest, --overwrite_output_dir, --output_dir)."""
+    checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-12"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    monkeypatch.delenv("RECPERC_TRACEBACK", raising=False)
+    assert pretrain.main(["--output_dir", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: output_dir: ") and "holds an earlier run (checkpoint-12)" in line
+    assert all(
+        way in line for way in ("--resume_from_checkpoint latest", "--overwrite_output_dir", "--output_dir")
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints"]

@@ -22,6 +22,7 @@ TINY = [
     "--max_eval_samples", "32",
     "--per_device_train_batch_size", "32",
     "--max_steps", "2",
+    "--eval_steps", "1",  # two evaluations: probe_accuracy.png is a curve (one point is not drawn)
     "--report_to", "none",
 ]  # fmt: skip
 

@@ -48,14 +48,19 @@ def run_command(body: Callable[[Sequence[str] | None], Any], argv: Sequence[str]
 
 
 # Wait (at most 10 s) for the launcher process to exit, then write the line to the launcher's stderr (an
-# inherited descriptor).
+# inherited descriptor). An exited launcher that its parent has not reaped yet is a zombie, which os.kill still
+# finds: a parent that reads the output to its end before waiting (subprocess.run(capture_output=True)) reaps it
+# only after this printer closes the pipe, so a zombie counts as exited.
 _REPRINT = """import os, sys, time
 launcher, descriptor, line, start = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], time.time()
-while time.time() - start < 10:
+def running(pid):
     try:
-        os.kill(launcher, 0)
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
-        break
+        return False
+while time.time() - start < 10 and running(launcher):
     time.sleep(0.05)
 os.write(descriptor, (line + "\\n").encode())
 """

@@ -17,20 +17,24 @@ from . import report_error, run_command
 
 __all__ = ["main", "run"]
 
+logger = logging.getLogger("hf_recperc.training")
+
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse, train, print where the results went; raises ``ValueError`` on bad input."""
     from ..training.arguments import parse_args  # noqa: PLC0415  (light: --help needs no torch)
 
     data_args, model_args, args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # accelerate reports every file of every checkpoint at INFO; keep its warnings only.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    if os.environ.get("RANK", "0") == "0":  # the first line within a second or two, before the heavy imports
+        logger.info(f"pretrain: output_dir {args.output_dir}; loading the data and building the model")
     from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
 
     from ..cards import HubPushError  # noqa: PLC0415
     from ..training import NonFiniteLossError, train  # noqa: PLC0415
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    # accelerate reports every file of every checkpoint at INFO; keep its warnings only.
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             results = train(data_args, model_args, args)

@@ -53,7 +53,10 @@ class ReportArguments:
         default_factory=lambda: ["subspace", "knn", "spectrum"],
         metadata={"help": "Among subspace, knn, spectrum."},
     )
-    output_dir: str = field(default="perception_report", metadata={"help": "Where the report goes."})
+    output_dir: str = field(
+        default="outputs/perception_report",
+        metadata={"help": "Where the report goes (default under outputs/, beside the training runs)."},
+    )
     per_device_batch_size: int = field(default=64, metadata={"help": "Images per forward pass, per process."})
     mixed_precision: str = field(
         default="no", metadata={"help": "'no' (the model's dtype), 'bf16' or 'fp16'."}

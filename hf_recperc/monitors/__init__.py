@@ -11,7 +11,14 @@ users alike (docs/design.md, "monitors").
 
 from .base import EVAL, TRAIN, Monitor, MonitorBatch, distributed_sum, gather_rows, is_distributed
 from .knn import KNNMonitor, knn_predict
-from .layers import POOLINGS, LayerProbeMonitor, layer_feature, parse_layers, pool_hidden_state
+from .layers import (
+    POOLINGS,
+    LayerProbeMonitor,
+    accuracy_per_layer_figure,
+    layer_feature,
+    parse_layers,
+    pool_hidden_state,
+)
 from .probes import DEFAULT_SUBSPACES, OnlineProbeMonitor, SubspaceProbeMonitor, score_subspace_probe
 from .reconstruction import (
     DEFAULT_BAND_EDGES,
@@ -36,6 +43,7 @@ __all__ = [
     "parse_layers",
     "pool_hidden_state",
     "layer_feature",
+    "accuracy_per_layer_figure",
     "POOLINGS",
     "SubspaceProbeMonitor",
     "OnlineProbeMonitor",

@@ -9,7 +9,9 @@ own pooled output, supplied by the caller).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -18,7 +20,27 @@ from .base import MonitorBatch
 from .probes import DEFAULT_SUBSPACES, SubspaceProbeMonitor
 from .spectrum import spectrum_figure, spectrum_statistics
 
-__all__ = ["LayerProbeMonitor", "parse_layers", "pool_hidden_state", "layer_feature", "POOLINGS"]
+__all__ = [
+    "LayerProbeMonitor",
+    "parse_layers",
+    "pool_hidden_state",
+    "layer_feature",
+    "accuracy_per_layer_figure",
+    "POOLINGS",
+]
+
+logger = logging.getLogger(__name__)
+
+# Subspaces in their usual order get fixed colours and markers, so that the figures of a run and of a report read
+# alike; a line hidden under another one still shows its markers.
+_SUBSPACE_STYLES = (
+    ("tab:blue", "o"),
+    ("tab:red", "s"),
+    ("tab:gray", "^"),
+    ("tab:green", "D"),
+    ("tab:purple", "v"),
+)
+_POOLING_LINES = {"cls": "-", "mean": "--", "pooler": ":"}
 
 
 def layer_feature(layer: int, pooling: str) -> str:
@@ -153,24 +175,74 @@ class LayerProbeMonitor:
         return results
 
     def figures(self) -> dict:
+        """``eigenvalue_spectrum_per_layer`` and, when two or more layers are probed, ``accuracy_per_layer`` (one
+        layer would make a "per layer" plot of one point: it is not drawn, and the log says so once)."""
         if not self._results:
             return {}
-        from ..plotting import new_figure  # noqa: PLC0415
-
-        figure, axis = new_figure()
-        for pooling in self.poolings:
-            for spec in self.subspaces:
-                accuracy = [
-                    self._results[f"{LAYERS}/{layer_feature(i, pooling)}/accuracy/{spec}"]
-                    for i in self.layers
-                ]
-                axis.plot(self.layers, accuracy, marker="o", label=f"{spec} ({pooling})")
-        axis.set(xlabel="layer", ylabel="subspace probe accuracy", title="Perception per layer")
-        axis.set_xticks(self.layers)
-        axis.legend(fontsize=7)
-        axis.grid(alpha=0.3)
         spectra = {feature: probe.probe.eigenvalues_ for feature, probe in self.probes.items()}
-        return {
-            "accuracy_per_layer": figure,
-            "eigenvalue_spectrum_per_layer": spectrum_figure(spectra, "Eigenvalue spectrum per layer"),
+        figures = {"eigenvalue_spectrum_per_layer": spectrum_figure(spectra, "Eigenvalue spectrum per layer")}
+        accuracy = {
+            (pooling, spec): {
+                i: self._results[f"{LAYERS}/{layer_feature(i, pooling)}/accuracy/{spec}"] for i in self.layers
+            }
+            for pooling in self.poolings
+            for spec in self.subspaces
         }
+        figure = accuracy_per_layer_figure(accuracy)
+        if figure is not None:
+            figures["accuracy_per_layer"] = figure
+        elif not getattr(self, "_said_one_layer", False):
+            self._said_one_layer = True
+            logger.info(
+                f"accuracy_per_layer.png not drawn: one layer probed (layer {self.layers[0]}), its accuracies are "
+                "in results.json; --probe_layers all draws accuracy over depth"
+            )
+        return figures
+
+
+def accuracy_per_layer_figure(
+    accuracy: Mapping[tuple[str, str], Mapping[int, float]], chance: float | None = None
+):
+    """Subspace probe accuracy against depth: one line per (pooling, subspace), colour and marker per subspace,
+    line style per pooling; ``None`` when fewer than two layers were probed (a "per layer" plot of one point says
+    nothing a table does not).
+
+    Args:
+        accuracy: ``{(pooling, subspace): {layer: accuracy}}``; a NaN (a subspace not measured at that layer, say
+            ``bottom:0.2`` of a feature with too few dimensions) leaves a gap, and the legend says where.
+        chance: the accuracy of a uniform guess, 1 / number of classes (a dotted line), if known.
+
+    Returns:
+        A :class:`~matplotlib.figure.Figure` or ``None``.
+    """
+    layers = sorted({layer for values in accuracy.values() for layer in values})
+    if len(layers) < 2:
+        return None
+    from ..plotting import new_figure  # noqa: PLC0415  (matplotlib only when drawing)
+
+    figure, axis = new_figure()
+    specs = list(dict.fromkeys(spec for _, spec in accuracy))
+    poolings = list(dict.fromkeys(pooling for pooling, _ in accuracy))
+    # "all" is drawn underneath, wide and pale, so that a subspace as accurate as all of it stays visible.
+    for (pooling, spec), values in accuracy.items():
+        color, marker = _SUBSPACE_STYLES[specs.index(spec) % len(_SUBSPACE_STYLES)]
+        shown = sorted(values)
+        missing = [layer for layer in shown if not math.isfinite(values[layer])]
+        label = spec if len(poolings) == 1 else f"{spec}, {pooling}"
+        if missing:
+            label += f" (not measured at layer {', '.join(map(str, missing))})"
+        axis.plot(
+            shown, [values[layer] for layer in shown], color=color, marker=marker, markersize=5,
+            linestyle=_POOLING_LINES.get(pooling, "-."), linewidth=3.0 if spec == "all" else 1.5,
+            alpha=0.45 if spec == "all" else 1.0, zorder=1.5 if spec == "all" else 2.5, label=label,
+        )  # fmt: skip
+    if chance is not None:
+        axis.axhline(chance, color="0.4", linestyle=":", linewidth=1.0, label=f"chance ({chance:.2g})")
+    pooled = "" if len(poolings) > 1 else f" ({poolings[0]} pooling)"
+    axis.set(
+        xlabel="layer", ylabel="subspace probe accuracy (validation)", title=f"Perception per layer{pooled}"
+    )
+    axis.set_xticks(layers)
+    axis.legend(fontsize=7, title="subspace" + (", pooling" if len(poolings) > 1 else ""), title_fontsize=7)
+    axis.grid(alpha=0.3)
+    return figure

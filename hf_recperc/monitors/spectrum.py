@@ -23,7 +23,13 @@ from ..results import SPECTRUM_FIELDS, spectrum_key
 from ..spectral import PCA, SecondMoments
 from .base import TRAIN, MonitorBatch
 
-__all__ = ["SpectrumMonitor", "spectrum_statistics", "nonzero_eigenvalues"]
+__all__ = [
+    "SpectrumMonitor",
+    "spectrum_statistics",
+    "nonzero_eigenvalues",
+    "spectrum_figure",
+    "feature_label",
+]
 
 
 def nonzero_eigenvalues(eigenvalues: torch.Tensor) -> torch.Tensor:
@@ -79,18 +85,28 @@ def spectrum_statistics(eigenvalues: torch.Tensor, fraction: float = 0.9) -> dic
 def spectrum_figure(
     eigenvalues: dict[str, torch.Tensor], title: str = "Eigenvalue spectrum of the embeddings"
 ):
-    """Log-log plot of one or more eigenvalue spectra (feature name -> descending eigenvalues)."""
+    """Log-log plot of one or more eigenvalue spectra (feature name -> descending eigenvalues); every line is
+    labelled in the legend (``layer_2/mean`` reads "layer 2, mean-pooled"), one line included."""
     from ..plotting import new_figure  # noqa: PLC0415  (matplotlib only when drawing)
 
     figure, axis = new_figure()
     for name, values in eigenvalues.items():
         values = nonzero_eigenvalues(values)
-        axis.loglog(range(1, values.numel() + 1), (values / values.sum()).cpu().numpy(), label=name)
+        axis.loglog(
+            range(1, values.numel() + 1), (values / values.sum()).cpu().numpy(), label=feature_label(name)
+        )
     axis.set(xlabel="component i", ylabel="explained variance ratio l_i / sum l", title=title)
-    if len(eigenvalues) > 1:
-        axis.legend(fontsize=7)
+    axis.legend(fontsize=7)
     axis.grid(alpha=0.3, which="both")
     return figure
+
+
+def feature_label(name: str) -> str:
+    """A feature name in words: ``"layer_2/mean"`` -> ``"layer 2, mean-pooled"``; ``"embedding"`` unchanged."""
+    layer, _, pooling = name.partition("/")
+    if not layer.startswith("layer_") or not pooling:
+        return name
+    return f"layer {layer.removeprefix('layer_')}, {pooling}-pooled"
 
 
 class SpectrumMonitor:

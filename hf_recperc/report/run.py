@@ -47,6 +47,7 @@ from ..monitors import (
     MonitorBatch,
     SpectrumMonitor,
     SubspaceProbeMonitor,
+    accuracy_per_layer_figure,
     is_distributed,
     layer_feature,
     parse_layers,
@@ -627,24 +628,33 @@ def _data_provenance(data: ImageData, run_split: dict | None) -> dict:
 
 
 def _figures(report: dict, probes: dict, spectra: dict) -> dict:
-    """File stem -> Figure: accuracy per layer (top / bottom / all ...), eigenvalue spectrum per layer, and the
-    accuracy-vs-components curves of the last layer."""
+    """File stem -> Figure: accuracy per layer (top / bottom / all ...; two layers or more), eigenvalue spectrum per
+    layer, and the accuracy-vs-components curves of the last layer, each with the chance level."""
     from ..plotting import new_figure  # noqa: PLC0415  (matplotlib only when drawing)
 
     figures = {}
     layers, metrics = report["layers"], report["metrics"]
+    num_labels = report["data"]["num_labels"]
+    chance = 1.0 / num_labels if num_labels else None
     if probes:
-        figure, axis = new_figure()
-        for pooling in report["poolings"]:
-            shown = [i for i in layers if layer_feature(i, pooling) in probes]
-            for spec in report["subspaces"]:
-                accuracy = [metrics[layer_key(layer_feature(i, pooling), "accuracy", spec)] for i in shown]
-                axis.plot(shown, accuracy, marker="o", label=f"{spec} ({pooling})")
-        axis.set(xlabel="layer", ylabel="subspace probe accuracy (validation)", title="Perception per layer")
-        axis.set_xticks(layers)
-        axis.legend(fontsize=7)
-        axis.grid(alpha=0.3)
-        figures["accuracy_per_layer"] = figure
+        accuracy = {
+            (pooling, spec): {
+                i: metrics[layer_key(layer_feature(i, pooling), "accuracy", spec)]
+                for i in layers
+                if layer_feature(i, pooling) in probes
+            }
+            for pooling in report["poolings"]
+            for spec in report["subspaces"]
+        }
+        figure = accuracy_per_layer_figure(
+            {key: values for key, values in accuracy.items() if values}, chance
+        )
+        if figure is None:
+            logger.info(
+                "accuracy_per_layer.png not drawn: one layer probed (--layers all draws accuracy over depth)"
+            )
+        else:
+            figures["accuracy_per_layer"] = figure
     eigenvalues = {}
     for feature, monitor in spectra.items():
         if monitor.eigenvalues_ is not None:
@@ -659,6 +669,8 @@ def _figures(report: dict, probes: dict, spectra: dict) -> dict:
         figure, axis = new_figure()
         axis.plot(curve["k"], curve["top"], label="top K components")
         axis.plot(curve["k"], curve["bottom"], label="bottom K components")
+        if chance is not None:
+            axis.axhline(chance, color="0.4", linestyle=":", linewidth=1.0, label=f"chance (1/{num_labels})")
         axis.set(
             xlabel="number of components K",
             ylabel="ridge probe accuracy (validation)",

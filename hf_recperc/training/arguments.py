@@ -15,6 +15,7 @@ from ..cli import DataArguments as SharedDataArguments
 from ..cli import parse_arguments, parse_config_overrides
 from ..results import DEFAULT_BAND_EDGES, POOLINGS
 from ..validation import check_finite_number, check_hub_repo_id, check_model_path, check_positive_int
+from .output_dir import refuse_earlier_run
 
 __all__ = ["DataArguments", "ModelArguments", "PretrainingArguments", "parse_args", "parse_config_overrides"]
 
@@ -210,6 +211,14 @@ class PretrainingArguments:
         default="tensorboard",
         metadata={"help": "Trackers: 'tensorboard', 'wandb', ..., comma-separated, 'all' or 'none'."},
     )
+    tracker_figures_every: int = field(
+        default=15,
+        metadata={
+            "help": "Send the monitors' figures to the trackers (TensorBoard images) at every N-th evaluation "
+            "(default 15: one set halfway through the default 30-epoch run; 0: only at the end). The PNG files are drawn once, at the end of the run: drawing at "
+            "each evaluation would cost more than the evaluation itself on small runs."
+        },
+    )
     probe_subspaces: list[str] = field(
         default_factory=lambda: ["top:0.9", "bottom:0.2", "all"],
         metadata={"help": "Subspaces of the embeddings' PCA for the subspace probe."},
@@ -290,6 +299,8 @@ class PretrainingArguments:
     )
 
     def __post_init__(self):
+        # First, and with the standard library only: a second identical run is refused within a second.
+        refuse_earlier_run(self.output_dir, self.resume_from_checkpoint, self.overwrite_output_dir)
         for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):
             check_positive_int(name, getattr(self, name))
         for name in ("gradient_accumulation_steps", "logging_steps"):
@@ -321,6 +332,11 @@ class PretrainingArguments:
         check_positive_int("probe_max_train_samples", self.probe_max_train_samples, allow_none=True)
         check_positive_int("spectral_max_dim", self.spectral_max_dim)
         check_positive_int("knn_k", self.knn_k)
+        if not isinstance(self.tracker_figures_every, int) or self.tracker_figures_every < 0:
+            raise ValueError(
+                f"tracker_figures_every: expected an integer >= 0 (0: figures only at the end), "
+                f"got {self.tracker_figures_every!r}"
+            )
         if check_finite_number("knn_temperature", self.knn_temperature) <= 0:
             raise ValueError(f"knn_temperature: expected a number > 0, got {self.knn_temperature!r}")
         if not self.monitors or any(name not in MONITOR_NAMES for name in self.monitors):
@@ -374,5 +390,10 @@ class PretrainingArguments:
 def parse_args(
     argv: Sequence[str] | None = None,
 ) -> tuple[DataArguments, ModelArguments, PretrainingArguments]:
-    """Command line (or a single ``.json`` / ``.yaml`` file of arguments) to the three argument dataclasses."""
-    return parse_arguments((DataArguments, ModelArguments, PretrainingArguments), argv)
+    """Command line (or a single ``.json`` / ``.yaml`` file of arguments) to the three argument dataclasses.
+
+    ``PretrainingArguments`` is built (and checked) before ``ModelArguments``, whose checks import torch through
+    the model configurations: the output directory's refusal comes before that import.
+    """
+    data_args, args, model_args = parse_arguments((DataArguments, PretrainingArguments, ModelArguments), argv)
+    return data_args, model_args, args

@@ -17,6 +17,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from ..publish import write_json
+from .output_dir import earlier_run_error
 from .state import CHECKPOINT_PREFIX, TRAINER_STATE, TrainerState
 
 __all__ = [
@@ -40,7 +41,7 @@ RESUME_SAFE_ARGS = frozenset(
         "eval_steps", "checkpointing_steps", "checkpoints_total_limit", "report_to", "push_to_hub", "hub_model_id",
         "hub_private", "model_license", "dataloader_num_workers", "per_device_eval_batch_size", "monitors", "probe_subspaces",
         "probe_ridge", "probe_standardize", "probe_max_train_samples", "probe_layers", "probe_pooling", "knn_k",
-        "knn_temperature", "band_edges", "spectral_max_dim",
+        "knn_temperature", "band_edges", "spectral_max_dim", "tracker_figures_every",
     }
 )  # fmt: skip
 
@@ -145,10 +146,7 @@ def resolve_resume(
         return Path(resume_from_checkpoint)
     if existing is not None:
         if not overwrite:
-            raise ValueError(
-                f"output_dir: {str(output_dir)!r} holds checkpoints of an earlier run ({existing.name}); pass "
-                "--resume_from_checkpoint latest to continue it, or --overwrite_output_dir to start over"
-            )
+            raise earlier_run_error(output_dir, existing.name)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(output_dir / "checkpoints")

@@ -4,6 +4,7 @@ written as PNG files and sent to TensorBoard (as images: the event file holds th
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -21,6 +22,8 @@ __all__ = [
     "log_figures",
     "figure_to_array",
 ]
+
+logger = logging.getLogger("hf_recperc.training")
 
 CAPTIONS = {
     "reconstructions": "Validation images, the model's input and the reconstruction",
@@ -96,7 +99,14 @@ def _image_grid(rows: list[torch.Tensor], image_processor) -> np.ndarray:
 
 
 def history_figures(history: list[dict], subspaces: list[str]) -> dict:
-    """``probe_accuracy`` (online, subspace and kNN probes over steps) and ``band_errors`` (when measured)."""
+    """``probe_accuracy`` (online, subspace and kNN probes over steps) and ``band_errors`` (when measured); none
+    after a single evaluation (a curve of one point: its numbers are in ``results.json``, and the log says so)."""
+    if len(history) < 2:
+        logger.info(
+            f"probe_accuracy.png and band_errors.png not drawn: {len(history)} evaluation(s), the numbers are in "
+            "results.json; a smaller --eval_steps draws curves over training"
+        )
+        return {}
     steps = [record["step"] for record in history]
     figures = {}
     figure, axis = new_figure()

@@ -388,9 +388,17 @@ class PretrainingRun:
             self.accelerator.log(
                 {k: v for k, v in record.items() if k not in ("step", "epoch")}, step=record["step"]
             )
-            log_figures(self.accelerator, self._monitor_figures(), record["step"])
+            if self._tracker_figures_due():
+                log_figures(self.accelerator, self._monitor_figures(), record["step"])
         self.info(summary(record))
         return record
+
+    def _tracker_figures_due(self) -> bool:
+        """Whether this evaluation sends the monitors' figures to the trackers: every ``tracker_figures_every``-th
+        evaluation, except the last one, whose figures :meth:`publish` sends (drawn once for the PNG files too).
+        Drawing and encoding them costs more than a small run's evaluation itself."""
+        every = self.args.tracker_figures_every
+        return bool(every) and len(self.state.history) % every == 0 and self.state.step < self.max_steps
 
     def _train_record(self) -> dict:
         """The training half of a history record: mean losses since the last evaluation, over all processes."""
@@ -446,7 +454,12 @@ class PretrainingRun:
         self.guard.check(self.describe_checkpoint)  # the steps since the last log line
         with self.timer("publish"):
             results = self._publish()
-        self.info(self.timer.finish(time.time() - self.start_time))
+        # One duration: the card's "training time" is results.json's runtime_seconds (taken as publishing starts);
+        # this line says so beside the total, which adds the publishing itself.
+        self.info(
+            f"{self.timer.finish(time.time() - self.start_time)}; the model card's training time, "
+            f"{results['run']['runtime_seconds']:.1f} s, is the total before publishing"
+        )
         return results
 
     def _publish(self) -> dict:

@@ -13,7 +13,15 @@ from pathlib import Path
 from ..publish import MANIFEST, Outputs
 from ..publish import OutputDirectory as _GuardedDirectory
 
-__all__ = ["OutputDirectory", "MANIFEST", "RUN_FILES", "remote_code_files", "pretrain_outputs"]
+__all__ = [
+    "OutputDirectory",
+    "MANIFEST",
+    "RUN_FILES",
+    "remote_code_files",
+    "pretrain_outputs",
+    "earlier_run_error",
+    "refuse_earlier_run",
+]
 
 # Every name a run may publish at the top level of output_dir (figures depend on the monitors); a user's file under
 # one of these names is a collision. The remote-code files are computed (remote_code_files).
@@ -64,6 +72,31 @@ def pretrain_outputs() -> Outputs:
         names=RUN_FILES | remote_code_files() | SHARDED_WEIGHTS,
         legacy=lambda directory: (directory / "results.json").is_file(),
     )
+
+
+def earlier_run_error(output_dir: str | Path, checkpoint: str) -> ValueError:
+    """The one-line refusal of a fresh run into an ``output_dir`` that holds an earlier run's ``checkpoint``, with
+    the three ways out (continue, start over, go elsewhere)."""
+    return ValueError(
+        f"output_dir: {str(output_dir)!r} holds an earlier run ({checkpoint}); add --resume_from_checkpoint latest "
+        "to continue it, --overwrite_output_dir to start over, or choose another --output_dir"
+    )
+
+
+def refuse_earlier_run(output_dir: str | Path, resume_from_checkpoint: str | None, overwrite: bool) -> None:
+    """Raise :func:`earlier_run_error` when a fresh run (neither ``resume_from_checkpoint`` nor ``overwrite``) would
+    start in an ``output_dir`` holding checkpoints. Standard library only, so that the command refuses within a
+    second of starting, before torch is imported; the loop checks again (``checkpointing.resolve_resume``) with
+    the same message. A checkpoint is a ``checkpoints/checkpoint-<step>`` directory (``training/state.py``)."""
+    if resume_from_checkpoint is not None or overwrite:
+        return
+    steps = [
+        int(path.name.removeprefix("checkpoint-"))
+        for path in (Path(output_dir) / "checkpoints").glob("checkpoint-*")
+        if path.name.removeprefix("checkpoint-").isdigit()
+    ]
+    if steps:
+        raise earlier_run_error(Path(output_dir).resolve(), f"checkpoint-{max(steps)}")
 
 
 class OutputDirectory(_GuardedDirectory):
