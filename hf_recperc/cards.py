@@ -268,7 +268,10 @@ def render_model_card(
     base_model = args.get("model_name_or_path")
     base_model = base_model if base_model and _hub_dataset_id(base_model) else None  # Hub ids only
     dataset_id = _hub_dataset_id(run["dataset"])
+    from .models import get_family  # noqa: PLC0415  (the model families import torch)
+
     family = run["family"]
+    spec = get_family(family, argument="results['run']['family']")
     card_data = ModelCardData(
         model_name=model_name,
         license=args.get("model_license") or "apache-2.0",
@@ -277,7 +280,7 @@ def render_model_card(
         tags=[
             "hf_recperc",
             "self-supervised",
-            "masked-autoencoder" if family == "mae" else "autoencoder",
+            *spec.card_tags,
             "reconstruction",
         ],
         datasets=[dataset_id] if dataset_id else None,
@@ -326,9 +329,7 @@ def render_model_card(
         model_name=model_name,
         repo_id=hub_model_id or "path/to/output_dir",
         family=family,
-        description="A masked autoencoder (ViT MAE)"
-        if family == "mae"
-        else ("An autoencoder" if run["corruption"] == "none" else "A denoising autoencoder"),
+        description=spec.card_description(run["corruption"]),
         model_type=run["model_type"],
         dataset_label=_dataset_label(run["dataset"]),
         dataset_id=dataset_id,

@@ -90,7 +90,7 @@ class ImageData:
         """`(num_channels, height, width)` of the first training image, channels as the models see them.
 
         Grayscale modes (``L``, ``1``, ``I``, ``F``) count as 1 channel, every other mode as 3 (images are
-        converted to ``L`` or ``RGB``). With :func:`hf_recperc.configuration_recperc.preset_for_data`, this picks
+        converted to ``L`` or ``RGB``). With :func:`hf_recperc.models.preset_for_data`, this picks
         the preset that fits the data.
         """
         undecoded, decoder = _undecoded(self.train, self.image_column)

@@ -1,7 +1,7 @@
 """Small building blocks shared by the models and the experiments (one definition each).
 
-This file is saved next to the weights of a pushed model (``trust_remote_code=True`` copies the relative
-imports of ``modeling_recperc.py``), so it imports only torch.
+This file is saved next to the weights of a pushed model (the remote code of ``trust_remote_code=True``, see
+:mod:`hf_recperc.remote_code`), so it imports only torch.
 """
 
 from __future__ import annotations

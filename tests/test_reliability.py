@@ -2,12 +2,9 @@
 
 import pytest
 
-from hf_recperc.configuration_recperc import (
-    RecPercAEConfig,
-    RecPercMAEConfig,
-    check_config_overrides,
-    preset_for_data,
-)
+from hf_recperc.models import preset_for_data
+from hf_recperc.models.ae.configuration_recperc import RecPercAEConfig, check_config_overrides
+from hf_recperc.models.mae.configuration_recperc_mae import RecPercMAEConfig
 
 
 # Row 3: a typo in --config_overrides was stored in config.json and ignored by the model.
@@ -254,8 +251,9 @@ def test_import_is_light_and_auto_classes_still_find_our_models(tmp_path):
         "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'timm', 'sklearn') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
         "assert 'SubspaceProbe' in dir(hf_recperc) and 'SubspaceProbe' in hf_recperc.__all__\n"
-        "from transformers import AutoModel\n"  # our classes register on its first use, not at import
-        "assert 'hf_recperc.modeling_recperc' not in sys.modules\n"
+        "from transformers import AutoModel\n"
+        "assert 'hf_recperc.models' not in sys.modules\n"
+        "import hf_recperc.models\n"  # Citizen 11: importing the model package registers the families
         f"model = AutoModel.from_pretrained({str(tmp_path)!r})\n"
         "assert type(model) is hf_recperc.RecPercAEModel, type(model)\n"
         "assert hf_recperc.data.DEFAULT_DATASET == 'digits'\n"  # submodules load on access too

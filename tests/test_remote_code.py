@@ -105,6 +105,7 @@ def test_trust_remote_code_without_the_package(tmp_path):
         assert {
             "configuration_recperc.py",
             "modeling_recperc.py",
+            *(("configuration_recperc_mae.py", "modeling_recperc_mae.py") if family == "mae" else ()),
             "corruption.py",
             "processing.py",
             "layers.py",

@@ -223,7 +223,7 @@ def _load_timm(name: str, image_size: int | None) -> tuple[nn.Module, TimmProces
 def _load_transformers(name: str, trust_remote_code: bool, image_size: int | None):
     from transformers import AutoConfig, AutoImageProcessor, AutoModel  # noqa: PLC0415
 
-    import hf_recperc  # noqa: F401, PLC0415  (registers recperc_ae / recperc_mae with the Auto classes)
+    import hf_recperc.models  # noqa: F401, PLC0415  (registers our model families with the Auto classes)
 
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)

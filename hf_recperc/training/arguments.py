@@ -19,15 +19,13 @@ from .output_dir import refuse_earlier_run
 
 __all__ = ["DataArguments", "ModelArguments", "PretrainingArguments", "parse_args", "parse_config_overrides"]
 
-# family -> (config class, default preset); the model classes live with the builders (no torch import here).
-FAMILIES = ("ae", "mae")  # the names users pass as --model_family
 
+def model_family(name: str):
+    """The registered :class:`~hf_recperc.models.FamilySpec` named by ``--model_family`` (the registry is imported on
+    use, with the families' torch code: ``--help`` stays fast)."""
+    from ..models import get_family  # noqa: PLC0415
 
-def family_config(family: str):
-    """The configuration class of a model family (imported on use: ``--help`` stays fast without torch)."""
-    from ..configuration_recperc import FAMILY_CONFIGS  # noqa: PLC0415
-
-    return FAMILY_CONFIGS[family]
+    return get_family(name, argument="model_family")
 
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -92,7 +90,12 @@ class DataArguments(SharedDataArguments):
 class ModelArguments:
     """Which model to train and with which objective."""
 
-    model_family: str = field(default="ae", metadata={"help": "'ae' (autoencoders) or 'mae' (ViTMAE)."})
+    model_family: str = field(
+        default="ae",
+        metadata={
+            "help": "A registered model family (hf_recperc.models): 'ae' (autoencoders), 'mae' (ViTMAE)."
+        },
+    )
     preset: str | None = field(
         default=None,
         metadata={
@@ -127,23 +130,17 @@ class ModelArguments:
             check_model_path(
                 self.model_name_or_path
             )  # a missing path or uncached offline id fails here, at once
-        if self.model_family not in FAMILIES:
-            raise ValueError(f"model_family: expected one of {tuple(FAMILIES)}, got {self.model_family!r}")
+        family = model_family(self.model_family)
         if self.preset is not None and self.model_name_or_path is not None:
             raise ValueError(
                 f"preset: give either --preset ({self.preset!r}) or --model_name_or_path "
                 f"({self.model_name_or_path!r}), not both"
             )
-        config_class = family_config(self.model_family)
-        if self.preset is not None and self.preset not in config_class.presets():
-            raise ValueError(
-                f"preset: {self.preset!r} is not a {self.model_family} preset; known: {config_class.presets()}"
-            )
-        if self.model_family == "mae" and self.corruption not in (None, "none"):
-            raise ValueError(
-                f"corruption: the mae family masks patches itself (ViTMAE's mask_ratio), got {self.corruption!r}; "
-                "use --config_overrides mask_ratio=0.75"
-            )
+        presets = family.config_class.presets()
+        if self.preset is not None and self.preset not in presets:
+            raise ValueError(f"preset: {self.preset!r} is not a {self.model_family} preset; known: {presets}")
+        if family.corruption_field is None and self.corruption not in (None, "none"):
+            raise ValueError(f"corruption: {family.corruption_hint}, got {self.corruption!r}")
         if self.guidance is not None and (not math.isfinite(self.guidance) or self.guidance < 0):
             raise ValueError(f"guidance: expected a finite number >= 0, got {self.guidance!r}")
         parse_config_overrides(self.config_overrides)  # fail early on a malformed string

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..configuration_recperc import check_config_overrides, preset_for_data
 from ..data import ImageData
-from ..modeling_recperc import RecPercAEForPreTraining
-from ..modeling_recperc_mae import RecPercMAEForPreTraining
+from ..models import preset_for_data
+from ..models.ae.configuration_recperc import check_config_overrides
 from ..monitors import (
     BandErrorMonitor,
     KNNMonitor,
@@ -27,7 +26,7 @@ from ..monitors import (
     SubspaceProbeMonitor,
     parse_layers,
 )
-from .arguments import ModelArguments, PretrainingArguments, family_config, parse_config_overrides
+from .arguments import ModelArguments, PretrainingArguments, model_family, parse_config_overrides
 
 __all__ = [
     "build_model",
@@ -43,7 +42,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-MODEL_CLASSES = {"ae": RecPercAEForPreTraining, "mae": RecPercMAEForPreTraining}
 
 
 def build_model(model_args: ModelArguments, data: ImageData):
@@ -52,13 +50,13 @@ def build_model(model_args: ModelArguments, data: ImageData):
     A ViTMAE checkpoint (``model_type="vit_mae"``, e.g. a local copy of ``facebook/vit-mae-base``) loads into the
     MAE family; its guidance probe starts fresh. So does the probe of one of our models trained on other labels.
     """
-    config_class = family_config(model_args.model_family)
-    model_class = MODEL_CLASSES[model_args.model_family]
+    family = model_family(model_args.model_family)
+    config_class, model_class = family.config_class, family.pretraining_class
     overrides = parse_config_overrides(model_args.config_overrides)
     if model_args.guidance is not None:
         overrides["guidance"] = model_args.guidance
-    if model_args.corruption is not None and model_args.model_family == "ae":
-        overrides["corruption"] = model_args.corruption
+    if model_args.corruption is not None and family.corruption_field is not None:
+        overrides[family.corruption_field] = model_args.corruption
     labels = {
         "num_labels": data.num_labels,
         "id2label": dict(enumerate(data.label_names)),

@@ -9,6 +9,7 @@ import torch
 
 from ..results import RunInfo, RunResults
 from ..versions import library_versions
+from .arguments import model_family
 from .builders import resolve_preset
 
 __all__ = [
@@ -68,7 +69,7 @@ def run_results(run) -> RunResults:
         runtime_seconds=round(time.time() - run.start_time, 1),
         device=str(run.accelerator.device),
         mixed_precision=run.args.mixed_precision,
-        corruption=getattr(config, "corruption", f"vit-mae mask_ratio={getattr(config, 'mask_ratio', None)}"),
+        corruption=model_family(run.model_args.model_family).describe_corruption(config),
         guidance=config.guidance,
         monitors=[monitor.name for monitor in run.monitors],
         spectral_band_dims=next((m.bands.dims for m in run.monitors if getattr(m, "bands", None)), None),

@@ -73,21 +73,14 @@ def monitor_batch(model, accelerator, split: str, batch, wanted: set[str], gener
 
 def scored_outputs(model, pixel_values, labels, embeddings, generator):
     """``(reconstruction, weight, logits)`` of validation images for the monitors, reusing the clean
-    ``embeddings`` `(B, K)` wherever the model would encode the clean images again.
+    ``embeddings`` `(B, K)` wherever the model would encode the clean images again: each family's pre-training
+    model answers for itself (``outputs_for_metrics``).
 
     Returns:
         reconstruction `(B, C, H, W)`, weight `(B, 1, H, W)` or ``None`` (every pixel scored), logits
         `(B, num_labels)`; the same values as ``model.reconstruction_for_metrics`` and ``model(...).logits``.
     """
-    corruption = getattr(model, "corruption", None)  # the AE family's input noise
-    if corruption is not None and corruption.is_identity:  # forward(x) would encode x again
-        return model.decoder(embeddings), None, model.probe(embeddings)
-    randomness = model.sample_forward_randomness(pixel_values, generator)
-    outputs = model(pixel_values=pixel_values, labels=labels, **randomness)
-    if corruption is not None:  # a DAE scores decoder(encoder(clean x)): the clean embeddings at hand
-        return model.decoder(embeddings), None, outputs.logits
-    reconstruction, weight = model.reconstruction_for_metrics(pixel_values, outputs)
-    return reconstruction, weight, outputs.logits
+    return model.outputs_for_metrics(pixel_values, labels, embeddings, generator)
 
 
 def summary(record: dict) -> str:

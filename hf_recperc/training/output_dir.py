@@ -6,9 +6,7 @@ file) live in :class:`hf_recperc.publish.OutputDirectory`; this module declares 
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
 
 from ..publish import MANIFEST, Outputs
 from ..publish import OutputDirectory as _GuardedDirectory
@@ -51,22 +49,16 @@ SHARDED_WEIGHTS = frozenset({"model.safetensors.index.json", "model-*-of-*.safet
 
 
 def remote_code_files() -> frozenset[str]:
-    """The ``.py`` files ``save_pretrained`` copies for ``trust_remote_code`` (our modeling modules and what they
-    import, as transformers resolves it)."""
-    from transformers.dynamic_module_utils import get_relative_import_files  # noqa: PLC0415
+    """The ``.py`` files ``save_pretrained`` writes for ``trust_remote_code``, over every registered model family
+    (:attr:`hf_recperc.models.FamilySpec.remote_code_files`)."""
+    from ..models import families  # noqa: PLC0415
 
-    from .. import modeling_recperc, modeling_recperc_mae  # noqa: PLC0415
-
-    files = {modeling_recperc.__file__, modeling_recperc_mae.__file__}
-    for module in list(files):
-        files.update(get_relative_import_files(module))
-    return frozenset(Path(name).name for name in files)
+    return frozenset().union(*(family.remote_code_files for family in families()))
 
 
-@functools.cache
 def pretrain_outputs() -> Outputs:
-    """The trainer's :class:`~hf_recperc.publish.Outputs`: the run files, the remote-code files, weight shards;
-    a folder with ``results.json`` and no manifest is the output of a version before manifests."""
+    """The trainer's :class:`~hf_recperc.publish.Outputs`: the run files, the remote-code files of the families
+    registered now, weight shards; a folder with ``results.json`` and no manifest is the output of a version before manifests."""
     return Outputs(
         command="pretrain",
         names=RUN_FILES | remote_code_files() | SHARDED_WEIGHTS,

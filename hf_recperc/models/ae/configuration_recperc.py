@@ -1,11 +1,11 @@
-"""Configurations of the two reconstruction model families.
+"""Configuration of the autoencoder family, and the configuration helpers both families share.
 
 * :class:`RecPercAEConfig` (``model_type="recperc_ae"``): (denoising) autoencoders with an MLP, a DCAE-style
   convolutional or any timm CNN encoder (docs/science.md section 5).
-* :class:`RecPercMAEConfig` (``model_type="recperc_mae"``): transformers' ViTMAE plus a guidance probe; it
-  extends :class:`~transformers.ViTMAEConfig`, so every ViTMAE checkpoint config loads into it.
+* :func:`check_config_overrides`, :func:`config_fields` and the ``preset`` mixin, which the MAE family's
+  configuration (``hf_recperc/models/mae/configuration_recperc_mae.py``) reuses.
 
-Both carry the hybrid objective of docs/science.md, E3: ``loss = reconstruction + guidance * CE(probe(embedding))``.
+It carries the hybrid objective of docs/science.md, E3: ``loss = reconstruction + guidance * CE(probe(embedding))``.
 
 This module imports no torch (house style: configs stay light and are validated in ``__init__`` with the
 offending value in the message). The corruption string is validated with
@@ -20,18 +20,11 @@ import difflib
 from typing import Any, ClassVar
 
 from huggingface_hub.errors import StrictDataclassError
-from transformers import PreTrainedConfig, ViTMAEConfig
+from transformers import PreTrainedConfig
 
-from .validation import check_finite_number, check_positive_int, is_finite_number
+from ...validation import check_finite_number, check_positive_int, is_finite_number
 
-__all__ = [
-    "RecPercAEConfig",
-    "RecPercMAEConfig",
-    "check_config_overrides",
-    "config_fields",
-    "preset_for_data",
-    "FAMILY_CONFIGS",
-]
+__all__ = ["RecPercAEConfig", "check_config_overrides", "config_fields"]
 
 AE_ENCODERS = ("mlp", "conv")  # plus "timm:<model name>"
 OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
@@ -113,7 +106,7 @@ def check_config_overrides(config_class: type[PreTrainedConfig], overrides: dict
     attribute that ``config.json`` keeps and the model never reads, the last one drops it without a word.
 
     Args:
-        config_class: the configuration class (:class:`RecPercAEConfig`, :class:`RecPercMAEConfig` or any
+        config_class: the configuration class (:class:`RecPercAEConfig`, :class:`~hf_recperc.RecPercMAEConfig` or any
             ``PreTrainedConfig`` dataclass).
         overrides: field name -> value, e.g. parsed from ``--config_overrides latent_dim=64``.
 
@@ -231,7 +224,7 @@ class RecPercAEConfig(_PresetMixin, PreTrainedConfig):
         self.guidance = check_finite_number("guidance", self.guidance, minimum=0)
         _check_num_labels(self.num_labels)
 
-        from .corruption import Masking, parse_corruption  # noqa: PLC0415  (torch-free module level)
+        from ...corruption import Masking, parse_corruption  # noqa: PLC0415  (torch-free module level)
 
         corruption = parse_corruption(self.corruption)
         if self.reconstruction_target == "masked" and not isinstance(corruption, Masking):
@@ -254,162 +247,3 @@ def _check_timm_model(name: str) -> None:
             f"encoder: unknown timm model {name!r} in 'timm:{name}' "
             f"(see timm.list_models(); e.g. 'timm:resnet18')"
         )
-
-
-class RecPercMAEConfig(_PresetMixin, ViTMAEConfig):
-    r"""Configuration of the masked autoencoder family: every :class:`~transformers.ViTMAEConfig` field plus
-
-    Args:
-        guidance (`float`, defaults to 0.0): weight `g` of the supervised probe term,
-            `loss = reconstruction_loss + g * cross_entropy(probe(pooled encoder output), labels)`.
-        pooling (`str`, defaults to `"cls"`): how the encoder output becomes the embedding that probes read:
-            the `"cls"` token or the `"mean"` of the patch tokens.
-        reconstruction_target (`str`, defaults to `"masked"`): MAE's loss on `"masked"` patches only, or on
-            `"all"` patches (the theory's setting). `norm_pix_loss` applies to both.
-        image_mean, image_std (`list[float]`, *optional*): normalisation of the image processor; default
-            ImageNet statistics for 3 channels (as `facebook/vit-mae-*`), 0.5 otherwise.
-        num_labels (`int`, defaults to 2): classes of the probe and of the classification head.
-
-    The mask is ViTMAE's own: exactly `int(L * (1 - mask_ratio))` of the `L` patches are kept per image. This
-    differs from :class:`~hf_recperc.corruption.Masking`, which masks every patch independently (a random
-    number of patches per image), the distribution the linear theory of docs/science.md section 4 describes.
-    """
-
-    model_type = "recperc_mae"
-
-    guidance: float = 0.0
-    pooling: str = "cls"
-    reconstruction_target: str = "masked"
-    image_mean: list[float] | None = None
-    image_std: list[float] | None = None
-
-    _presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # CIFAR-10: 8x8 = 64 patches of 4x4 px; ViT-Tiny width at half depth, a 2-layer decoder.
-        "cifar-vit-tiny": dict(
-            image_size=32,
-            patch_size=4,
-            num_channels=3,
-            hidden_size=192,
-            num_hidden_layers=6,
-            num_attention_heads=3,
-            intermediate_size=768,
-            decoder_hidden_size=128,
-            decoder_num_hidden_layers=2,
-            decoder_num_attention_heads=4,
-            decoder_intermediate_size=512,
-            mask_ratio=0.75,
-            num_labels=10,
-        ),
-        # 8x8 grayscale digits: 4x4 = 16 patches of 2x2 px.
-        "digits-vit-tiny": dict(
-            image_size=8,
-            patch_size=2,
-            num_channels=1,
-            hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=256,
-            decoder_hidden_size=64,
-            decoder_num_hidden_layers=2,
-            decoder_num_attention_heads=4,
-            decoder_intermediate_size=256,
-            mask_ratio=0.75,
-            num_labels=10,
-        ),
-    }
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        for name in ("image_size", "patch_size"):
-            if not isinstance(getattr(self, name), int):
-                raise ValueError(
-                    f"{name}: expected an integer (square images and patches), got {getattr(self, name)!r}"
-                )
-        for name in (
-            "image_size",
-            "patch_size",
-            "num_channels",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "decoder_hidden_size",
-            "decoder_num_hidden_layers",
-            "decoder_num_attention_heads",
-        ):
-            setattr(self, name, check_positive_int(name, getattr(self, name)))
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size: {self.image_size} is not a multiple of patch_size={self.patch_size}"
-            )
-        for size, heads in (
-            ("hidden_size", "num_attention_heads"),
-            ("decoder_hidden_size", "decoder_num_attention_heads"),
-        ):
-            # 4 | size: ViTMAE's 2-D sin-cos position embedding splits the width in four.
-            if getattr(self, size) % getattr(self, heads) or getattr(self, size) % 4:
-                raise ValueError(
-                    f"{size}: {getattr(self, size)} must be a multiple of {heads}={getattr(self, heads)} and of 4"
-                )
-        if not is_finite_number(self.mask_ratio) or not 0 <= self.mask_ratio < 1:
-            raise ValueError(f"mask_ratio: expected a number in [0, 1), got {self.mask_ratio!r}")
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("reconstruction_target", self.reconstruction_target, RECONSTRUCTION_TARGETS)
-        if self.reconstruction_target == "masked" and self.mask_ratio == 0:
-            raise ValueError(
-                "reconstruction_target='masked' needs mask_ratio > 0 (nothing would be scored); "
-                "use reconstruction_target='all'"
-            )
-        self.guidance = check_finite_number("guidance", self.guidance, minimum=0)
-        _check_num_labels(self.num_labels)
-        self.image_mean = _normalisation("image_mean", self.image_mean, self.num_channels, IMAGENET_MEAN)
-        self.image_std = _normalisation("image_std", self.image_std, self.num_channels, IMAGENET_STD)
-        _run_parent_validators(self)
-
-
-# family name of the training scripts (`--model_family`) -> configuration class
-FAMILY_CONFIGS: dict[str, type[PreTrainedConfig]] = {"ae": RecPercAEConfig, "mae": RecPercMAEConfig}
-
-
-def preset_for_data(family: str, image_size: int, num_channels: int) -> str:
-    """The preset to train on images of ``image_size x image_size`` pixels with ``num_channels`` channels.
-
-    Rule: the first preset of the family (in the order of ``Config.presets()``, the preferred one first) whose
-    ``image_size`` and ``num_channels`` both equal the data's. No silent resizing: a CIFAR-10 directory gets
-    ``cifar-conv-small`` (AE) / ``cifar-vit-tiny`` (MAE), the 8x8 grayscale digits ``digits-mlp`` /
-    ``digits-vit-tiny``, and data that no preset matches is refused.
-
-    Args:
-        family: ``"ae"`` or ``"mae"`` (the trainer's ``--model_family``).
-        image_size: side of the (square) images; for other shapes pass the side the images will be resized to.
-        num_channels: channels of the images as the model will see them (1 for grayscale, 3 for colour).
-
-    Raises:
-        ValueError: when no preset matches, naming the presets that fit once ``image_size`` is overridden
-            (same channels and, for the MAE family, an image size divisible by the patch size).
-    """
-    if family not in FAMILY_CONFIGS:
-        raise ValueError(f"family: expected one of {tuple(FAMILY_CONFIGS)}, got {family!r}")
-    check_positive_int("image_size", image_size)
-    check_positive_int("num_channels", num_channels)
-    presets = FAMILY_CONFIGS[family]._presets
-    for name, fields in presets.items():
-        if fields["image_size"] == image_size and fields["num_channels"] == num_channels:
-            return name
-    fitting = [
-        name
-        for name, fields in presets.items()
-        if fields["num_channels"] == num_channels and image_size % fields.get("patch_size", 1) == 0
-    ]
-    known = ", ".join(
-        f"{name} ({fields['image_size']}x{fields['image_size']}x{fields['num_channels']})"
-        for name, fields in presets.items()
-    )
-    advice = (
-        f"presets that fit with --config_overrides image_size={image_size}: {fitting}"
-        if fitting
-        else "no preset fits them by its image_size alone; pass --config_overrides image_size=...,num_channels=..."
-    )
-    raise ValueError(
-        f"data: images of {image_size}x{image_size}x{num_channels} (side x side x channels) match no {family} preset "
-        f"({known}); {advice}, or resize the images to a preset's size"
-    )

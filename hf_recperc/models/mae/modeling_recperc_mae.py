@@ -22,15 +22,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForPreTraining,
-    ViTMAEForPreTraining,
-    ViTMAEModel,
-)
+from transformers import ViTMAEForPreTraining, ViTMAEModel
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
@@ -44,8 +36,7 @@ from transformers.models.vit_mae.modeling_vit_mae import (
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_recperc import RecPercMAEConfig
-from .modeling_recperc import (
+from ..ae.modeling_recperc import (
     RecPercForPreTrainingOutput,
     RecPercImageClassifierOutput,
     RecPercModelOutput,
@@ -55,7 +46,7 @@ from .modeling_recperc import (
     hybrid_loss,
     probe_logits,
 )
-from .processing import RecPercImageProcessor
+from .configuration_recperc_mae import RecPercMAEConfig
 
 __all__ = [
     "RecPercMAEPreTrainedModel",
@@ -75,12 +66,6 @@ class RecPercMAEPreTrainedModel(SavesImageProcessorMixin, ViTMAEPreTrainedModel)
     # Loading the encoder (`AutoModel`) or a classifier from a `...ForPreTraining` checkpoint is the documented
     # use: its decoder and guidance probe are expected to be left out, so transformers reports nothing for them.
     _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^decoder\.", r"^probe\."]
-    _family_auto_map: ClassVar[dict[str, str]] = {
-        "AutoConfig": "configuration_recperc.RecPercMAEConfig",
-        "AutoModel": "modeling_recperc_mae.RecPercMAEModel",
-        "AutoModelForPreTraining": "modeling_recperc_mae.RecPercMAEForPreTraining",
-        "AutoModelForImageClassification": "modeling_recperc_mae.RecPercMAEForImageClassification",
-    }
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -157,7 +142,7 @@ class RecPercMAEModel(RecPercMAEPreTrainedModel, ViTMAEModel):
             return_dict (`bool`, *optional*): `False` returns a tuple; defaults to `config.return_dict`.
 
         Returns:
-            :class:`~hf_recperc.modeling_recperc.RecPercModelOutput` with `embeddings` / `pooler_output`
+            :class:`~hf_recperc.models.ae.modeling_recperc.RecPercModelOutput` with `embeddings` / `pooler_output`
             `(batch_size, hidden_size)` and `last_hidden_state` `(batch_size, 1 + num_patches, hidden_size)`.
         """
         check_pixel_values(
@@ -215,7 +200,7 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
     ``loss = reconstruction_loss + guidance * cross_entropy(probe(pooled encoder output), labels)``, where the
     reconstruction loss is ViTMAE's (per-patch MSE, ``norm_pix_loss`` optional) on the masked patches or on all
     of them (``config.reconstruction_target``). With ``guidance == 0`` the probe trains on the detached embedding
-    and ``loss`` equals ``reconstruction_loss`` (see :func:`~hf_recperc.modeling_recperc.hybrid_loss`).
+    and ``loss`` equals ``reconstruction_loss`` (see :func:`~hf_recperc.models.ae.modeling_recperc.hybrid_loss`).
 
     Args:
         config (:class:`~hf_recperc.RecPercMAEConfig`): the model configuration.
@@ -253,7 +238,7 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
             return_dict (`bool`, *optional*): `False` returns a tuple; defaults to `config.return_dict`.
 
         Returns:
-            :class:`~hf_recperc.modeling_recperc.RecPercForPreTrainingOutput`; `mask` is ViTMAE's patch mask of
+            :class:`~hf_recperc.models.ae.modeling_recperc.RecPercForPreTrainingOutput`; `mask` is ViTMAE's patch mask of
             shape `(batch_size, num_patches)`, 1 for masked patches.
         """
         check_pixel_values(
@@ -324,6 +309,25 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
         """
         masked = outputs.pixel_mask
         return torch.where(masked, outputs.reconstruction, pixel_values), masked.to(pixel_values.dtype)
+
+    def outputs_for_metrics(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        embeddings: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(reconstruction, weight, logits)`` the evaluation scores: one masked forward of ``pixel_values``
+        `(B, C, H, W)` with noise from ``generator``, then :meth:`reconstruction_for_metrics`. ``embeddings`` (the
+        clean ones) are not needed: every output comes from the masked forward.
+
+        Returns:
+            reconstruction `(B, C, H, W)`, weight `(B, 1, H, W)`, logits `(B, num_labels)`.
+        """
+        randomness = self.sample_forward_randomness(pixel_values, generator)
+        outputs = self(pixel_values=pixel_values, labels=labels, **randomness)
+        reconstruction, weight = self.reconstruction_for_metrics(pixel_values, outputs)
+        return reconstruction, weight, outputs.logits
 
     def patch_targets(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None):
         """`(target, mean, std)`: patchified pixels `(B, L, p*p*C)`, normalised per patch when
@@ -414,13 +418,13 @@ class RecPercMAEForImageClassification(RecPercMAEPreTrainedModel):
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
             labels (`torch.Tensor`, *optional*): by `config.problem_type` (see
-                :func:`~hf_recperc.modeling_recperc.check_classification_labels`).
+                :func:`~hf_recperc.models.ae.modeling_recperc.check_classification_labels`).
             interpolate_pos_encoding (`bool`, *optional*): accept other image sizes.
             output_hidden_states, output_attentions (*optional*): the encoder's (see :meth:`RecPercMAEModel.forward`).
             return_dict (`bool`, *optional*): `False` returns a tuple; defaults to `config.return_dict`.
 
         Returns:
-            :class:`~hf_recperc.modeling_recperc.RecPercImageClassifierOutput`.
+            :class:`~hf_recperc.models.ae.modeling_recperc.RecPercImageClassifierOutput`.
         """
         kwargs["return_dict"] = True
         outputs = self.vit(
@@ -435,19 +439,6 @@ class RecPercMAEForImageClassification(RecPercMAEPreTrainedModel):
             attentions=outputs.attentions,
         )
 
-
-AutoConfig.register(RecPercMAEConfig.model_type, RecPercMAEConfig, exist_ok=True)
-for _auto, _cls in (
-    (AutoModel, RecPercMAEModel),
-    (AutoModelForPreTraining, RecPercMAEForPreTraining),
-    (AutoModelForImageClassification, RecPercMAEForImageClassification),
-):
-    _auto.register(RecPercMAEConfig, _cls, exist_ok=True)
-    _cls.register_for_auto_class(_auto.__name__)
-RecPercMAEConfig.register_for_auto_class()
-AutoImageProcessor.register(
-    RecPercMAEConfig, image_processor_classes={"torchvision": RecPercImageProcessor}, exist_ok=True
-)
 
 # transformers 5 renamed ViTMAE's weights (`encoder.layer.N.attention.attention.query` -> `layers.N.attention.q_proj`,
 # ...) and converts on load and back on save, looked up by class name; custom classes get no conversion unless

@@ -24,21 +24,15 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForPreTraining,
-    PreTrainedModel,
-)
+from transformers import PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 
+from ...corruption import Corruption, parse_corruption
+from ...layers import conv_bn_relu
+from ...processing import image_processor_for
+from ...remote_code import write_remote_code
+from ...validation import check_labels as _check_label_ids
 from .configuration_recperc import RecPercAEConfig
-from .corruption import Corruption, parse_corruption
-from .layers import conv_bn_relu
-from .processing import RecPercImageProcessor, image_processor_for
-from .validation import check_labels as _check_label_ids
 
 __all__ = [
     "RecPercModelOutput",
@@ -542,22 +536,27 @@ def build_encoder_decoder(
 
 
 class SavesImageProcessorMixin:
-    """``save_pretrained`` that also writes the matching image processor and the family's full ``auto_map``.
+    """``save_pretrained`` that also writes the matching image processor, the family's full ``auto_map`` and the
+    code the saved model needs to load with ``trust_remote_code=True`` (:mod:`hf_recperc.remote_code`).
 
-    Subclasses set ``_family_auto_map``: every Auto class of the family, so that a saved ``...ForPreTraining``
-    also loads with ``AutoModel`` / ``AutoModelForImageClassification`` and ``trust_remote_code=True``
-    (``register_for_auto_class`` alone records only the saved class).
+    ``_family_auto_map`` holds every Auto class of the family, so that a saved ``...ForPreTraining`` also loads with
+    ``AutoModel`` / ``AutoModelForImageClassification`` and ``trust_remote_code=True``; the family's registration
+    (:func:`hf_recperc.models.register_family`) sets it. Code loaded with ``trust_remote_code`` keeps the
+    ``auto_map`` of the ``config.json`` it came from.
     """
 
     _family_auto_map: ClassVar[dict[str, str]] = {}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained`` (safetensors, the only format of transformers v5), then the image
-        processor (``preprocessor_config.json``) from :func:`~hf_recperc.processing.image_processor_for`."""
-        self.config.auto_map = dict(self._family_auto_map)
+        processor (``preprocessor_config.json``) from :func:`~hf_recperc.processing.image_processor_for` and the
+        remote-code files."""
+        if self._family_auto_map:
+            self.config.auto_map = dict(self._family_auto_map)
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             image_processor_for(self.config).save_pretrained(save_directory)
+            write_remote_code(save_directory, type(self), type(self.config))
         return result
 
 
@@ -572,12 +571,6 @@ class RecPercAEPreTrainedModel(SavesImageProcessorMixin, PreTrainedModel):
     # use: its decoder and guidance probe are expected to be left out, so transformers reports nothing for them.
     _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^decoder\.", r"^probe\."]
     input_modalities = ("image",)
-    _family_auto_map: ClassVar[dict[str, str]] = {
-        "AutoConfig": "configuration_recperc.RecPercAEConfig",
-        "AutoModel": "modeling_recperc.RecPercAEModel",
-        "AutoModelForPreTraining": "modeling_recperc.RecPercAEForPreTraining",
-        "AutoModelForImageClassification": "modeling_recperc.RecPercAEForImageClassification",
-    }
 
     def _init_weights(self, module: nn.Module) -> None:
         # transformers' default re-draws every Linear/Conv from N(0, 0.02), which would wipe a timm backbone's
@@ -754,6 +747,25 @@ class RecPercAEForPreTraining(RecPercAEPreTrainedModel):
             return outputs.reconstruction, None  # the forward already encoded the clean image
         return self.decoder(self.get_embeddings(pixel_values)), None
 
+    def outputs_for_metrics(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        embeddings: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, None, torch.Tensor]:
+        """``(reconstruction, weight, logits)`` the evaluation scores, reusing the clean ``embeddings`` `(B, K)` of
+        ``pixel_values`` `(B, C, H, W)`: the reconstruction is ``decoder(encoder(clean x))`` (as
+        :meth:`reconstruction_for_metrics`), the logits those of :meth:`forward` (of the corrupted input for a DAE).
+
+        Returns:
+            reconstruction `(B, C, H, W)`, ``None`` (every pixel scored), logits `(B, num_labels)`.
+        """
+        if self.corruption.is_identity:  # forward(x) would encode x again
+            return self.decoder(embeddings), None, self.probe(embeddings)
+        logits = self(pixel_values=pixel_values, labels=labels, generator=generator).logits
+        return self.decoder(embeddings), None, logits
+
     def forward_loss(
         self,
         pixel_values: torch.Tensor,
@@ -826,17 +838,3 @@ class RecPercAEForImageClassification(RecPercAEPreTrainedModel):
             embeddings=outputs.embeddings,
             hidden_states=outputs.hidden_states,
         )
-
-
-AutoConfig.register(RecPercAEConfig.model_type, RecPercAEConfig, exist_ok=True)
-for _auto, _cls in (
-    (AutoModel, RecPercAEModel),
-    (AutoModelForPreTraining, RecPercAEForPreTraining),
-    (AutoModelForImageClassification, RecPercAEForImageClassification),
-):
-    _auto.register(RecPercAEConfig, _cls, exist_ok=True)
-    _cls.register_for_auto_class(_auto.__name__)
-RecPercAEConfig.register_for_auto_class()
-AutoImageProcessor.register(
-    RecPercAEConfig, image_processor_classes={"torchvision": RecPercImageProcessor}, exist_ok=True
-)
