@@ -7,6 +7,7 @@ file) live in :class:`hf_recperc.publish.OutputDirectory`; this module declares 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..publish import MANIFEST, Outputs
 from ..publish import OutputDirectory as _GuardedDirectory
