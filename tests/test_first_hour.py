@@ -271,3 +271,15 @@ def test_report_default_output_is_git_ignored():
     for path in (f"{default}/report.json", "perception_report/report.json"):  # the old default too
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, capture_output=True)
         assert ignored.returncode == 0, path
+
+
+def test_readme_models_snippet_runs_as_written(tmp_path, monkeypatch):
+    """First hour 4: the README's Models snippet runs as printed (it used ``images`` it never defined and no torch
+    import) and writes under ``outputs/`` of the current folder, a git-ignored path."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Models:")
+    block = readme[readme.index("```python\n", start) + len("```python\n") :]
+    snippet = block[: block.index("```")]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README Models snippet", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "outputs" / "my-dae" / "model.safetensors").is_file()
