@@ -256,7 +256,9 @@ def test_a_smaller_batch_mid_epoch_is_refused_an_epoch_boundary_accepted(finishe
     boundary = tmp_path / "boundary"
     shutil.copytree(finished, boundary)
     with deadline(120):
-        results = run(boundary, *resume, "max_steps", "--per_device_train_batch_size", "64", "--max_steps", "5")
+        results = run(
+            boundary, *resume, "max_steps", "--per_device_train_batch_size", "64", "--max_steps", "5"
+        )
     assert results["step"] == 5
 
 
