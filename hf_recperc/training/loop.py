@@ -8,8 +8,7 @@ docs/design.md ("training") for the files written and what each evaluation measu
 Resumption is exact: every random draw of a training step (corruption, MAE masking, augmentation, dropout) comes
 from a generator seeded by ``(seed, micro-batch index, process index)``, the data order of each epoch from
 ``(seed, epoch)``, and the checkpoint stores the step counter and the position in the epoch ourselves
-(:class:`~hf_recperc.training.state.TrainerState`; ``accelerator.load_state`` does not restore the iteration
-counter, accelerate#1601).
+(:class:`~hf_recperc.training.state.TrainerState`), in files that hold no pickle (:mod:`.checkpoint_files`).
 
 Throughput: see docs/design.md ("training"): uint8 store, on-device transforms, no host read per step.
 """
@@ -299,7 +298,7 @@ class PretrainingRun:
             logger.warning("--push_to_hub with HF_HUB_OFFLINE=1: the push at the end will fail (run kept)")
 
     def _resume(self, resume_dir: Path | None) -> None:
-        """Weights, optimiser, scheduler and RNG from accelerate; position, history and loss sums from ours."""
+        """Weights, optimiser, scheduler, RNG, position, history and loss sums from the checkpoint (no pickle)."""
         self.state, self.last_checkpoint = TrainerState(run_args=run_defining_args(self.all_args)), resume_dir
         if resume_dir is None:
             return

@@ -1,5 +1,6 @@
-"""The trainer's own state: what ``accelerator.save_state`` does not restore (accelerate#1601: the iteration
-counter), saved as ``trainer_state.json`` in every checkpoint.
+"""The trainer's own state: the position in the run, the history and the run's arguments (what accelerate's
+``save_state`` would not restore either, accelerate#1601: the iteration counter), saved as ``trainer_state.json``
+in every checkpoint and checked against a schema when read.
 """
 
 from __future__ import annotations
