@@ -161,7 +161,18 @@ def test_a_damaged_trainer_state_is_one_line_naming_file_and_field(
         "--allow_changed_args",
         "max_steps",
     ]
-    assert pretrain.main([*argv, "--resume_from_checkpoint", "latest"]) == 2
+    import signal  # noqa: PLC0415  (this block's own import)
+
+    def expire(signum, frame):  # batch_in_epoch past the end span forever before the fix (Trust 10)
+        raise TimeoutError("still running after 120 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(120)
+    try:
+        assert pretrain.main([*argv, "--resume_from_checkpoint", "latest"]) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: resume_from_checkpoint: {path}"), err[-3:]
     assert expected in err[-1] and "Traceback" not in "\n".join(err)

@@ -39,7 +39,7 @@ __all__ = [
     "load_training_state",
     "resumable",
     "CHECKPOINT_FILES",
-    "PICKLE_FILES",
+    "PICKLE_SUFFIXES",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -49,14 +49,8 @@ GRAD_SCALER_FILE = "grad_scaler.json"
 RNG_FILE = "rng_state_{}.json"
 # Required in every checkpoint, besides trainer_state.json and the RNG states.
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE)
-# What accelerate's save_state writes (an earlier version of this trainer, or a sharded run): never read.
-PICKLE_FILES = (
-    "optimizer.bin",
-    "scheduler.bin",
-    "custom_checkpoint_0.pkl",
-    "random_states_0.pkl",
-    "pytorch_model.bin",
-)
+# Suffixes of pickle-based formats (torch.save, pickle; DCP's `.metadata` is one too).
+PICKLE_SUFFIXES = frozenset({".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt"})
 _STRUCTURE_KEY = "hf_recperc_optimizer"  # the optimiser's structure, JSON, in the safetensors header
 
 
@@ -143,16 +137,17 @@ def load_training_state(accelerator, directory: Path, parts: Trainables) -> None
         ValueError: a file is missing, not in our format (e.g. accelerate's pickle files) or does not fit the
             run's model/optimiser; the message names the file.
     """
+    foreign = sorted(
+        p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES or p.name == ".metadata"
+    )
+    if foreign:  # never written by this trainer: a checkpoint holding them was altered, or is accelerate's
+        raise ValueError(
+            f"{directory}: holds {', '.join(foreign)}, pickle files this trainer never writes; they could run code "
+            "when loaded, so the checkpoint is not resumed (nothing was read from them)"
+        )
     for name in CHECKPOINT_FILES:
         if not (directory / name).is_file():
-            legacy = [p for p in PICKLE_FILES if (directory / p).exists()]
-            why = (
-                f"it holds {', '.join(legacy)} (accelerate's pickle format, which can run code when loaded, "
-                "so it is never read)"
-                if legacy
-                else f"{name} is missing"
-            )
-            raise ValueError(f"{directory / name}: not a checkpoint of this trainer: {why}")
+            raise ValueError(f"{directory / name} is missing: not a checkpoint of this trainer")
     _load_model(directory / MODEL_FILE, parts.model)
     _load_optimizer(directory / OPTIMIZER_FILE, parts.optimizer)
     parts.scheduler.load_state_dict(_read_like(directory / SCHEDULER_FILE, parts.scheduler.state_dict()))
