@@ -612,3 +612,82 @@ def test_an_earlier_runs_checkpoints_are_refused_before_any_work(tmp_path, capsy
         way in line for way in ("--resume_from_checkpoint latest", "--overwrite_output_dir", "--output_dir")
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoints"]
+
+
+# ---- checkpoints and trainer state (trust items 10, 11, 20) ----
+
+CHECKPOINT_RUN = [
+    "--max_train_samples", "128", "--max_eval_samples", "32", "--per_device_train_batch_size", "32",
+    "--per_device_eval_batch_size", "64", "--max_steps", "2", "--eval_steps", "2", "--report_to", "none",
+    "--monitors", "reconstruction",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory) -> Path:
+    """A finished 2-step run: checkpoints/checkpoint-2 stopped at batch 2 of an epoch of 4."""
+    output_dir = tmp_path_factory.mktemp("two_steps") / "run"
+    assert pretrain.main(["--output_dir", str(output_dir), *CHECKPOINT_RUN]) == 0
+    return output_dir
+
+
+# trainer_state.json edit -> what the error line must say after the file's path
+DAMAGED_STATES = [
+    (lambda state: {}, "is not a valid trainer state: field 'step' is missing"),
+    (lambda state: [state], "is not a valid trainer state: expected a JSON object"),
+    (lambda state: state | {"step": -3}, "field 'step': expected a non-negative integer, got -3"),
+    (lambda state: state | {"step": "20"}, "field 'step': expected a non-negative integer, got '20'"),
+    (lambda state: state | {"step": True}, "field 'step': expected a non-negative integer, got True"),
+    (lambda state: state | {"epoch": 1.5}, "field 'epoch': expected a non-negative integer, got 1.5"),
+    (lambda state: state | {"history": {}}, "field 'history': expected a list of records"),
+    (
+        lambda state: state | {"train_sums": {"loss": "x"}},
+        "field 'train_sums': expected an object of numbers",
+    ),
+    (lambda state: state | {"run_args": None}, "field 'run_args': expected an object"),
+    (lambda state: state | {"batch_in_epoch": 99}, "field 'batch_in_epoch' is 99, past the end"),
+]
+
+
+@pytest.mark.parametrize(
+    "damage, expected", DAMAGED_STATES, ids=[e.split(":")[0][:40] for _, e in DAMAGED_STATES]
+)
+def test_a_damaged_trainer_state_is_one_line_naming_file_and_field(
+    damage, expected, two_step_run, tmp_path, capsys, monkeypatch
+):
+    """Trust 11, 20 (and 10): a trainer_state.json that is not an object, misses a field, or holds a negative,
+    string, boolean or out-of-range value is refused in one line naming the file and the field, never taken as
+    step 0 on trained weights (which ran 60 steps instead of 40, the learning rate back up) nor a TypeError."""
+    monkeypatch.delenv("RECPERC_TRACEBACK", raising=False)
+    from shutil import copytree  # noqa: PLC0415  (this block's own import)
+
+    copy = tmp_path / "run"
+    copytree(two_step_run, copy)
+    path = copy / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    path.write_text(json.dumps(damage(json.loads(path.read_text()))))
+    before = {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()}
+    argv = [
+        "--output_dir",
+        str(copy),
+        *CHECKPOINT_RUN,
+        "--max_steps",
+        "4",
+        "--allow_changed_args",
+        "max_steps",
+    ]
+    import signal  # noqa: PLC0415  (this block's own import)
+
+    def expire(signum, frame):  # batch_in_epoch past the end span forever before the fix (Trust 10)
+        raise TimeoutError("still running after 120 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(120)
+    try:
+        assert pretrain.main([*argv, "--resume_from_checkpoint", "latest"]) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: resume_from_checkpoint: {path}"), err[-3:]
+    assert expected in err[-1] and "Traceback" not in "\n".join(err)
+    assert {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()} == before

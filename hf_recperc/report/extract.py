@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..monitors import layer_feature, pool_hidden_state
+from ..safe_loading import weights_only_loading
 
 __all__ = ["Backbone", "BackboneError", "load_backbone", "pooled_features", "PIXEL_PROCESSOR_HINT"]
 
@@ -191,7 +192,7 @@ def _is_timm_directory(path: Path) -> bool:
         return False
     try:
         content = json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: not JSON, not even text (UnicodeDecodeError)
         return False
     return "architecture" in content and "model_type" not in content
 
@@ -206,7 +207,8 @@ def _load_timm(name: str, image_size: int | None) -> tuple[nn.Module, TimmProces
     else:
         spec = name  # hf-hub:timm/<name>
     try:
-        model = timm.create_model(spec, pretrained=True)
+        with weights_only_loading("model_name_or_path", name):
+            model = timm.create_model(spec, pretrained=True)
     except Exception as err:  # unknown name, weights not reachable offline
         raise ValueError(
             f"model_name_or_path: could not create timm model {name!r} with pretrained weights "
@@ -232,8 +234,8 @@ def _load_transformers(name: str, trust_remote_code: bool, image_size: int | Non
             f"model_name_or_path: could not load a transformers config from {name!r} ({type(err).__name__}: {err})"
         ) from err
     _check_weight_files(Path(name).expanduser(), name)
-    try:
-        # CLIP-like checkpoints: the vision tower is the vision model
+    # CLIP-like checkpoints: the vision tower is the vision model
+    with weights_only_loading("model_name_or_path", name):
         if (
             getattr(config, "vision_config", None) is not None
             and "vision" not in type(config).__name__.lower()
@@ -242,9 +244,6 @@ def _load_transformers(name: str, trust_remote_code: bool, image_size: int | Non
             model = getattr(model, "vision_model", model)
         else:
             model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code)
-    except Exception as err:  # corrupt or truncated weights, missing shards: one line, not a traceback
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-        raise ValueError(f"model_name_or_path: could not load the weights of {name!r} ({reason})") from err
     if getattr(model, "main_input_name", None) != "pixel_values":
         raise ValueError(
             f"model_name_or_path: {name!r} is a {config.model_type!r} model whose input is "

@@ -1,7 +1,8 @@
 """The training job behind ``accelerate launch scripts/pretrain.py`` (docs/design.md, "training").
 
 * :mod:`.arguments`: the three argument dataclasses and their checks;
-* :mod:`.state`: :class:`TrainerState`, what a checkpoint adds to accelerate's own state;
+* :mod:`.state`: :class:`TrainerState`, what a checkpoint adds to the model and optimiser state;
+* :mod:`.checkpoint_files`: a checkpoint's files, written and read without pickle;
 * :mod:`.checkpointing`: checkpoints, resume, atomic JSON and publishing;
 * :mod:`.builders`: model, sampler, optimiser and monitors from the arguments;
 * :mod:`.loop`: :class:`PretrainingRun` and :func:`train`;

@@ -152,7 +152,11 @@ class PretrainingArguments:
 
     output_dir: str = field(default="outputs/recperc", metadata={"help": "Where everything is written."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Delete checkpoints of an earlier run in output_dir and start over."}
+        default=False,
+        metadata={
+            "help": "Delete the checkpoints an earlier run wrote in output_dir/checkpoints (other files there are "
+            "kept) and start over."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and noise."})
     num_train_epochs: int = field(default=30, metadata={"help": "Epochs (ignored when max_steps is set)."})
@@ -266,7 +270,8 @@ class PretrainingArguments:
         default_factory=list,
         metadata={
             "help": "On resume, argument names allowed to differ from the checkpoint's (anything that changes "
-            "what is trained is refused otherwise; logging, evaluation and output flags may always change)."
+            "what is trained is refused otherwise; logging, evaluation and output flags may always change). "
+            "'all': any may differ, and a checkpoint that records no arguments may be resumed."
         },
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload output_dir to the Hub at the end."})

@@ -26,6 +26,7 @@ from ..monitors import (
     SubspaceProbeMonitor,
     parse_layers,
 )
+from ..safe_loading import weights_only_loading
 from .arguments import ModelArguments, PretrainingArguments, model_family, parse_config_overrides
 
 __all__ = [
@@ -77,9 +78,10 @@ def build_model(model_args: ModelArguments, data: ImageData):
         return model_class(config)
     # The probe's shape follows the data's labels; a checkpoint trained on other labels (or a plain ViTMAE)
     # has another or no probe, which starts fresh.
-    return model_class.from_pretrained(
-        model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True
-    )
+    with weights_only_loading("model_name_or_path", model_args.model_name_or_path):
+        return model_class.from_pretrained(
+            model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True
+        )
 
 
 def resolve_preset(model_args: ModelArguments, data: ImageData) -> str | None:

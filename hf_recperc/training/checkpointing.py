@@ -1,7 +1,7 @@
 """Checkpoints and publishing: everything that writes the run's files, atomically.
 
-A checkpoint is ``accelerator.save_state`` (weights, optimiser, scheduler, RNG states) plus ``trainer_state.json``,
-written into a hidden sibling and renamed: it exists whole or not at all. The model directory is published the
+A checkpoint is the pickle-free files of :mod:`.checkpoint_files` (weights, optimiser, scheduler, RNG states) plus
+``trainer_state.json``, written into a hidden sibling and renamed: it exists whole or not at all. The model directory is published the
 same way (:func:`publish`). Every JSON file of the project goes through :func:`write_json_atomic`.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from ..publish import write_json
+from .checkpoint_files import Trainables, load_training_state, resumable, save_training_state
 from .output_dir import earlier_run_error
 from .state import CHECKPOINT_PREFIX, TRAINER_STATE, TrainerState
 
@@ -29,8 +30,14 @@ __all__ = [
     "checked_resume",
     "load_checkpoint",
     "run_defining_args",
+    "remove_checkpoints",
     "write_json_atomic",
+    "ALL_ARGS",
 ]
+
+# ``--allow_changed_args all``: every run-defining argument may differ, and a checkpoint that records none (unknown
+# provenance: no ``run_args`` in its trainer_state.json) may be resumed.
+ALL_ARGS = "all"
 
 
 # Arguments that may differ between a run and its resumption without changing what is trained: where and how
@@ -56,14 +63,20 @@ def check_resume_arguments(
             f"max_steps: {max_steps} is below the step of the checkpoint to resume ({state.step}, {checkpoint}); "
             "pass a larger --max_steps or start a new run"
         )
-    current = json.loads(json.dumps(run_args, default=str))  # the checkpoint's copy went through JSON too
     saved = state.run_args
+    if not saved and ALL_ARGS not in allowed:
+        raise ValueError(
+            f"resume_from_checkpoint: {checkpoint / TRAINER_STATE} records no run arguments ('run_args' is empty), "
+            f"so nothing guards against resuming it with other settings; pass --allow_changed_args {ALL_ARGS} to "
+            "resume it knowingly"
+        )
+    current = json.loads(json.dumps(run_args, default=str))  # the checkpoint's copy went through JSON too
     changed = sorted(
         key
         for key in set(saved) | set(current)
         if key not in RESUME_SAFE_ARGS and key not in allowed and saved.get(key) != current.get(key)
     )
-    if saved and changed:
+    if changed and ALL_ARGS not in allowed:
         differences = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise ValueError(
             f"resume_from_checkpoint: {checkpoint} was trained with other arguments ({differences}); resume with "
@@ -76,30 +89,43 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
     write_json(path, payload)
 
 
+def our_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``checkpoint-<step>`` directory in ``checkpoints`` that holds our trainer state,
+    by step: what a run of ours wrote (anything else there is the user's and is never touched)."""
+    found = []
+    for path in Path(checkpoints).glob(f"{CHECKPOINT_PREFIX}*"):
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
+        if match and path.is_dir() and (path / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
 def find_checkpoint(output_dir: str | Path) -> Path | None:
     """The checkpoint with the highest step in ``output_dir/checkpoints``, or ``None``.
 
     Unfinished checkpoints (``.tmp-...`` directories of a killed run) are ignored.
     """
-    found = []
-    for path in (Path(output_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"):
-        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
-        if match and (path / TRAINER_STATE).is_file():
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    found = our_checkpoints(Path(output_dir) / "checkpoints")
+    return found[-1][1] if found else None
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, state: TrainerState, total_limit: int | None
+    accelerator: Accelerator,
+    output_dir: Path,
+    state: TrainerState,
+    total_limit: int | None,
+    parts: Trainables,
 ) -> Path:
-    """``accelerator.save_state`` into a temporary sibling, then rename; keep at most ``total_limit``."""
+    """The checkpoint's files (:mod:`.checkpoint_files`) into a temporary sibling, then rename; keep at most
+    ``total_limit``."""
     checkpoints = output_dir / "checkpoints"
     final = checkpoints / f"{CHECKPOINT_PREFIX}{state.step}"
     staging = checkpoints / f".tmp-{CHECKPOINT_PREFIX}{state.step}"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while saving
+        staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))  # model, optimizer, scheduler, RNG states (one file per process)
+    save_training_state(accelerator, staging, parts)  # every process writes its RNG states
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(staging / TRAINER_STATE, state.to_dict())
@@ -124,13 +150,21 @@ def _swap_in(staging: Path, final: Path) -> None:
 def _prune(checkpoints: Path, total_limit: int | None) -> None:
     if total_limit is None:
         return
-    steps = sorted(
-        (int(p.name.removeprefix(CHECKPOINT_PREFIX)), p)
-        for p in checkpoints.glob(f"{CHECKPOINT_PREFIX}*")
-        if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
-    )
+    steps = our_checkpoints(checkpoints)
     for _, path in steps[: max(len(steps) - total_limit, 0)]:
         shutil.rmtree(path)
+
+
+def remove_checkpoints(checkpoints: Path) -> None:
+    """``--overwrite_output_dir``: remove what runs of ours wrote in ``checkpoints`` (their ``checkpoint-<step>``
+    directories, unfinished ``.tmp-`` and set-aside ``.old-`` ones); the user's files there stay."""
+    for _, path in our_checkpoints(checkpoints):
+        shutil.rmtree(path)
+    for pattern in (f".tmp-{CHECKPOINT_PREFIX}*", f".old-{CHECKPOINT_PREFIX}*"):
+        for path in checkpoints.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
 
 
 def resolve_resume(
@@ -149,7 +183,7 @@ def resolve_resume(
             raise earlier_run_error(output_dir, existing.name)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            shutil.rmtree(output_dir / "checkpoints")
+            remove_checkpoints(output_dir / "checkpoints")
         accelerator.wait_for_everyone()
     return None
 
@@ -169,17 +203,32 @@ def checked_resume(
     )
     if resume_dir is None:
         return None, None
+    if not resumable(accelerator):
+        raise ValueError(
+            f"resume_from_checkpoint: {resume_dir}: resuming a sharded run ({accelerator.distributed_type.value}) is "
+            "not supported: its states load through pickle, which can run code from the checkpoint folder"
+        )
     state = TrainerState.load(resume_dir / TRAINER_STATE)
     check_resume_arguments(state, run_args, args.allow_changed_args, args.max_steps, resume_dir)
     return resume_dir, state
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
-    """``accelerator.load_state``; a truncated or corrupt file is a one-line ``ValueError`` naming the checkpoint."""
+def load_checkpoint(
+    accelerator: Accelerator, checkpoint: Path, parts: Trainables, state: TrainerState
+) -> None:
+    """Restore ``parts`` from ``checkpoint`` (no pickle is ever read); a missing, damaged or foreign file, or a
+    scheduler that disagrees with the trainer state's step, is a one-line ``ValueError`` naming it."""
     try:
-        accelerator.load_state(str(checkpoint))
-    except Exception as err:  # safetensors, pickle, shape errors: whatever the damage, name where it is
+        load_training_state(accelerator, checkpoint, parts)
+    except ValueError as err:
         raise ValueError(
-            f"resume_from_checkpoint: {checkpoint} cannot be loaded ({type(err).__name__}: {err}); "
-            "resume from an earlier checkpoint (--resume_from_checkpoint PATH) or start over"
+            f"resume_from_checkpoint: {checkpoint} cannot be loaded ({err}); resume from an earlier checkpoint "
+            "(--resume_from_checkpoint PATH) or start over"
         ) from err
+    # One scheduler step per optimiser step (fp16: except the steps the gradient scaler skipped).
+    scheduled = parts.scheduler.last_epoch
+    if scheduled > state.step or (accelerator.scaler is None and scheduled != state.step):
+        raise ValueError(
+            f"resume_from_checkpoint: {checkpoint / TRAINER_STATE}: field 'step' is {state.step}, but the learning-"
+            f"rate scheduler of the checkpoint is at step {scheduled}; the checkpoint is damaged"
+        )

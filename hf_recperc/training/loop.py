@@ -8,8 +8,7 @@ docs/design.md ("training") for the files written and what each evaluation measu
 Resumption is exact: every random draw of a training step (corruption, MAE masking, augmentation, dropout) comes
 from a generator seeded by ``(seed, micro-batch index, process index)``, the data order of each epoch from
 ``(seed, epoch)``, and the checkpoint stores the step counter and the position in the epoch ourselves
-(:class:`~hf_recperc.training.state.TrainerState`; ``accelerator.load_state`` does not restore the iteration
-counter, accelerate#1601).
+(:class:`~hf_recperc.training.state.TrainerState`), in files that hold no pickle (:mod:`.checkpoint_files`).
 
 Throughput: see docs/design.md ("training"): uint8 store, on-device transforms, no host read per step.
 """
@@ -19,8 +18,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,8 +48,10 @@ from .builders import (
     shard_loader,
     step_seed,
 )
+from .checkpoint_files import Trainables
 from .checkpointing import (
     checked_resume,
+    find_checkpoint,
     load_checkpoint,
     run_defining_args,
     save_checkpoint,
@@ -61,10 +66,10 @@ from .loaders import training_data
 from .output_dir import OutputDirectory
 from .sharding import full_parameters
 from .spectrum_cache import cached_pixel_spectrum, spectrum_key
-from .state import DeviceLossSums, PhaseTimer, TrainerState
+from .state import TRAINER_STATE, DeviceLossSums, PhaseTimer, TrainerState
 from .streaming import load_stream
 
-__all__ = ["PretrainingRun", "NonFiniteLossError", "train"]
+__all__ = ["PretrainingRun", "NonFiniteLossError", "RunStopped", "train"]
 
 logger = logging.getLogger("hf_recperc.training")
 
@@ -84,17 +89,50 @@ def train(
         ValueError: bad arguments or data, naming the argument.
         NonFiniteLossError: a NaN/inf loss; the checkpoints written before it are kept, no model is written.
         hf_recperc.cards.HubPushError: ``--push_to_hub`` failed; the local output is complete.
+        RunStopped: SIGTERM (exit code 143); the message printed on stderr names the checkpoint to resume from.
     """
     run = PretrainingRun(data_args, model_args, args, extra_monitors=monitors)
     try:
-        run.setup()
-        for _ in run.optimiser_steps():
-            pass
-        results = run.publish()
-        run.push()
+        with _stopping_on_sigterm():
+            run.setup()
+            for _ in run.optimiser_steps():
+                pass
+            results = run.publish()
+            run.push()
+    except RunStopped:
+        run.close()  # the lock first: the command the message suggests must find output_dir free
+        run.report_stop()
+        raise
     finally:
         run.close()
     return results
+
+
+class RunStopped(SystemExit):
+    """SIGTERM stopped the run. A ``SystemExit`` with code 143 (128 + SIGTERM, what an unhandled SIGTERM gives), so
+    a scheduler still sees a terminated job; :func:`train` releases output_dir's lock and prints where to resume."""
+
+    def __init__(self):
+        super().__init__(128 + signal.SIGTERM)
+
+
+@contextmanager
+def _stopping_on_sigterm():
+    """Turn SIGTERM into :class:`RunStopped` while the run lasts (main thread only: Python's rule for handlers).
+    Raised at once, wherever the run is: checkpoints and the published model are renamed into place whole, so a
+    stop mid-write leaves the previous ones (as a SIGKILL would)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise RunStopped()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class PretrainingRun:
@@ -230,7 +268,8 @@ class PretrainingRun:
         self.max_steps = args.max_steps or args.num_train_epochs * self.steps_per_epoch
         # On the torch optimiser, which optimizer_update may step directly.
         self.scheduler = build_schedule(args, self.optimizer.optimizer, self.max_steps)
-        accelerator.register_for_checkpointing(self.scheduler)
+        # Saved and restored by .checkpoint_files as JSON (never registered with accelerate, which pickles it).
+        self.trainables = Trainables(self.model, self.optimizer.optimizer, self.scheduler)
         self.eval_every = args.eval_steps or self.steps_per_epoch
         self.checkpoint_every = args.checkpointing_steps or self.steps_per_epoch
 
@@ -259,16 +298,36 @@ class PretrainingRun:
             logger.warning("--push_to_hub with HF_HUB_OFFLINE=1: the push at the end will fail (run kept)")
 
     def _resume(self, resume_dir: Path | None) -> None:
-        """Weights, optimiser, scheduler and RNG from accelerate; position, history and loss sums from ours."""
+        """Weights, optimiser, scheduler, RNG, position, history and loss sums from the checkpoint (no pickle)."""
         self.state, self.last_checkpoint = TrainerState(run_args=run_defining_args(self.all_args)), resume_dir
         if resume_dir is None:
             return
-        load_checkpoint(self.accelerator, resume_dir)
+        self._check_position(resume_dir / TRAINER_STATE, self.resumed_state)
+        load_checkpoint(self.accelerator, resume_dir, self.trainables, self.resumed_state)
         self.state = self.resumed_state
         self.state.run_args = run_defining_args(self.all_args)  # what was allowed to change is now the run's
         if not self.accelerator.is_main_process:  # the main process owns the summed losses
             self.state.clear_train_sums()
         self.info(f"resumed from {resume_dir} at step {self.state.step}")
+
+    def _check_position(self, path: Path, state: TrainerState) -> None:
+        """The checkpoint's position must lie inside this run's epochs: a batch past the end (a larger batch size,
+        more processes, a damaged file) would leave every epoch empty. The position counts batches, so it has no
+        meaning for another batch size unless it is an epoch boundary."""
+        args, processes = self.args, self.accelerator.num_processes
+        if state.batch_in_epoch >= self.batches_per_epoch:
+            raise ValueError(
+                f"resume_from_checkpoint: {path}: field 'batch_in_epoch' is {state.batch_in_epoch}, past the end of "
+                f"this run's epochs of {self.batches_per_epoch} batches ({args.per_device_train_batch_size} images x "
+                f"{processes} process(es)); resume with the checkpoint's batch size and number of processes"
+            )
+        saved = state.run_args.get("per_device_train_batch_size", args.per_device_train_batch_size)
+        if state.batch_in_epoch and saved != args.per_device_train_batch_size:
+            raise ValueError(
+                f"resume_from_checkpoint: {path} stopped mid-epoch (batch {state.batch_in_epoch} of batches of "
+                f"{saved} images): per_device_train_batch_size can change only at a checkpoint on an epoch "
+                f"boundary (batch_in_epoch 0); resume with --per_device_train_batch_size {saved}"
+            )
 
     def close(self) -> None:
         """Release output_dir's lock (also after an error); close the progress bar, so that an error's line is
@@ -278,6 +337,23 @@ class PretrainingRun:
         output = getattr(self, "output", None)
         if output is not None:
             output.release_lock()
+
+    def report_stop(self) -> None:
+        """After SIGTERM: say on stderr (main process) that the run stopped and how to continue it."""
+        if getattr(self, "accelerator", None) is not None and not self.accelerator.is_main_process:
+            return
+        if getattr(self, "progress", None) is not None:
+            self.progress.close()  # the message on a line of its own
+        state, checkpoint = getattr(self, "state", None), find_checkpoint(self.output_dir)
+        where = f" at step {state.step}" if state is not None else " during setup"
+        if checkpoint is None:
+            resume = "no checkpoint was written yet: run the same command again to start over"
+        else:
+            resume = (
+                f"the latest checkpoint is {checkpoint}: run the same command with --resume_from_checkpoint "
+                "latest to continue from it"
+            )
+        print(f"stopped: training stopped by SIGTERM{where}; {resume}", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------------------------------------ steps
 
@@ -298,12 +374,18 @@ class PretrainingRun:
         """Train until ``max_steps``, yielding the step number after each optimiser step (and its log, evaluation
         and checkpoint): :func:`train` drains it, the benchmarks time it."""
         while self.state.step < self.max_steps:
+            position = (self.state.epoch, self.state.batch_in_epoch)
             for batch in self.epoch_batches():
                 if self.train_step(batch):
                     self.after_step()
                     yield self.state.step
                 if self.state.step >= self.max_steps:
                     return
+            if (self.state.epoch, self.state.batch_in_epoch) == position:  # never spin on an empty epoch
+                raise RuntimeError(
+                    f"epoch {position[0]} gave no training batch from batch {position[1]} on (an epoch has "
+                    f"{self.batches_per_epoch}); stopped at step {self.state.step}"
+                )
 
     def train_step(self, batch) -> bool:
         """One micro-batch forward/backward (and an optimiser step at the end of an accumulation); returns whether
@@ -437,7 +519,7 @@ class PretrainingRun:
         sums, count = self._reduced_sums()
         state = TrainerState(**{**self.state.to_dict(), "train_sums": sums, "train_count": count})
         self.last_checkpoint = save_checkpoint(
-            self.accelerator, self.output_dir, state, self.args.checkpoints_total_limit
+            self.accelerator, self.output_dir, state, self.args.checkpoints_total_limit, self.trainables
         )
         # The main process now owns the summed losses (as a resumed run would), the others start at 0.
         if self.accelerator.is_main_process:

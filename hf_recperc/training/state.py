@@ -1,5 +1,6 @@
-"""The trainer's own state: what ``accelerator.save_state`` does not restore (accelerate#1601: the iteration
-counter), saved as ``trainer_state.json`` in every checkpoint.
+"""The trainer's own state: the position in the run, the history and the run's arguments (what accelerate's
+``save_state`` would not restore either, accelerate#1601: the iteration counter), saved as ``trainer_state.json``
+in every checkpoint and checked against a schema when read.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class TrainerState:
     def advance(self, batches_per_epoch: int) -> None:
         """One micro-batch consumed: move the data position, rolling over to the next epoch."""
         self.batch_in_epoch += 1
-        if self.batch_in_epoch == batches_per_epoch:
+        if self.batch_in_epoch >= batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def clear_train_sums(self) -> None:
@@ -57,21 +58,63 @@ class TrainerState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> TrainerState:
-        known = {k: payload[k] for k in cls.__dataclass_fields__ if k in payload}
-        state = cls(**known)
+    def from_dict(cls, payload: Any) -> TrainerState:
+        """The state in ``payload`` (``trainer_state.json``), after checking every field's type and range: a
+        damaged file must not restart the step counter on trained weights. ``ValueError`` names the field."""
+        _check_schema(payload)
+        state = cls(**{k: payload[k] for k in cls.__dataclass_fields__})
         state.train_sums = dict.fromkeys(TRAIN_LOSSES, 0.0) | dict(state.train_sums)
         return state
 
     @classmethod
     def load(cls, path: str | Path) -> TrainerState:
-        """Read ``trainer_state.json``; a corrupt file is a ``ValueError`` naming it."""
+        """Read ``trainer_state.json``; a corrupt or invalid file is a one-line ``ValueError`` naming it."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as err:
+            payload = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(
                 f"resume_from_checkpoint: {path} is not a readable trainer state: {err}"
             ) from err
+        try:
+            return cls.from_dict(payload)
+        except ValueError as err:
+            raise ValueError(f"resume_from_checkpoint: {path} is not a valid trainer state: {err}") from err
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0  # bool is an int subclass: type() excludes it
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+# field -> (check, what is expected): the schema of trainer_state.json, every field required.
+_SCHEMA = {
+    "step": (_is_count, "a non-negative integer"),
+    "epoch": (_is_count, "a non-negative integer"),
+    "batch_in_epoch": (_is_count, "a non-negative integer"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of records"),
+    "train_sums": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(x) for k, x in v.items()),
+        "an object of numbers",
+    ),
+    "train_count": (_is_count, "a non-negative integer"),
+    "run_args": (lambda v: isinstance(v, dict), "an object of the run's arguments"),
+}
+
+
+def _check_schema(payload: Any) -> None:
+    if not isinstance(payload, dict):
+        raise ValueError(
+            f"expected a JSON object with the fields {', '.join(_SCHEMA)}, got {type(payload).__name__}"
+        )
+    for name, (valid, expected) in _SCHEMA.items():
+        if name not in payload:
+            raise ValueError(f"field {name!r} is missing (expected {expected})")
+        if not valid(payload[name]):
+            shown = repr(payload[name])
+            raise ValueError(f"field {name!r}: expected {expected}, got {shown[:60]}")
 
 
 class DeviceLossSums:
