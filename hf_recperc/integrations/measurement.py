@@ -112,7 +112,9 @@ class PerceptionMeasurement:
         self.ridge, self.knn_k, self.knn_temperature = ridge, knn_k, knn_temperature
         self.batch_size, self.num_workers, self.mixed_precision = batch_size, num_workers, mixed_precision
         self.image_processor = image_processor
-        self.data = _load_data(data, max_train_samples, max_eval_samples, data_kwargs)
+        self.data = _load_data(
+            data, None, max_train_samples, max_eval_samples, data_kwargs
+        )  # no run split: any model
 
     def __call__(self, model: nn.Module, image_processor=None) -> dict[str, float]:
         """Measure ``model``'s features (in eval mode, without gradients; its mode and config are restored).

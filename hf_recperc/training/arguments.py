@@ -216,8 +216,9 @@ class PretrainingArguments:
         default=15,
         metadata={
             "help": "Send the monitors' figures to the trackers (TensorBoard images) at every N-th evaluation "
-            "(default 15: one set halfway through the default 30-epoch run; 0: only at the end). The PNG files are drawn once, at the end of the run: drawing at "
-            "each evaluation would cost more than the evaluation itself on small runs."
+            "(15 gives one set halfway through the default 30-epoch run; 0: only at the end). The PNG files are "
+            "drawn once, at the end of the run: drawing at each evaluation would cost more than the evaluation "
+            "itself on small runs."
         },
     )
     probe_subspaces: list[str] = field(
