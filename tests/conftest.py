@@ -74,3 +74,19 @@ def assert_same_metric_results(result: dict, expected: dict, tol: float) -> None
 
 # transformers' vendored test mixins are imported by tests/test_transformers_conformance.py, not collected.
 collect_ignore = ["transformers_testers"]
+
+
+# The tiny MAE configuration (8 x 8 px, 2 channels, 16 patches) the model tests share.
+TINY_MAE = dict(
+    image_size=8,
+    patch_size=2,
+    num_channels=2,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
+    decoder_intermediate_size=32,
+)

@@ -8,6 +8,7 @@ behaviours a user reaches through transformers' machinery (config flags, ``Train
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MAE
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, Trainer, TrainingArguments, pipeline
@@ -24,20 +25,7 @@ from hf_recperc import (
 )
 
 AE = dict(encoder="conv", image_size=9, num_channels=2, latent_dim=6, depth=2, width=4, num_labels=3)
-MAE = dict(
-    image_size=8,
-    patch_size=2,
-    num_channels=2,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-    num_labels=3,
-)
+MAE = dict(TINY_MAE, num_labels=3)
 AE_CLASSES = (RecPercAEModel, RecPercAEForPreTraining, RecPercAEForImageClassification)
 MAE_CLASSES = (RecPercMAEModel, RecPercMAEForPreTraining, RecPercMAEForImageClassification)
 ALL_CLASSES = [(cls, AE) for cls in AE_CLASSES] + [(cls, MAE) for cls in MAE_CLASSES]

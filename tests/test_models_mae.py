@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import assert_same_pretraining_outputs
+from conftest import TINY_MAE, assert_same_pretraining_outputs
 from transformers import (
     AutoImageProcessor,
     AutoModel,
@@ -22,19 +22,7 @@ from hf_recperc import (
     RecPercMAEModel,
 )
 
-TINY = dict(
-    image_size=8,
-    patch_size=2,
-    num_channels=2,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-)
+TINY = TINY_MAE
 NUM_PATCHES = (8 // 2) ** 2
 NUM_LABELS = 3
 CLASSES = (RecPercMAEModel, RecPercMAEForPreTraining, RecPercMAEForImageClassification)

@@ -14,6 +14,7 @@ types) are covered here by the library's tests: ``test_hidden_states_output``, `
 import unittest
 
 import torch
+from conftest import TINY_MAE
 from transformers_testers.test_configuration_common import ConfigTester
 from transformers_testers.test_modeling_common import ModelTesterMixin, floats_tensor
 
@@ -34,19 +35,7 @@ AE_ENCODERS = {
     "conv": dict(encoder="conv", image_size=9, num_channels=2, latent_dim=6, depth=2, width=4),
     "timm": dict(encoder="timm:test_resnet", image_size=16, num_channels=3, latent_dim=6, width=8),
 }
-MAE_TINY = dict(
-    image_size=8,
-    patch_size=2,
-    num_channels=2,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-)
+MAE_TINY = TINY_MAE
 MAE_TINY_MASK_RATIO = 0.75  # ViTMAEConfig's default
 
 
