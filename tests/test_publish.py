@@ -425,3 +425,28 @@ def test_atomic_path_keeps_the_suffix_last_for_writers_that_read_it(tmp_path):
         assert partial.suffix == ".png" and partial.name.startswith(".figure.tmp-")
         partial.write_bytes(b"png")
     assert (tmp_path / "figure.png").read_bytes() == b"png"
+
+
+def test_a_results_json_that_is_not_a_runs_never_makes_the_folder_the_trainers(tmp_path):
+    """Trust 6/8 (found in review): a folder without the trainer's manifest counted as an earlier run's output as
+    soon as it held any ``results.json``, so the user's ``README.md`` beside their own ``results.json`` (or
+    pca-classification's ``results.json``) was overwritten without a word. Only a run's ``results.json`` counts."""
+    from hf_recperc.commands.pca_classification import PCA_CLASSIFICATION_OUTPUTS
+
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "README.md").write_text("my notes\n")
+    (users / "results.json").write_text('{"mine": 1}\n')
+    assert TrainerOutputDirectory(users).collisions() == {"README.md", "results.json"}
+
+    shared = tmp_path / "shared"
+    OutputDirectory(shared, PCA_CLASSIFICATION_OUTPUTS).write(
+        {"results.json": lambda path: path.write_text("[]")}
+    )
+    assert TrainerOutputDirectory(shared).collisions() == {"results.json"}
+
+    earlier_run = tmp_path / "earlier_run"
+    earlier_run.mkdir()
+    (earlier_run / "README.md").write_text("card\n")
+    (earlier_run / "results.json").write_text(json.dumps({"args": {}, "run": {}, "versions": {}}))
+    assert TrainerOutputDirectory(earlier_run).collisions() == set()

@@ -185,8 +185,24 @@ class OutputDirectory:
             return set(listed)
         legacy = self.outputs.legacy
         if legacy is not None and legacy(self.path):
-            return {entry.name for entry in self.path.iterdir() if self.outputs.declares(entry.name)}
+            # A file another command's manifest lists is that command's, never an earlier version of this one's.
+            others = {
+                name for manifest in self._other_manifests() for name in _manifest_of(self.path, manifest)
+            }
+            return {
+                entry.name
+                for entry in self.path.iterdir()
+                if self.outputs.declares(entry.name) and entry.name not in others
+            }
         return set()
+
+    def _other_manifests(self) -> list[str]:
+        """The manifest files of the other commands that published into this folder."""
+        return [
+            entry.name
+            for entry in self.path.glob(".hf_recperc_manifest*.json")
+            if entry.name != self.manifest_file
+        ]
 
     def _check_target(self) -> None:
         """The folder is a directory or can be created (its nearest existing ancestor is a writable directory)."""

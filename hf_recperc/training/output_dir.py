@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..publish import MANIFEST, Outputs
+from ..publish import MANIFEST, Outputs, json_marker
 from ..publish import OutputDirectory as _GuardedDirectory
 
 __all__ = [
@@ -59,11 +59,13 @@ def remote_code_files() -> frozenset[str]:
 
 def pretrain_outputs() -> Outputs:
     """The trainer's :class:`~hf_recperc.publish.Outputs`: the run files, the remote-code files of the families
-    registered now, weight shards; a folder with ``results.json`` and no manifest is the output of a version before manifests."""
+    registered now, weight shards; a folder without a manifest whose ``results.json`` is a run's (arguments, run
+    information, library versions: what a user's or another command's ``results.json`` does not hold) is the output
+    of a version before manifests."""
     return Outputs(
         command="pretrain",
         names=RUN_FILES | remote_code_files() | SHARDED_WEIGHTS,
-        legacy=lambda directory: (directory / "results.json").is_file(),
+        legacy=json_marker("results.json", ("args", "run", "versions")),
     )
 
 
