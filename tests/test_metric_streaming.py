@@ -344,6 +344,37 @@ def test_evaluate_multi_process_mode_never_merges_a_stale_file(tmp_path):
         assert exchange_files(data_dir) == []
 
 
+def test_evaluate_multi_process_mode_merges_the_training_rows_given_to_compute(tmp_path):
+    """Trust 12 (found in review): in evaluate's num_process mode, `train_predictions`/`train_references` given to
+    `compute` stayed with each process, so process 0 fitted its probe on its own half of the training rows and
+    answered without error. They are merged like streamed training rows: the one-process answer on all rows."""
+    X, y = make_problem()
+    train, test = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
+    expected = load().compute(
+        predictions=X[test], references=y[test], train_predictions=X[train], train_references=y[train],
+        subspaces=SUBSPACES,
+    )  # fmt: skip
+    metrics = [
+        load(cache_dir=str(tmp_path), experiment_id="train-rows", num_process=2, process_id=p, timeout=30)
+        for p in (0, 1)
+    ]
+    answers = {}
+
+    def compute(process, rows, answers=answers):
+        train_rows, test_rows = np.array_split(train, 2)[process], np.array_split(test, 2)[process]
+        answers[process] = metrics[process].compute(
+            predictions=X[test_rows], references=y[test_rows], train_predictions=X[train_rows],
+            train_references=y[train_rows], subspaces=SUBSPACES,
+        )  # fmt: skip
+
+    second = threading.Thread(target=compute, args=(1, None))
+    second.start()
+    compute(0, None)
+    second.join(timeout=60)
+    assert answers[1] is None and answers[0]["num_train"] == expected["num_train"] == len(train)
+    assert_same_metric_results(answers[0], expected, 1e-9)
+
+
 @pytest.mark.slow  # end-to-end (subprocesses, seconds to a minute): CI's second step
 def test_evaluate_two_process_mode_gives_the_one_process_answer():
     results, out_dir = two_process_results()

@@ -159,6 +159,7 @@ class SubspaceProbeAccuracy(evaluate.Metric):
             return self._compute(predictions=predictions, references=references, **kwargs)
         if predictions is not None or references is not None:
             self.add_batch(predictions=predictions, references=references)
+        self._stream_training_rows(kwargs)
         stream, self._probe_stream = self._stream(), None  # a fresh stream for the next evaluation
         if self.num_process > 1:
             if not self._exchange_through_files(stream):
@@ -168,6 +169,24 @@ class SubspaceProbeAccuracy(evaluate.Metric):
         result = stream.compute(**kwargs)
         self._block_pool = stream.pool
         return result
+
+    def _stream_training_rows(self, kwargs: dict) -> None:
+        """Move ``train_predictions``/``train_references`` given to ``compute`` into the stream as training rows, so
+        that they are merged across processes like streamed ones (left in ``kwargs``, only process 0's would reach
+        the probe: fitted on 1/N of the training rows, with no error). On one process they stay arrays."""
+        if self.num_process == 1 and _world_size() == 1:
+            return
+        train_predictions = kwargs.pop("train_predictions", None)
+        train_references = kwargs.pop("train_references", None)
+        if train_predictions is None and train_references is None:
+            return
+        if kwargs.get("probe", "ridge") != "ridge":
+            raise ValueError(
+                "train_predictions: across processes the training rows are merged as second moments, which only "
+                f"the closed-form probe uses; pass probe='ridge' (got probe={kwargs['probe']!r}) or compute on "
+                "one process"
+            )
+        self.add_batch(predictions=train_predictions, references=train_references, split="train")
 
     def _exchange_through_files(self, stream: ProbeStream) -> bool:
         """evaluate's multi-process mode: processes > 0 send their state, process 0 merges them all in order.
