@@ -224,6 +224,32 @@ def test_overwrite_output_dir_removes_only_our_checkpoints(finished, tmp_path):
     assert json.loads((checkpoints / "checkpoint-2" / "trainer_state.json").read_text())["step"] == 2
 
 
+def test_resuming_an_older_checkpoint_of_the_same_folder_never_leaves_a_later_one_as_latest(
+    finished, tmp_path
+):
+    """Trust 8/11 (found in review): resuming checkpoint-2 while checkpoint-4 of the same run sits beside it left
+    checkpoint-4 as `latest` (a kill, then `--resume_from_checkpoint latest`, continued the abandoned future) and
+    `--checkpoints_total_limit` pruned the resumed run's own checkpoints. Refused, or the later ones removed with
+    --overwrite_output_dir."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    older = copy / "checkpoints" / "checkpoint-2"
+    with pytest.raises(ValueError, match="resume_from_checkpoint: .*checkpoint-2 is older than checkpoint-4"):
+        run(copy, "--resume_from_checkpoint", str(older))
+    assert (copy / "checkpoints" / "checkpoint-4").is_dir()
+    run(
+        copy,
+        "--resume_from_checkpoint",
+        str(older),
+        "--overwrite_output_dir",
+        "--checkpoints_total_limit",
+        "1",
+    )
+    assert find_checkpoint(copy).name == "checkpoint-4"  # written again by the resumed run, not the old one
+    state = json.loads((copy / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["checkpoint-4"]
+
+
 # ------------------------------------------------------------------------------------------------ Trust 10
 
 

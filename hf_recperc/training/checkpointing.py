@@ -177,7 +177,9 @@ def resolve_resume(
             log(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}; starting fresh")
         return existing
     if resume_from_checkpoint is not None:
-        return Path(resume_from_checkpoint)
+        chosen = Path(resume_from_checkpoint)
+        _drop_later_checkpoints(accelerator, chosen, output_dir, overwrite)
+        return chosen
     if existing is not None:
         if not overwrite:
             raise earlier_run_error(output_dir, existing.name)
@@ -186,6 +188,32 @@ def resolve_resume(
             remove_checkpoints(output_dir / "checkpoints")
         accelerator.wait_for_everyone()
     return None
+
+
+def _drop_later_checkpoints(
+    accelerator: Accelerator, chosen: Path, output_dir: Path, overwrite: bool
+) -> None:
+    """Resuming an older checkpoint of ``output_dir`` itself: its later checkpoints are another future of the run.
+    Left there, the newest would stay ``latest`` after a kill and ``--checkpoints_total_limit`` would prune the
+    checkpoints the resumed run writes, so they are refused, or removed with ``--overwrite_output_dir``."""
+    checkpoints = output_dir / "checkpoints"
+    if not chosen.is_dir() or chosen.resolve().parent != checkpoints.resolve():
+        return  # a checkpoint of another folder: this run's own checkpoints start here
+    step = dict((path.name, number) for number, path in our_checkpoints(checkpoints)).get(chosen.name)
+    later = [path for number, path in our_checkpoints(checkpoints) if step is not None and number > step]
+    if not later:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"resume_from_checkpoint: {chosen} is older than {', '.join(p.name for p in later)} in {checkpoints}; "
+            "resuming it there would leave those as the latest; pass --overwrite_output_dir to remove the later "
+            "checkpoints first, or choose another --output_dir"
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for path in later:
+            shutil.rmtree(path)
+    accelerator.wait_for_everyone()
 
 
 def run_defining_args(all_args: dict) -> dict:
