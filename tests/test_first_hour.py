@@ -283,3 +283,25 @@ def test_readme_models_snippet_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "README Models snippet", "exec"), {"__name__": "readme"})
     assert (tmp_path / "outputs" / "my-dae" / "model.safetensors").is_file()
+
+
+def test_a_hub_warning_is_printed_once_and_repeated_retries_once():
+    """First hour 8 (quiet): huggingface_hub's own handler and ours printed each Hub warning twice, and each of
+    its five retries of an unreachable Hub came out as two more lines."""
+    script = (
+        "import logging\n"
+        "from hf_recperc.commands import configure_logging\n"
+        "configure_logging(logging.INFO)\n"
+        "from huggingface_hub.utils import logging as hub_logging\n"  # the library adds its handler on import
+        "http = hub_logging.get_logger('huggingface_hub.utils._http')\n"
+        "http.warning('timeout thrown while requesting HEAD https://hub/x')\n"
+        "for attempt in range(1, 6):\n"
+        "    http.warning(f'Retrying in {2 ** attempt}s [Retry {attempt}/5].')\n"
+        "    http.warning('timeout thrown while requesting HEAD https://hub/x')\n"
+        "logging.getLogger('hf_recperc.training').warning('our own line')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    lines = done.stderr.splitlines()
+    assert sum("thrown while requesting" in line for line in lines) == 1, done.stderr
+    assert sum("Retrying in" in line for line in lines) == 1, done.stderr
+    assert sum("our own line" in line for line in lines) == 1, done.stderr

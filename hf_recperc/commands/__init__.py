@@ -9,19 +9,26 @@ that returns its result and raises on bad input (what tests call), and a ``main`
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
 
-__all__ = ["USAGE_ERRORS", "run_command", "report_error", "one_line"]
+__all__ = ["USAGE_ERRORS", "configure_logging", "run_command", "report_error", "one_line"]
 
 # What counts as "the user gave bad input": argument / value checks (ValueError, which includes
 # hf_recperc.cli.ArgumentError and json.JSONDecodeError), named input files that do not exist, and
 # argument files that are not valid YAML. Anything else is a bug or a runtime failure and keeps its traceback.
 USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, yaml.YAMLError)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# huggingface_hub's HTTP layer warns on each retry of an unreachable Hub ("Retrying in 2s [Retry 2/5]"); one
+# line of each kind tells the user as much as five.
+_RETRY_LOGGER = "huggingface_hub.utils._http"
 
 # Set to 1 to get the full traceback of a usage error (debugging the checks themselves).
 TRACEBACK_ENV = "RECPERC_TRACEBACK"
@@ -105,3 +112,50 @@ def _reprint_after_launcher(line: str) -> bool:
 def one_line(err: BaseException) -> str:
     """The exception's message on one line (YAML and some library errors span several)."""
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Set up logging for a command: one format, each record printed once, repeated Hub retries once.
+
+    huggingface_hub and datasets attach a handler of their own to their library logger (when they are imported,
+    which commands defer) and still propagate to the root logger, so each of their warnings came out twice;
+    the root handler now skips records a library handler has printed already.
+    """
+    logging.basicConfig(format=LOG_FORMAT, level=level)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _PrintedByLibrary) for f in handler.filters):
+            handler.addFilter(_PrintedByLibrary())
+    retries = logging.getLogger(_RETRY_LOGGER)
+    if not any(isinstance(f, _OnceEach) for f in retries.filters):
+        retries.addFilter(_OnceEach())
+    # accelerate reports every file of every checkpoint at INFO; keep its warnings only.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+
+
+class _PrintedByLibrary(logging.Filter):
+    """Drops a record at the root handler when a handler of a logger on its way up has printed it already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger = logging.getLogger(record.name)
+        while logger.parent is not None:  # the root logger has no parent
+            if logger.handlers:
+                return False
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return True
+
+
+class _OnceEach(logging.Filter):
+    """Passes a message the first time its text, numbers aside, is seen ("Retrying in 1s [Retry 1/5]")."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        shape = re.sub(r"\d+", "#", record.getMessage())
+        if shape in self.seen:
+            return False
+        self.seen.add(shape)
+        return True

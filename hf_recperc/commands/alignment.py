@@ -37,7 +37,7 @@ from ..plotting import plot_curve_panels
 from ..publish import OutputDirectory, Outputs, json_marker, write_json
 from ..theory import alignment_study, check_theory_memory, theory_memory
 from ..validation import available_memory
-from . import run_command
+from . import configure_logging, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def check_memory_before_decoding(data, image_size: int | None) -> None:
 def run(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, solve every corruption in closed form, write figures and curves; returns the study."""
     data_args, args = parse_arguments((DataArguments, AlignmentArguments), argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     corruptions = [parse_corruption(spec) for spec in args.corruptions]  # fail on a typo before loading data
     output = OutputDirectory(args.output_dir, ALIGNMENT_OUTPUTS)
     output.check()  # a user's alignment.json: refused before loading data

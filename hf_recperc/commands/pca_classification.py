@@ -40,7 +40,7 @@ from ..experiments import (
 )
 from ..publish import OutputDirectory, Outputs, json_marker, write_json
 from ..spectral import parse_subspace
-from . import run_command
+from . import configure_logging, run_command
 
 logger = logging.getLogger("pca_classification")
 
@@ -85,7 +85,7 @@ PCA_CLASSIFICATION_OUTPUTS = Outputs(
 def run(argv: Sequence[str] | None = None) -> list[dict]:
     """Parse ``argv``, train one classifier per subspace, write results and figure; returns the records."""
     args, data_args, run_args = parse_arguments((ExperimentArguments, DataArguments, RunArguments), argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     if args.subspaces and args.fractions:
         raise ValueError("subspaces / fractions: give one of them, not both")
 

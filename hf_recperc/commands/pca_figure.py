@@ -32,7 +32,7 @@ from ..experiments import (
 from ..publish import file_output
 from ..spectral import parse_subspace
 from ..validation import check_positive_int
-from . import run_command
+from . import configure_logging, run_command
 
 
 @dataclass
@@ -58,7 +58,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
     check_positive_int("num_images", args.num_images)
     for spec in args.subspaces:
         parse_subspace(spec)  # a typo fails here, before decoding and PCA
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     output, name = file_output(args.output, "pca_figure")
     output.check()  # a user's file at --output: refused before decoding and PCA
 

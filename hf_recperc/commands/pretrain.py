@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from . import report_error, run_command
+from . import configure_logging, report_error, run_command
 
 __all__ = ["main", "run"]
 
@@ -25,9 +25,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from ..training.arguments import parse_args  # noqa: PLC0415  (light: --help needs no torch)
 
     data_args, model_args, args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    # accelerate reports every file of every checkpoint at INFO; keep its warnings only.
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    configure_logging(logging.INFO)
     if os.environ.get("RANK", "0") == "0":  # the first line within a second or two, before the heavy imports
         logger.info(f"pretrain: output_dir {args.output_dir}; loading the data and building the model")
     from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415

@@ -18,7 +18,7 @@ import torch
 
 from ..cli import DataArguments, parse_arguments
 from ..monitors import DEFAULT_SUBSPACES
-from . import run_command
+from . import configure_logging, run_command
 
 __all__ = ["ReportArguments", "ReportDataArguments", "main"]
 
@@ -159,7 +159,7 @@ def run(args: ReportArguments, data_args: DataArguments) -> dict:
 
 def _report(argv: Sequence[str] | None) -> int:
     """Parse, report, print the finding and where the report went."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    configure_logging(logging.WARNING)
     args, data_args = parse_arguments([ReportArguments, ReportDataArguments], argv)
     report = run(args, data_args)
     if os.environ.get("RANK", "0") == "0":
