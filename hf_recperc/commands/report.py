@@ -14,8 +14,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 from ..cli import DataArguments, parse_arguments
 from ..monitors import DEFAULT_SUBSPACES
 from . import configure_logging, run_command
@@ -99,15 +97,6 @@ class ReportDataArguments(DataArguments):
     )
 
 
-def _no_accelerator_device() -> bool:
-    """On machines without an accelerator, accelerate needs ``cpu=True`` to form a multi-process gloo group
-    (accelerate 1.15; docs/design.md, accelerate conventions)."""
-    accelerator_api = getattr(torch, "accelerator", None)
-    return (
-        not accelerator_api.is_available() if accelerator_api is not None else not torch.cuda.is_available()
-    )
-
-
 def run(args: ReportArguments, data_args: DataArguments) -> dict:
     """Check the arguments, run :func:`hf_recperc.perception_report` on every process, update the card."""
     from ..report import perception_report  # noqa: PLC0415
@@ -121,7 +110,9 @@ def run(args: ReportArguments, data_args: DataArguments) -> dict:
         check_model_card_target(args.model_name_or_path)
     from accelerate import PartialState  # noqa: PLC0415
 
-    state = PartialState(cpu=_no_accelerator_device())
+    from ..training.environment import no_accelerator_device  # noqa: PLC0415
+
+    state = PartialState(cpu=no_accelerator_device())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and state.num_processes != launched:
         raise RuntimeError(
