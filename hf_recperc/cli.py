@@ -31,6 +31,7 @@ __all__ = [
     "ArgumentError",
     "ArgumentParser",
     "check_no_remaining_arguments",
+    "did_you_mean",
     "DataArguments",
     "DataclassArgumentParser",
     "load_config_file",
@@ -297,7 +298,7 @@ def _config_to_argv(parser: DataclassArgumentParser, path: str, values: dict[str
     argv: list[str] = []
     for key, value in values.items():
         if key not in fields:
-            raise ArgumentError(f"config {path!r}: unknown key {key!r}{_did_you_mean(key, fields)}")
+            raise ArgumentError(f"config {path!r}: unknown key {key!r}{did_you_mean(key, fields)}")
         if value is None:
             if fields[key].default is not None:
                 raise ArgumentError(
@@ -338,10 +339,10 @@ def check_no_remaining_arguments(parser: argparse.ArgumentParser, remaining: Seq
         )
     flag = flags[0].partition("=")[0]
     options = [option for action in parser._actions for option in action.option_strings]
-    raise ArgumentError(f"unknown argument {flag!r}{_did_you_mean(flag, options)}")
+    raise ArgumentError(f"unknown argument {flag!r}{did_you_mean(flag, options)}")
 
 
-def _did_you_mean(name: str, valid) -> str:
+def did_you_mean(name: str, valid) -> str:
     close = difflib.get_close_matches(name, list(valid), n=1)
     return f"; did you mean {close[0]!r}?" if close else "; see --help for the valid names"
 

@@ -691,3 +691,20 @@ def test_a_damaged_trainer_state_is_one_line_naming_file_and_field(
     assert err[-1].startswith(f"error: resume_from_checkpoint: {path}"), err[-3:]
     assert expected in err[-1] and "Traceback" not in "\n".join(err)
     assert {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()} == before
+
+
+# ---- lead: --allow_changed_args names (first hour) ----
+
+
+def test_allow_changed_args_names_a_real_argument(tmp_path, capsys):
+    """A misspelt name in --allow_changed_args allowed nothing and was accepted silently; now one line names it
+    and the closest argument, before any work, and writes nothing."""
+    out = tmp_path / "run"
+    code = pretrain.main(["--output_dir", str(out), "--allow_changed_args", "learning_rte"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == (
+        "error: allow_changed_args: 'learning_rte' is not an argument of this command (expected argument names "
+        "such as learning_rate, or 'all'); did you mean 'learning_rate'?"
+    )
+    assert not out.exists()

@@ -300,7 +300,9 @@ def test_a_hub_warning_is_printed_once_and_repeated_retries_once():
         "    http.warning('timeout thrown while requesting HEAD https://hub/x')\n"
         "logging.getLogger('hf_recperc.training').warning('our own line')\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
     lines = done.stderr.splitlines()
     assert sum("thrown while requesting" in line for line in lines) == 1, done.stderr
     assert sum("Retrying in" in line for line in lines) == 1, done.stderr

@@ -6,13 +6,14 @@ command line, from one JSON / YAML file, or both (:func:`hf_recperc.cli.parse_ar
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import DataArguments as SharedDataArguments
-from ..cli import parse_arguments, parse_config_overrides
+from ..cli import did_you_mean, parse_arguments, parse_config_overrides
 from ..results import DEFAULT_BAND_EDGES, POOLINGS
 from ..validation import check_finite_number, check_hub_repo_id, check_model_path, check_positive_int
 from .output_dir import refuse_earlier_run
@@ -399,4 +400,17 @@ def parse_args(
     the model configurations: the output directory's refusal comes before that import.
     """
     data_args, args, model_args = parse_arguments((DataArguments, PretrainingArguments, ModelArguments), argv)
+    check_allowed_changes(args.allow_changed_args, (DataArguments, PretrainingArguments, ModelArguments))
     return data_args, model_args, args
+
+
+def check_allowed_changes(allowed: Sequence[str], argument_classes: Sequence[type]) -> None:
+    """``--allow_changed_args`` names arguments of this command (or 'all'): a misspelt name would otherwise allow
+    nothing, and the resume it was meant to permit would be refused with a confusing list."""
+    names = {f.name for cls in argument_classes for f in dataclasses.fields(cls)} | {"all"}
+    for name in allowed:
+        if name not in names:
+            raise ValueError(
+                f"allow_changed_args: {name!r} is not an argument of this command (expected argument names such "
+                f"as learning_rate, or 'all'){did_you_mean(name, sorted(names))}"
+            )
