@@ -54,13 +54,13 @@ from ..monitors import (
     layer_feature,
     monitor_names,
     parse_layers,
-    run_monitors,
+    runner,
     spectrum_figure,
 )
 from ..monitors import build_monitors as build_registered_monitors
 from ..monitors.runner import wanted_features
 from ..publish import OutputDirectory, Outputs, json_marker, write_json, write_text
-from ..results import REPORT_FIELDS, SPECTRUM_FIELDS, SUBSPACE_FIELDS, layer_key, spectrum_key
+from ..results import KNN_ACCURACY, REPORT_FIELDS, SPECTRUM_FIELDS, SUBSPACE_FIELDS, layer_key, spectrum_key
 from ..spectral import parse_subspace
 from ..validation import check_finite_number, check_positive_int
 from ..versions import library_versions
@@ -591,7 +591,7 @@ def evaluate(built: dict[str, dict[str, Monitor]], source, plan: FeaturePlan, cu
     ``extraction_seconds``, ``fitting_seconds`` and ``accuracy_curves`` (popped by the caller)."""
     monitors = [monitor for by_name in built.values() for monitor in by_name.values()]
     timings: dict[str, Any] = {}
-    metrics = run_monitors(monitors, source, timings)
+    metrics = runner.run_monitors(monitors, source, timings)
     started = time.perf_counter()
     last_layer = [layer_feature(plan.layers[-1], pooling) for pooling in plan.poolings]
     accuracy_curves = _accuracy_curves(_probes(built), last_layer) if curves else {}
@@ -883,7 +883,8 @@ def _markdown(report: dict) -> str:
     header += [
         f"acc {s} (dims)" for s in subspaces if any("accuracy" in r for r in report["features"].values())
     ]
-    has_knn = any("knn_accuracy" in r for r in report["features"].values())
+    knn_name, rank_name, alpha_name = REPORT_FIELDS[KNN_ACCURACY], SPECTRUM_FIELDS[0], SPECTRUM_FIELDS[1]
+    has_knn = any(knn_name in r for r in report["features"].values())
     has_spectrum = any("spectrum" in r for r in report["features"].values())
     header += ["kNN acc"] if has_knn else []
     header += ["eff. rank", "alpha"] if has_spectrum else []
@@ -894,12 +895,12 @@ def _markdown(report: dict) -> str:
         if "accuracy" in row:
             cells += [f"{row['accuracy'][s]:.4f} ({row['dims'][s]})" for s in subspaces]
         if has_knn:
-            cells.append(f"{row.get('knn_accuracy', math.nan):.4f}")
+            cells.append(f"{row.get(knn_name, math.nan):.4f}")
         if has_spectrum:
             spectrum = row.get("spectrum", {})
             cells += [
-                f"{spectrum.get('effective_rank', math.nan):.1f}",
-                f"{spectrum.get('alpha', math.nan):.2f}",
+                f"{spectrum.get(rank_name, math.nan):.1f}",
+                f"{spectrum.get(alpha_name, math.nan):.2f}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

@@ -35,7 +35,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def build_model(model_args: ModelArguments, data: ImageData):
+def build_model(model_args: ModelArguments, data: ImageData, preset: str | None = None):
     """The pre-training model: a preset, or a saved model; with the data's labels, guidance and corruption.
 
     A ViTMAE checkpoint (``model_type="vit_mae"``, e.g. a local copy of ``facebook/vit-mae-base``) loads into the
@@ -54,7 +54,7 @@ def build_model(model_args: ModelArguments, data: ImageData):
         "label2id": {name: index for index, name in enumerate(data.label_names)},
     }
     check_config_overrides(config_class, overrides)  # a typo is an error naming the closest field
-    preset = resolve_preset(model_args, data)
+    preset = preset or resolve_preset(model_args, data)  # given: resolved once by the run
     try:
         if model_args.model_name_or_path is None:
             config = config_class.preset(preset, **overrides, **labels)

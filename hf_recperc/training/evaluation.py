@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import monitors as engine
-from ..monitors import EVAL, Monitor, MonitorBatch, pool_hidden_state
+from ..monitors import EVAL, Monitor, MonitorBatch, pool_hidden_state, runner
 from ..monitors.registry import summary_parts
 from ..results import eval_key, subspace_key, train_key
 
@@ -59,7 +58,7 @@ def run_monitors(
     was_training = model.training
     model.eval()
     try:
-        metrics = engine.run_monitors(monitors, ModelFeatureSource(model, accelerator, splits, generator))
+        metrics = runner.run_monitors(monitors, ModelFeatureSource(model, accelerator, splits, generator))
     finally:
         model.train(was_training)
     return {eval_key(key): value for key, value in metrics.items()}
