@@ -265,3 +265,52 @@ def test_from_moments_scores_like_the_probe_it_came_from():
     assert rebuilt.score(X[200:], y[200:]) == probe.score(X[200:], y[200:])
     with pytest.raises(ValueError, match="probe='logistic'"):
         SubspaceProbe.from_moments(**probe.statistics(), probe="logistic")
+
+
+# ------------------------------------------------------------------------------------- the report's first hour
+
+
+def test_our_models_report_their_embedding_by_default(engine_runs):
+    """First hour 6: a report on one of our models includes the embedding (``pooler``: what the model card's numbers
+    are about) without being asked."""
+    report = engine_runs["report"]
+    assert "pooler" in report["poolings"]
+    assert f"layer_{report['layers'][-1]}/pooler" in report["features"]
+
+
+def test_a_one_layer_report_draws_no_accuracy_per_layer(engine_runs):
+    """First hour 7: a figure with one point is not drawn (the report probed the last layer only)."""
+    report_dir = engine_runs["root"] / "report"
+    assert engine_runs["report"]["layers"] == [engine_runs["report"]["model"]["num_hidden_layers"]]
+    assert not (report_dir / "accuracy_per_layer.png").exists()
+    assert (report_dir / "eigenvalue_spectrum_per_layer.png").is_file()
+
+
+def test_the_report_shows_progress_and_says_when_it_resized_images(tmp_path, capfd):
+    """First hour 6: the report shows a progress bar per split during extraction, and report.md says that the 8 x 8
+    digits were upscaled for the model's image processor (report.json: data.resized)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.ViTConfig(
+        image_size=16,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    processor = tf.ViTImageProcessor(size={"height": 16, "width": 16}, do_normalize=False)
+    tf.ViTModel(config).save_pretrained(tmp_path / "vit")
+    processor.save_pretrained(tmp_path / "vit")
+    report = perception_report(
+        str(tmp_path / "vit"), "digits", monitors=["subspace"], layers="all", output_dir=tmp_path / "report",
+        max_train_samples=120, max_eval_samples=60, curves=False, progress=True,
+    )  # fmt: skip
+    progress = capfd.readouterr().err
+    assert "train images, layers 1-2 (cls+mean)" in progress and "evaluation images, layers 1-2" in progress
+    assert report["data"]["resized"] == {"from": [8, 8], "to": [16, 16]}
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "the 8 x 8 images of digits were upscaled to 16 x 16 for this model's image processor" in markdown
+    assert (tmp_path / "report" / "accuracy_per_layer.png").is_file()  # two layers: drawn

@@ -915,8 +915,8 @@ def _resize_lines(data: dict, model: dict) -> list[str]:
     (h, w), (new_h, new_w) = resized["from"], resized["to"]
     verb = "upscaled" if new_h * new_w > h * w else "downscaled" if new_h * new_w < h * w else "resized"
     return [
-        f"The images were resized: {h} x {w} {data['source']} images were {verb} to {new_h} x {new_w} for this "
-        f"model's image processor ({model['class']}); the size of the first training image.",
+        f"Images resized: the {h} x {w} images of {data['source']} were {verb} to {new_h} x {new_w} for this "
+        f"model's image processor ({model['class']}; sizes of the first training image).",
         "",
     ]
 
