@@ -529,6 +529,48 @@ def perception_report(
     _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge)
     if output_dir is not None:
         report_output_dir(output_dir).check()  # a user's report.md or figure: refused before any work
+    inputs = load_inputs(
+        model, dataset, layers=layers, poolings=poolings, mixed_precision=mixed_precision,
+        image_processor=image_processor, image_size=image_size, trust_remote_code=trust_remote_code, device=device,
+        max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, data_kwargs=data_kwargs,
+    )  # fmt: skip
+    source = BackboneFeatureSource(
+        inputs.backbone, inputs.data, inputs.plan.layers, inputs.plan.poolings, batch_size, num_workers,
+        mixed_precision, progress=progress,
+    )  # fmt: skip
+    settings = report_settings(subspaces, ridge, knn_k, knn_temperature)
+    built = build_feature_monitors(
+        inputs.plan.features, monitors, settings, _bank_dtype(inputs.backbone.device)
+    )
+    metrics, timings = evaluate(built, source, inputs.plan, curves)
+    options = {
+        "batch_size": batch_size, "mixed_precision": mixed_precision, "ridge": ridge, "knn_k": knn_k,
+        "knn_temperature": knn_temperature, "image_size": image_size,
+    }  # fmt: skip
+    report = assemble_report(
+        inputs, metrics, timings, built, settings, monitors, options, source.seen, started
+    )
+    if output_dir is not None and _rank_and_world()[0] == 0:
+        write_report(report, report_figures(report, built) if figures else {}, output_dir)
+    return report
+
+
+@dataclass
+class ReportInputs:
+    """What a report measures: the model (:class:`~hf_recperc.report.extract.Backbone`), the data, how the model's
+    training run split that data (our checkpoints), and the features to extract."""
+
+    backbone: Backbone
+    data: ImageData
+    run_split: dict | None
+    plan: FeaturePlan
+
+
+def load_inputs(
+    model, dataset, *, layers, poolings, mixed_precision, image_processor, image_size, trust_remote_code, device,
+    max_train_samples, max_eval_samples, data_kwargs,
+) -> ReportInputs:  # fmt: skip
+    """Load the model and the data, and plan the features (one dry run: layers, poolings, dimensions, resizing)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(
         model, image_processor=image_processor, trust_remote_code=trust_remote_code, image_size=image_size,
@@ -536,24 +578,23 @@ def perception_report(
     )  # fmt: skip
     run_split = _run_split(model)
     data = _load_data(dataset, run_split, max_train_samples, max_eval_samples, data_kwargs)
-    plan = plan_features(backbone, data, layers, poolings, mixed_precision)
-    settings = report_settings(subspaces, ridge, knn_k, knn_temperature)
-    built = build_feature_monitors(plan.features, monitors, settings, _bank_dtype(device))
-    source = BackboneFeatureSource(
-        backbone,
-        data,
-        plan.layers,
-        plan.poolings,
-        batch_size,
-        num_workers,
-        mixed_precision,
-        progress=progress,
+    return ReportInputs(
+        backbone, data, run_split, plan_features(backbone, data, layers, poolings, mixed_precision)
     )
-    metrics, timings = evaluate(built, source, plan, curves)
-    report = {
-        **_findings(
-            metrics, plan.layers, plan.poolings, subspaces, _probes(built), _evidence(data), plan.features
-        ),
+
+
+def assemble_report(
+    inputs: ReportInputs, metrics: dict, timings: dict, built: dict, settings: dict, monitors: list, options: dict,
+    seen: int, started: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The content of ``report.json`` (see :func:`perception_report`)."""
+    plan, data, backbone = inputs.plan, inputs.data, inputs.backbone
+    subspaces = settings["probe_subspaces"]
+    findings = _findings(
+        metrics, plan.layers, plan.poolings, subspaces, _probes(built), _evidence(data), plan.features
+    )
+    return {
+        **findings,
         "metrics": metrics,
         "features": _nested(metrics, plan.features, settings),
         "layers": plan.layers,
@@ -562,27 +603,18 @@ def perception_report(
         "monitors": monitors,
         "accuracy_curves": timings.pop("accuracy_curves"),
         "model": _model_provenance(backbone, plan.hidden, len(plan.hidden) - 1),
-        "data": {**_data_provenance(data, run_split), "resized": plan.resized},
-        "settings": {
-            "batch_size": batch_size,
-            "mixed_precision": mixed_precision,
-            "ridge": ridge,
-            "knn_k": knn_k,
-            "knn_temperature": knn_temperature,
-            "image_size": image_size,
-        },  # fmt: skip
+        "data": {**_data_provenance(data, inputs.run_split), "resized": plan.resized},
+        "settings": options,
         "runtime": {
             "total_seconds": time.perf_counter() - started,
             **timings,
-            "images_per_second": _images_seen(source.seen, device) / max(timings["extraction_seconds"], 1e-9),
+            "images_per_second": _images_seen(seen, backbone.device)
+            / max(timings["extraction_seconds"], 1e-9),
             "num_processes": _rank_and_world()[1],
-            "device": str(device),
+            "device": str(backbone.device),
         },
         "versions": library_versions(),
     }
-    if output_dir is not None and _rank_and_world()[0] == 0:
-        write_report(report, report_figures(report, built) if figures else {}, output_dir)
-    return report
 
 
 def evaluate(built: dict[str, dict[str, Monitor]], source, plan: FeaturePlan, curves: bool = True):
@@ -605,14 +637,6 @@ def evaluate(built: dict[str, dict[str, Monitor]], source, plan: FeaturePlan, cu
 def _probes(built: dict[str, dict[str, Monitor]]) -> dict[str, Monitor]:
     """Feature -> its subspace probe monitor (the findings, curves and figures read the fitted probes)."""
     return {feature: monitors["subspace"] for feature, monitors in built.items() if "subspace" in monitors}
-
-
-@contextlib.contextmanager
-def _timed(timings: dict, name: str):
-    """Record the wall time of the ``with`` block as ``timings[name]`` (seconds)."""
-    started = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - started
 
 
 def _run_split(model) -> dict | None:
