@@ -61,7 +61,11 @@ class MeanNorm:
         return {self.key: self.total / self.count}
 
     def figures(self):
-        return {}
+        from hf_recperc.plotting import new_figure
+
+        figure, axis = new_figure()
+        axis.bar([0], [self.total / self.count])
+        return {"mean_norm": figure}
 
 
 MEAN_NORM = MonitorSpec(
@@ -70,6 +74,7 @@ MEAN_NORM = MonitorSpec(
     keys=("mean_norm",),
     card_rows=(CardRow("mean_norm", "mean feature norm", metric_type="norm", config="mean-norm"),),
     per_feature=True,
+    figures=("mean_norm",),
 )
 
 
@@ -116,12 +121,12 @@ def engine_runs(tmp_path_factory):
 
 def test_a_registered_monitor_reaches_results_card_tensorboard_and_report(engine_runs):
     """Engine 1: a monitor written in a test (one class, one registration) appears in results.json, the model card
-    (table and model-index), TensorBoard and report.json, with no other edit."""
+    (table and model-index), TensorBoard (scalars), the run's figures and report.json, with no other edit."""
     run_dir = engine_runs["root"] / "run"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["eval/mean_norm"] > 0 and results["run"]["monitors"][-1] == "mean_norm"
     card = ModelCard.load(run_dir / "README.md")
-    assert "mean feature norm" in card.text
+    assert "mean feature norm" in card.text and (run_dir / "mean_norm.png").is_file()
     entries = {entry.metric_config: entry for entry in card.data.eval_results}
     assert entries["mean-norm"].metric_value == round(results["eval/mean_norm"], 4)
     assert entries["mean-norm"].metric_type == "norm"

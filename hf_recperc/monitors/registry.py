@@ -38,6 +38,7 @@ __all__ = [
     "result_keys",
     "summary_parts",
     "feature_prefix",
+    "figure_files",
 ]
 
 
@@ -161,6 +162,11 @@ def monitor_names(*, per_feature: bool | None = None, default: bool | None = Non
         if (per_feature is None or spec.per_feature == per_feature)
         and (default is None or spec.default == default)
     )
+
+
+def figure_files() -> frozenset[str]:
+    """``<stem>.png`` of every figure a registered monitor may draw (a run's output folder declares them)."""
+    return frozenset(f"{stem}.png" for spec in _REGISTRY.values() for stem in spec.figures)
 
 
 def feature_prefix(feature: str) -> str:
