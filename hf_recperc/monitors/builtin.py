@@ -1,5 +1,5 @@
 """The built-in monitors' registrations (:mod:`hf_recperc.monitors.registry`), in the order of ``--monitors``'s
-default, which is also the order of a model card's results table."""
+default (``training.arguments.MONITOR_NAMES``), which is also the order of a model card's results table."""
 
 from __future__ import annotations
 
@@ -100,7 +100,6 @@ BUILTIN_MONITORS = (
             ),
         ),  # fmt: skip
         summary=((RECONSTRUCTION_MSE, "val mse"),),
-        default=True,
     ),
     MonitorSpec(
         name="online_probe",
@@ -112,7 +111,6 @@ BUILTIN_MONITORS = (
             ),
         ),
         summary=((ONLINE_PROBE_ACCURACY, "online probe"),),
-        default=True,
     ),
     MonitorSpec(
         name="subspace",
@@ -121,13 +119,11 @@ BUILTIN_MONITORS = (
         card_rows=_subspace_rows,
         per_feature=True,
         own_prefix=_SUBSPACE_LEVEL,
-        default=True,
     ),
     MonitorSpec(
         name="band_errors",
         build=lambda context: BandErrorMonitor(context.resources["bands"], context.settings["band_edges"]),
         keys=lambda settings: [band_key(name) for name in band_names(settings["band_edges"])],
-        default=True,
     ),
     MonitorSpec(
         name="knn",
@@ -149,7 +145,6 @@ BUILTIN_MONITORS = (
         ),  # fmt: skip
         summary=((KNN_ACCURACY, "kNN"),),
         per_feature=True,
-        default=True,
     ),
     MonitorSpec(
         name="spectrum",
@@ -178,13 +173,11 @@ BUILTIN_MONITORS = (
         ),  # fmt: skip
         per_feature=True,
         figures=("eigenvalue_spectrum",),
-        default=True,
     ),
     MonitorSpec(
         name="layers",
         build=_layers,
         figures=("accuracy_per_layer", "eigenvalue_spectrum_per_layer"),
-        default=True,
     ),
 )
 

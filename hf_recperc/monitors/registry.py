@@ -113,7 +113,6 @@ class MonitorSpec:
             outputs (reconstruction, logits).
         own_prefix: the key level a report prefix replaces (``"subspace_probe/"`` for the subspace probe).
         figures: the file stems of the figures it may draw.
-        default: run by the trainer when ``--monitors`` is not given.
     """
 
     name: str
@@ -124,7 +123,6 @@ class MonitorSpec:
     per_feature: bool = False
     own_prefix: str = ""
     figures: Sequence[str] = ()
-    default: bool = False
 
 
 _REGISTRY: dict[str, MonitorSpec] = {}
@@ -154,13 +152,10 @@ def get_monitor_spec(name: str, argument: str = "monitors") -> MonitorSpec:
     return _REGISTRY[name]
 
 
-def monitor_names(*, per_feature: bool | None = None, default: bool | None = None) -> tuple[str, ...]:
-    """Registered names in registration order, optionally only those running on any feature / run by default."""
+def monitor_names(*, per_feature: bool | None = None) -> tuple[str, ...]:
+    """Registered names in registration order, optionally only those that run on any pooled feature."""
     return tuple(
-        spec.name
-        for spec in _REGISTRY.values()
-        if (per_feature is None or spec.per_feature == per_feature)
-        and (default is None or spec.default == default)
+        spec.name for spec in _REGISTRY.values() if per_feature is None or spec.per_feature == per_feature
     )
 
 

@@ -27,9 +27,12 @@ def report_eval_results(report: dict) -> list[EvalResult]:
     from .run import report_settings  # noqa: PLC0415
 
     options = report["settings"]
-    settings = report_settings(
-        report["subspaces"], options["ridge"], options["knn_k"], options["knn_temperature"]
-    )
+    settings = {
+        **options,  # with the settings of registered monitors (perception_report's monitor_settings)
+        **report_settings(
+            report["subspaces"], options["ridge"], options["knn_k"], options["knn_temperature"]
+        ),
+    }
     entries = []
     for feature in report["features"]:
         entries += eval_results(

@@ -483,6 +483,7 @@ def perception_report(
     figures: bool = True,
     data_kwargs: dict | None = None,
     progress: bool = False,
+    monitor_settings: dict | None = None,
 ) -> dict[str, Any]:
     """Probe a vision model's features layer by layer: subspace probes, kNN and spectrum per layer x pooling.
 
@@ -512,6 +513,8 @@ def perception_report(
         data_kwargs: more keyword arguments of :func:`~hf_recperc.data.load_image_dataset` (``seed`` and
             ``train_val_split`` default to the model's run's, see ``dataset``; ``None`` values are dropped).
         progress: show a progress bar per split during extraction (log lines above it).
+        monitor_settings: more settings of registered monitors by name (what their ``MonitorContext.settings``
+            and card rows read beside ``knn_k``, ``probe_subspaces`` ...); recorded in ``settings``.
 
     Returns:
         The content of ``report.json``: ``metrics`` (flat ``layers/<layer>/<pooling>/...`` keys, as the trainer's
@@ -538,14 +541,14 @@ def perception_report(
         inputs.backbone, inputs.data, inputs.plan.layers, inputs.plan.poolings, batch_size, num_workers,
         mixed_precision, progress=progress,
     )  # fmt: skip
-    settings = report_settings(subspaces, ridge, knn_k, knn_temperature)
+    settings = {**report_settings(subspaces, ridge, knn_k, knn_temperature), **(monitor_settings or {})}
     built = build_feature_monitors(
         inputs.plan.features, monitors, settings, _bank_dtype(inputs.backbone.device)
     )
     metrics, timings = evaluate(built, source, inputs.plan, curves)
     options = {
         "batch_size": batch_size, "mixed_precision": mixed_precision, "ridge": ridge, "knn_k": knn_k,
-        "knn_temperature": knn_temperature, "image_size": image_size,
+        "knn_temperature": knn_temperature, "image_size": image_size, **(monitor_settings or {}),
     }  # fmt: skip
     report = assemble_report(
         inputs, metrics, timings, built, settings, monitors, options, source.seen, started
