@@ -16,23 +16,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .results import (
-    KNN_ACCURACY,
-    KNN_WEIGHTED_ACCURACY,
-    LAYERS,
-    ONLINE_PROBE_ACCURACY,
-    RECONSTRUCTION_MSE,
-    eval_key,
-    layer_key,
-    spectrum_key,
-    subspace_key,
-)
+from .results import LAYERS, SPECTRUM_FIELDS, SUBSPACE_FIELDS, band_key, eval_key, layer_key, spectrum_key
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -40,6 +30,8 @@ __all__ = [
     "HubPushError",
     "render_model_card",
     "model_index_results",
+    "eval_results",
+    "dataset_fields",
     "push_to_hub",
     "project_url",
 ]
@@ -107,77 +99,69 @@ def _dataset_label(source: str) -> str:
     return _hub_dataset_id(source) or Path(source).name or source
 
 
-def model_index_results(results: Mapping[str, Any]) -> list[EvalResult]:
-    """``model-index`` entries of a run: one per probe subspace, the online probe, the reconstruction MSE.
-
-    Args:
-        results: the content of ``results.json`` (flat ``eval/...`` metrics, ``args``, ``run``).
-    """
-    run = results["run"]
-    source = run["dataset"]
-    dataset = {
+def dataset_fields(source: str) -> dict[str, str]:
+    """The ``model-index`` data set of every card entry (training run and perception report alike): its type (the Hub
+    id, ``digits``, or a local folder's name), its name for tables, and the split scored."""
+    return {
         "dataset_type": _hub_dataset_id(source) or (source if source == "digits" else _dataset_label(source)),
         "dataset_name": _dataset_label(source),
         "dataset_split": "validation",
     }
-    task = {"task_type": "image-feature-extraction", "task_name": "Linear probes on the embeddings"}
+
+
+def eval_results(
+    metrics: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    source: str,
+    task_name: str,
+    *,
+    key: Callable[[str], str] = eval_key,
+    prefix: str | None = None,
+    feature: str | None = None,
+    config_prefix: str = "",
+) -> list[EvalResult]:
+    """The one ``model-index`` builder: an entry per registered card row (:mod:`hf_recperc.monitors.registry`) with a
+    metric type and a finite value, its name stating the run's settings.
+
+    Args:
+        metrics: flat results (a run's ``eval/...`` keys, a report's ``layers/...`` keys).
+        settings: the run's settings (``results.json`` ``args``, or the report's settings).
+        source: the data set the numbers were measured on (:func:`dataset_fields`).
+        task_name: the model-index task name.
+        key: how a monitor's key is stored in ``metrics``; prefix: a report feature's key prefix.
+        feature: named after each metric name (a report's ``layer_<i>/<pooling>``); config_prefix: put before
+            each ``metric_config``.
+    """
+    from .monitors.registry import card_rows  # noqa: PLC0415  (the monitors import torch)
+
+    task = {"task_type": "image-feature-extraction", "task_name": task_name, **dataset_fields(source)}
     entries = []
-    for spec in results["args"]["probe_subspaces"]:
-        accuracy = results.get(eval_key(subspace_key("accuracy", spec)))
-        if accuracy is None or not math.isfinite(accuracy):
-            continue  # monitor off, or an empty subspace (degenerate embeddings): nothing was measured
-        dims = results[eval_key(subspace_key("dims", spec))]
-        variance = results[eval_key(subspace_key("explained_variance", spec))]
+    for row, value in card_rows(metrics, settings, prefix, key):
+        if row.metric_type is None or value is None or not math.isfinite(value):
+            continue  # table only, or not measured (monitor off, an empty subspace of degenerate embeddings)
+        config = row.config if not config_prefix else f"{config_prefix}{row.config or row.metric_type}"
         entries.append(
             EvalResult(
                 **task,
-                **dataset,
-                metric_type="accuracy",
-                metric_name=f"Subspace probe accuracy ({spec}: {dims} dims, {variance:.1%} of the variance)",
-                metric_config=spec,
-                metric_value=round(float(accuracy), 4),
-            )
-        )
-    others = (
-        ("accuracy", "Online probe accuracy", "online", ONLINE_PROBE_ACCURACY, 4),
-        ("accuracy", f"kNN accuracy ({_knn_settings(results)}, majority vote)", "knn", KNN_ACCURACY, 4),
-        (
-            "accuracy",
-            f"kNN accuracy ({_knn_settings(results)}, weighted vote)",
-            "knn-weighted",
-            KNN_WEIGHTED_ACCURACY,
-            4,
-        ),
-        (
-            "effective_rank",
-            "Effective rank of the embeddings (RankMe)",
-            "rankme",
-            spectrum_key("effective_rank"),
-            2,
-        ),
-        ("mse", "Validation reconstruction MSE (normalised pixels)", None, RECONSTRUCTION_MSE, 6),
-    )
-    for metric_type, name, config, key, digits in others:
-        value = results.get(eval_key(key))
-        if value is None or not math.isfinite(value):
-            continue  # not measured (monitor off) or not measurable
-        entries.append(
-            EvalResult(
-                **task,
-                **dataset,
-                metric_type=metric_type,
-                metric_name=name,
+                metric_type=row.metric_type,
+                metric_name=row.name if feature is None else f"{row.name}, {feature}",
                 metric_config=config,
-                metric_value=round(float(value), digits),
+                metric_value=round(float(value), row.digits),
             )
         )
     return entries
 
 
-def _knn_settings(results: Mapping[str, Any]) -> str:
-    """The kNN monitor's settings as the run used them (a card states what its numbers were measured with)."""
-    args = results["args"]
-    return f"k={args['knn_k']}, cosine, temperature {args['knn_temperature']:g}"
+def model_index_results(results: Mapping[str, Any]) -> list[EvalResult]:
+    """``model-index`` entries of a run (:func:`eval_results`): the probes per subspace, the online probe, kNN,
+    the effective rank, the reconstruction MSE, and any registered monitor's rows.
+
+    Args:
+        results: the content of ``results.json`` (flat ``eval/...`` metrics, ``args``, ``run``).
+    """
+    return eval_results(
+        results, results["args"], results["run"]["dataset"], "Linear probes on the embeddings"
+    )
 
 
 def cell(value: Any, spec: str = ".4f") -> str:
@@ -187,56 +171,29 @@ def cell(value: Any, spec: str = ".4f") -> str:
     return format(value, spec)
 
 
-def _measurement_rows(results: Mapping[str, Any], subspaces: list[str]) -> list[tuple[str, str]]:
+def _measurement_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(metric, value)`` rows of the card's results table, for whatever the run's monitors measured."""
-    get = results.get
-    rows = [
-        (label, cell(get(eval_key(key)), spec))
-        for label, key, spec in (
-            ("reconstruction MSE (normalised pixels)", RECONSTRUCTION_MSE, ".5f"),
-            ("online probe accuracy", ONLINE_PROBE_ACCURACY, ".4f"),
-        )
-        if eval_key(key) in results
-    ]
-    for spec in subspaces:
-        if eval_key(subspace_key("accuracy", spec)) not in results:
-            continue  # the subspace monitor was off
-        dims = get(eval_key(subspace_key("dims", spec)))
-        variance = get(eval_key(subspace_key("explained_variance", spec))) or 0.0
-        label = f"subspace probe accuracy, `{spec}` ({dims} dims, {100 * variance:.1f}% of the embedding variance)"
-        rows.append((label, cell(get(eval_key(subspace_key("accuracy", spec))))))
-    optional = (
-        (f"kNN accuracy ({_knn_settings(results)}): majority vote", KNN_ACCURACY, ".4f"),
-        (f"kNN accuracy ({_knn_settings(results)}): temperature-weighted vote", KNN_WEIGHTED_ACCURACY, ".4f"),
-        ("effective rank of the embeddings (RankMe)", spectrum_key("effective_rank"), ".2f"),
-        ("eigenvalue decay exponent alpha (l_i ~ i^-alpha)", spectrum_key("alpha"), ".3f"),
-        ("participation ratio", spectrum_key("participation_ratio"), ".2f"),
-        ("components holding 90% of the variance", spectrum_key("components_90"), "d"),
-    )
-    for label, key, spec in optional:
-        if eval_key(key) in results:
-            rows.append((label, cell(results[eval_key(key)], spec)))
-    return rows
+    from .monitors.registry import card_rows  # noqa: PLC0415
+
+    rows = card_rows(results, results["args"], key=eval_key)
+    return [(row.label, cell(value, row.format_spec)) for row, value in rows]
 
 
 def _layer_rows(results: Mapping[str, Any], subspaces: list[str]) -> list[dict[str, str]]:
     """One row per probed layer feature (``layers/<feature>/...``): accuracy per subspace and effective rank."""
-    prefix = eval_key(f"{LAYERS}/")
+    prefix, accuracy = eval_key(f"{LAYERS}/"), f"/{SUBSPACE_FIELDS[0]}/"
     features = sorted(
-        {
-            k.removeprefix(prefix).rsplit("/", 2)[0]
-            for k in results
-            if k.startswith(prefix) and "/accuracy/" in k
-        },
+        {k.removeprefix(prefix).rsplit("/", 2)[0] for k in results if k.startswith(prefix) and accuracy in k},
         key=lambda name: (int(name.split("/")[0].removeprefix("layer_")), name),
     )
+    rank = spectrum_key(SPECTRUM_FIELDS[0])
     return [
         {
             "feature": feature,
             "accuracies": [
                 cell(results.get(eval_key(layer_key(feature, "accuracy", spec)))) for spec in subspaces
             ],
-            "effective_rank": cell(results.get(f"{prefix}{feature}/spectrum/effective_rank"), ".2f"),
+            "effective_rank": cell(results.get(f"{prefix}{feature}/{rank}"), ".2f"),
         }
         for feature in features
     ]
@@ -288,11 +245,8 @@ def render_model_card(
         metrics=["accuracy", "mse"],
         eval_results=model_index_results(results),
     )
-    bands = {
-        k.removeprefix("eval/band_error/"): cell(v)
-        for k, v in results.items()
-        if k.startswith("eval/band_error/")
-    }
+    band_prefix = eval_key(band_key(""))
+    bands = {k.removeprefix(band_prefix): cell(v) for k, v in results.items() if k.startswith(band_prefix)}
     if all(value == "not measured" for value in bands.values()):
         bands = {}
     preset = run.get("preset") or args.get("model_name_or_path") or f"{family} default"
@@ -339,7 +293,7 @@ def render_model_card(
         corruption=run["corruption"],
         guidance=run["guidance"],
         hyperparameters=hyperparameters,
-        measurements=_measurement_rows(results, args["probe_subspaces"]),
+        measurements=_measurement_rows(results),
         layer_subspaces=args["probe_subspaces"],
         layers=_layer_rows(results, args["probe_subspaces"]),
         probe=f"closed-form ridge (penalty {args['probe_ridge']:g} x mean eigenvalue)"

@@ -22,7 +22,7 @@ cross-entropy (scikit-learn's ``C = 1 / (N * alpha)``).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -133,6 +133,69 @@ class SubspaceProbe:
         self.ridge = ridge
         self.standardize = standardize
         self.max_iter = max_iter
+
+    @classmethod
+    def from_moments(
+        cls,
+        *,
+        count: int,
+        shift: torch.Tensor,
+        sum: torch.Tensor,  # noqa: A002  (the statistic's name, as SecondMoments calls it)
+        outer: torch.Tensor,
+        target_sum: torch.Tensor,
+        cross: torch.Tensor,
+        classes: Mapping[int, int],
+        float64: bool = True,
+        **params,
+    ) -> SubspaceProbe:
+        """A ridge probe from training statistics summed elsewhere (a torchmetrics state, a saved stream): the
+        public way to build one from sums; solved lazily like :meth:`partial_fit`.
+
+        Args:
+            count: training rows summed.
+            shift (`(D,)`), sum (`(D,)`), outer (`(D, D)`): ``sum_n (x_n - shift)`` and its outer products
+                (:class:`~hf_recperc.spectral.SecondMoments`, float64).
+            target_sum (`(T,)`), cross (`(D, T)`): the one-hot targets' sums and cross moments.
+            classes: class id -> target column (``{label: label}`` when column ``j`` is class ``j``).
+            float64: whether the rows were float64 (the eigensolver follows the widest input precision).
+            **params: the estimator's parameters (``subspaces``, ``ridge``, ``standardize``).
+        """
+        probe = cls(**params)
+        probe._validate_params()
+        if probe.probe != "ridge":
+            raise ValueError(
+                f"probe={probe.probe!r} needs the training rows: from_moments builds ridge probes"
+            )
+        moments = SecondMoments()
+        moments._allocate(int(sum.numel()), sum.device, shift)
+        moments.count, moments.sum, moments.outer = int(count), sum, outer
+        moments.target_sum, moments.cross = target_sum, cross
+        moments.dtype = torch.float64 if float64 else torch.float32
+        probe.moments_ = moments
+        probe._class_columns = {int(k): int(v) for k, v in classes.items()}
+        probe._stale = True
+        return probe
+
+    def statistics(self) -> dict:
+        """The training statistics as plain values, the inverse of :meth:`from_moments` (``count``, ``shift``,
+        ``sum``, ``outer``, ``target_sum``, ``cross``, ``classes``, ``float64``)."""
+        self._check_has_data()
+        moments = self.moments_
+        return {
+            "count": moments.count, "shift": moments.shift, "sum": moments.sum, "outer": moments.outer,
+            "target_sum": moments.target_sum, "cross": moments.cross, "classes": dict(self._class_columns),
+            "float64": moments.dtype == torch.float64,
+        }  # fmt: skip
+
+    def merge(self, other: SubspaceProbe) -> SubspaceProbe:
+        """Add another probe's training statistics into this one (in place; class columns laid out as the sorted
+        union of both probes' class ids); returns self."""
+        union = sorted(set(self._class_columns) | set(other._class_columns))
+        self._remap_columns(union)
+        other._remap_columns(union)
+        self.moments_.merge(other.moments_)
+        self._stale = True
+        return self
 
     # ----------------------------------------------------------------------------------------- fitting
 

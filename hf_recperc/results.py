@@ -24,6 +24,7 @@ __all__ = [
     "LAYERS",
     "SUBSPACE_FIELDS",
     "SPECTRUM_FIELDS",
+    "REPORT_FIELDS",
     "DEFAULT_BAND_EDGES",
     "POOLINGS",
     "RunInfo",
@@ -53,6 +54,8 @@ DEFAULT_BAND_EDGES = (0.0, 0.5, 0.8, 0.9, 0.97, 1.0)
 # How a hidden state becomes one vector per image (hf_recperc.monitors.layers).
 POOLINGS = ("cls", "mean", "pooler")
 SPECTRUM_FIELDS = ("effective_rank", "alpha", "participation_ratio", "components_90")
+# report.json's per-feature names of the kNN keys ({feature: {"knn_accuracy": ...}}).
+REPORT_FIELDS = {KNN_ACCURACY: "knn_accuracy", KNN_WEIGHTED_ACCURACY: "knn_weighted_accuracy"}
 
 
 def eval_key(name: str) -> str:

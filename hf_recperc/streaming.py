@@ -20,7 +20,6 @@ import torch
 from .probing import DEFAULT_SUBSPACES, SubspaceProbe, check_targets_memory
 from .spectral import (
     _ACCUMULATE_ROWS,
-    SecondMoments,
     as_float_tensor,
     check_finite_values,
     check_moments_memory,
@@ -207,10 +206,13 @@ def _score_with_streamed_moments(
             f"predictions: expected {train_probe.moments_.dim} features per row like the training rows, "
             f"got {features.shape[1]}"
         )
-    estimator.moments_ = train_probe.moments_
-    estimator._class_columns = dict(train_probe._class_columns)
-    estimator._stale = True
-    return estimator.score(features, labels)
+    statistics = train_probe.statistics()
+    params = {
+        "subspaces": estimator.subspaces,
+        "ridge": estimator.ridge,
+        "standardize": estimator.standardize,
+    }
+    return SubspaceProbe.from_moments(**statistics, **params).score(features, labels)
 
 
 def _score_with_training_rows(
@@ -429,16 +431,12 @@ class ProbeStream:
             "train": None,
         }
         if self.train is not None:
-            moments = self.train.moments_
+            statistics = self.train.statistics()
             state["train"] = {
-                "count": moments.count,
-                "float64": moments.dtype == torch.float64,  # plain types: loadable with weights_only=True
-                "shift": moments.shift.cpu(),
-                "sum": moments.sum.cpu(),
-                "outer": moments.outer.cpu(),
-                "target_sum": moments.target_sum.cpu(),
-                "cross": moments.cross.cpu(),
-                "classes": dict(self.train._class_columns),
+                **{
+                    key: statistics[key] for key in ("count", "float64", "classes")
+                },  # plain types: weights_only
+                **{key: statistics[key].cpu() for key in ("shift", "sum", "outer", "target_sum", "cross")},
             }
         return state
 
@@ -451,23 +449,11 @@ class ProbeStream:
         train = state["train"]
         if train is None:
             return
-        other = SubspaceProbe()
-        other.moments_ = SecondMoments()
-        other.moments_._allocate(train["sum"].numel(), train["sum"].device, train["shift"])
-        other.moments_.sum, other.moments_.outer = train["sum"], train["outer"]
-        other.moments_.target_sum, other.moments_.cross = train["target_sum"], train["cross"]
-        other.moments_.count = train["count"]
-        other.moments_.dtype = torch.float64 if train["float64"] else torch.float32
-        other._class_columns = dict(train["classes"])
+        other = SubspaceProbe.from_moments(**train)
         if self.train is None:
             self.train = other
             return
-        # One column layout for both: the sorted union of their class ids.
-        union = sorted(set(self.train._class_columns) | set(other._class_columns))
-        self.train._remap_columns(union)
-        other._remap_columns(union)
-        self.train.moments_.merge(other.moments_)
-        self.train._stale = True
+        self.train.merge(other)  # one column layout for both: the sorted union of their class ids
 
     def gather(self) -> None:
         """Replace this rank's data with every ``torch.distributed`` rank's, in rank order (call on all ranks)."""

@@ -246,16 +246,11 @@ class SubspaceProbeAccuracy(torchmetrics.Metric):
         count = int(self.train_count.item())
         if count == 0:
             return None
-        moments = SecondMoments()
-        moments._allocate(self.num_features, self.train_sum.device, torch.zeros_like(self.train_sum))
-        moments.count, moments.sum, moments.outer = count, self.train_sum, self.train_outer
-        moments.target_sum, moments.cross = self.train_target_sum, self.train_cross
-        moments.dtype = torch.float64 if self.train_float64.item() else torch.float32
-        probe = SubspaceProbe()
-        probe.moments_ = moments
-        probe._class_columns = {label: label for label in range(self.num_classes)}
-        probe._stale = True
-        return probe
+        return SubspaceProbe.from_moments(
+            count=count, shift=torch.zeros_like(self.train_sum), sum=self.train_sum, outer=self.train_outer,
+            target_sum=self.train_target_sum, cross=self.train_cross,
+            classes={label: label for label in range(self.num_classes)}, float64=bool(self.train_float64.item()),
+        )  # fmt: skip
 
     def compute(self) -> dict[str, torch.Tensor]:
         """The evaluate module's numbers as 0-d tensors (see the class docstring) over every process's batches."""

@@ -403,7 +403,8 @@ def test_a_built_module_reports_like_its_directory_and_a_card_is_created_when_ab
     model_dir = tmp_path / "model"
     shutil.copytree(models["resnet"], model_dir)
     card = ModelCard.load(update_model_card(model_dir, from_dir))
-    assert len(card.data.eval_results) == sum(len(r["accuracy"]) + 1 for r in from_dir["features"].values())
+    # per feature: one entry per subspace, kNN (majority and weighted) and the effective rank (registered card rows)
+    assert len(card.data.eval_results) == sum(len(r["accuracy"]) + 3 for r in from_dir["features"].values())
 
 
 # ---- report trust (items 9, 15, 18) ----

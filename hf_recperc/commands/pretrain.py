@@ -31,6 +31,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
 
     from ..cards import HubPushError  # noqa: PLC0415
+    from ..results import EVAL_PREFIX  # noqa: PLC0415
     from ..training import NonFiniteLossError, train  # noqa: PLC0415
 
     try:
@@ -39,7 +40,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except (NonFiniteLossError, HubPushError) as err:
         return report_error(err, 1)
     if os.environ.get("RANK", "0") == "0":
-        metrics = {k: v for k, v in results.items() if k.startswith("eval/")}
+        metrics = {k: v for k, v in results.items() if k.startswith(EVAL_PREFIX)}
         print(f"results in {args.output_dir}: {json.dumps(metrics, indent=1)}")
     return 0
 

@@ -137,6 +137,7 @@ def run(args: ReportArguments, data_args: DataArguments) -> dict:
         knn_k=args.knn_k,
         num_workers=args.dataloader_num_workers,
         data_kwargs=data_kwargs,
+        progress=True,  # one bar per split, log lines above it
     )
     if state.is_main_process and args.update_model_card:
         card = update_model_card(args.model_name_or_path, report)

@@ -2,7 +2,7 @@
 
 :class:`PerceptionMeasurement` is what the trainer callbacks (:mod:`hf_recperc.integrations`) run at each
 evaluation. It calls the code of :mod:`hf_recperc.report` (``load_backbone``, ``choose_features``,
-``build_monitors``, ``extract_splits``, ``compute_monitors``), so its numbers are the report's on the same weights
+``build_feature_monitors``, ``BackboneFeatureSource`` and the engine's runner), so its numbers are the report's on the same weights
 and rows: subspace-restricted probes (arXiv 2402.11337, section 2), kNN and spectrum statistics per feature.
 """
 
@@ -15,17 +15,17 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..data import ImageData
-from ..monitors import DEFAULT_SUBSPACES, Monitor, layer_feature
+from ..monitors import DEFAULT_SUBSPACES, Monitor, layer_feature, runner
 from ..report.extract import load_backbone
 from ..report.run import (
     MONITORS,
+    BackboneFeatureSource,
     _bank_dtype,
     _check_arguments,
     _load_data,
-    build_monitors,
+    build_feature_monitors,
     choose_features,
-    compute_monitors,
-    extract_splits,
+    report_settings,
 )
 
 __all__ = ["PerceptionMeasurement", "vision_model", "EMBEDDING"]
@@ -135,18 +135,14 @@ class PerceptionMeasurement:
                 _, layers, poolings, features = choose_features(
                     backbone, self.data, self.layers, self.poolings, self.mixed_precision
                 )
-                groups = build_monitors(
-                    features, self.names, self.subspaces, self.ridge, self.knn_k, self.knn_temperature,
-                    _bank_dtype(backbone.device),
-                )  # fmt: skip
-                monitors, aliases = [m for group in groups for m in group.values()], None
-            for monitor in monitors:
-                monitor.reset()
-            extract_splits(
-                backbone, self.data, layers, poolings, monitors, self.batch_size, self.num_workers,
-                self.mixed_precision, aliases,
+                settings = report_settings(self.subspaces, self.ridge, self.knn_k, self.knn_temperature)
+                built = build_feature_monitors(features, self.names, settings, _bank_dtype(backbone.device))
+                monitors, aliases = [m for by_name in built.values() for m in by_name.values()], None
+            source = BackboneFeatureSource(
+                backbone, self.data, layers, poolings, self.batch_size, self.num_workers, self.mixed_precision,
+                aliases,
             )  # fmt: skip
-            return compute_monitors(monitors)
+            return runner.run_monitors(monitors, source)  # the report's and the trainer's runner
 
     def _given_monitors(self, backbone):
         """The layers and poolings the given monitors read, and the ``embedding`` alias."""

@@ -7,14 +7,19 @@ users alike (docs/design.md, "monitors").
 >>> monitor.update(MonitorBatch("eval", labels=y_val, features={"embedding": X_val}))
 >>> monitor.all_reduce(); monitor.compute()
 {'knn/accuracy': ..., 'knn/weighted_accuracy': ...}
+
+The trainer and the perception report run monitors through one runner (:func:`run_monitors` over a
+:class:`FeatureSource`) and build them from one registry (:func:`register_monitor`, :func:`build_monitors`).
 """
 
+from . import builtin  # noqa: F401  (registers the built-in monitors)
 from .base import EVAL, TRAIN, Monitor, MonitorBatch, distributed_sum, gather_rows, is_distributed
 from .knn import KNNMonitor, knn_predict
 from .layers import (
     POOLINGS,
     LayerProbeMonitor,
     accuracy_per_layer_figure,
+    layer_accuracies,
     layer_feature,
     parse_layers,
     pool_hidden_state,
@@ -27,6 +32,20 @@ from .reconstruction import (
     SpectralBands,
     band_names,
 )
+from .registry import (
+    CardRow,
+    MonitorContext,
+    MonitorSpec,
+    build_monitors,
+    card_rows,
+    feature_prefix,
+    get_monitor_spec,
+    monitor_names,
+    register_monitor,
+    result_keys,
+    unregister_monitor,
+)
+from .runner import FeatureSource, compute_monitors, monitor_figures, run_monitors
 from .spectrum import SpectrumMonitor, spectrum_figure, spectrum_statistics
 
 __all__ = [
@@ -44,6 +63,7 @@ __all__ = [
     "pool_hidden_state",
     "layer_feature",
     "accuracy_per_layer_figure",
+    "layer_accuracies",
     "POOLINGS",
     "SubspaceProbeMonitor",
     "OnlineProbeMonitor",
@@ -57,4 +77,19 @@ __all__ = [
     "SpectrumMonitor",
     "spectrum_statistics",
     "spectrum_figure",
+    "FeatureSource",
+    "run_monitors",
+    "compute_monitors",
+    "monitor_figures",
+    "MonitorSpec",
+    "MonitorContext",
+    "CardRow",
+    "register_monitor",
+    "unregister_monitor",
+    "get_monitor_spec",
+    "monitor_names",
+    "build_monitors",
+    "card_rows",
+    "result_keys",
+    "feature_prefix",
 ]

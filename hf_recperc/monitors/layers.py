@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..results import LAYERS, POOLINGS
+from ..results import LAYERS, POOLINGS, layer_key, spectrum_key
 from .base import MonitorBatch
 from .probes import DEFAULT_SUBSPACES, SubspaceProbeMonitor
 from .spectrum import spectrum_figure, spectrum_statistics
@@ -26,6 +26,7 @@ __all__ = [
     "pool_hidden_state",
     "layer_feature",
     "accuracy_per_layer_figure",
+    "layer_accuracies",
     "POOLINGS",
 ]
 
@@ -170,7 +171,7 @@ class LayerProbeMonitor:
         for feature, probe in self.probes.items():
             results.update(probe.compute())
             statistics = spectrum_statistics(probe.probe.eigenvalues_)
-            results.update({f"{LAYERS}/{feature}/spectrum/{k}": v for k, v in statistics.items()})
+            results.update({f"{LAYERS}/{feature}/{spectrum_key(k)}": v for k, v in statistics.items()})
         self._results = results
         return results
 
@@ -181,14 +182,9 @@ class LayerProbeMonitor:
             return {}
         spectra = {feature: probe.probe.eigenvalues_ for feature, probe in self.probes.items()}
         figures = {"eigenvalue_spectrum_per_layer": spectrum_figure(spectra, "Eigenvalue spectrum per layer")}
-        accuracy = {
-            (pooling, spec): {
-                i: self._results[f"{LAYERS}/{layer_feature(i, pooling)}/accuracy/{spec}"] for i in self.layers
-            }
-            for pooling in self.poolings
-            for spec in self.subspaces
-        }
-        figure = accuracy_per_layer_figure(accuracy)
+        figure = accuracy_per_layer_figure(
+            layer_accuracies(self._results, self.layers, self.poolings, self.subspaces)
+        )
         if figure is not None:
             figures["accuracy_per_layer"] = figure
         elif not getattr(self, "_said_one_layer", False):
@@ -198,6 +194,23 @@ class LayerProbeMonitor:
                 "in results.json; --probe_layers all draws accuracy over depth"
             )
         return figures
+
+
+def layer_accuracies(
+    metrics: Mapping[str, float], layers: Sequence[int], poolings: Sequence[str], subspaces: Sequence[str]
+) -> dict[tuple[str, str], dict[int, float]]:
+    """``{(pooling, subspace): {layer: accuracy}}`` from flat ``layers/<feature>/accuracy/<S>`` keys, for
+    :func:`accuracy_per_layer_figure`; features that were not probed are left out (and a pair with none)."""
+    accuracy = {
+        (pooling, spec): {
+            i: metrics[layer_key(layer_feature(i, pooling), "accuracy", spec)]
+            for i in layers
+            if layer_key(layer_feature(i, pooling), "accuracy", spec) in metrics
+        }
+        for pooling in poolings
+        for spec in subspaces
+    }
+    return {key: values for key, values in accuracy.items() if values}
 
 
 def accuracy_per_layer_figure(

@@ -80,7 +80,9 @@ class SubspaceProbeMonitor:
     ):
         self.feature, self.subspaces = feature, list(subspaces)
         self.ridge, self.standardize = ridge, standardize
-        self.prefix = "subspace_probe/" if prefix is None else prefix
+        self.prefix = (
+            subspace_key("", "").removesuffix("/") if prefix is None else prefix
+        )  # "subspace_probe/"
         self.features = (feature,)
         for spec in self.subspaces:
             parse_subspace(spec)  # a malformed spec fails here, not after the first evaluation pass

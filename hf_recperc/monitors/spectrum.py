@@ -54,7 +54,7 @@ def spectrum_statistics(eigenvalues: torch.Tensor, fraction: float = 0.9) -> dic
     """
     values = nonzero_eigenvalues(eigenvalues)  # (r,)
     if values.numel() == 0:
-        return {"effective_rank": 0.0, "alpha": math.nan, "participation_ratio": 0.0, "components_90": 0}
+        return dict(zip(SPECTRUM_FIELDS, (0.0, math.nan, 0.0, 0)))
     singular = values.sqrt()
     p = singular / singular.sum()
     effective_rank = float(torch.exp(-(p * p.log()).sum()))
@@ -74,12 +74,7 @@ def spectrum_statistics(eigenvalues: torch.Tensor, fraction: float = 0.9) -> dic
         )
         + 1
     )
-    return {
-        "effective_rank": effective_rank,
-        "alpha": alpha,
-        "participation_ratio": participation,
-        "components_90": min(components, values.numel()),
-    }
+    return dict(zip(SPECTRUM_FIELDS, (effective_rank, alpha, participation, min(components, values.numel()))))
 
 
 def spectrum_figure(

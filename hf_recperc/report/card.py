@@ -7,7 +7,6 @@ entries this report wrote before (same ``metric_config``) are replaced, every ot
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
@@ -20,44 +19,27 @@ REPORT_CONFIG_PREFIX = "perception_report/"
 
 
 def report_eval_results(report: dict) -> list[EvalResult]:
-    """``model-index`` entries of a perception report: subspace accuracies and kNN accuracy per layer x pooling."""
-    data = report["data"]
-    dataset = {
-        "dataset_type": data["source"],
-        "dataset_name": Path(data["source"]).name,
-        "dataset_split": "validation",
-    }
-    task = {
-        "task_type": "image-feature-extraction",
-        "task_name": "Perception report (linear probes per layer)",
+    """``model-index`` entries of a perception report, per layer x pooling: every registered monitor's card rows
+    (subspace accuracies, kNN, effective rank, ...), built by the one builder of run cards
+    (:func:`hf_recperc.cards.eval_results`) with the report's own settings (its ``k``, temperature, subspaces)."""
+    from ..cards import eval_results  # noqa: PLC0415
+    from ..monitors import feature_prefix  # noqa: PLC0415
+    from .run import report_settings  # noqa: PLC0415
+
+    options = report["settings"]
+    settings = {
+        **options,  # with the settings of registered monitors (perception_report's monitor_settings)
+        **report_settings(
+            report["subspaces"], options["ridge"], options["knn_k"], options["knn_temperature"]
+        ),
     }
     entries = []
-    for feature, row in report["features"].items():
-        for spec, accuracy in row.get("accuracy", {}).items():
-            if not math.isfinite(accuracy):
-                continue  # an empty subspace: nothing was measured
-            dims, variance = row["dims"][spec], row["explained_variance"][spec]
-            entries.append(
-                EvalResult(
-                    **task,
-                    **dataset,
-                    metric_type="accuracy",
-                    metric_name=f"Subspace probe accuracy, {feature} ({spec}: {dims} dims, {variance:.1%} of the variance)",
-                    metric_config=f"{REPORT_CONFIG_PREFIX}{feature}/{spec}",
-                    metric_value=round(float(accuracy), 4),
-                )
-            )
-        if "knn_accuracy" in row:
-            entries.append(
-                EvalResult(
-                    **task,
-                    **dataset,
-                    metric_type="accuracy",
-                    metric_name=f"kNN accuracy, {feature} (k={report['settings']['knn_k']})",
-                    metric_config=f"{REPORT_CONFIG_PREFIX}{feature}/knn",
-                    metric_value=round(float(row["knn_accuracy"]), 4),
-                )
-            )
+    for feature in report["features"]:
+        entries += eval_results(
+            report["metrics"], settings, report["data"]["source"], "Perception report (linear probes per layer)",
+            key=str, prefix=feature_prefix(feature), feature=feature,
+            config_prefix=f"{REPORT_CONFIG_PREFIX}{feature}/",
+        )  # fmt: skip
     return entries
 
 

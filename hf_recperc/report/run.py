@@ -22,8 +22,8 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +43,24 @@ from ..monitors import (
     EVAL,
     POOLINGS,
     TRAIN,
-    KNNMonitor,
+    Monitor,
     MonitorBatch,
-    SpectrumMonitor,
-    SubspaceProbeMonitor,
+    MonitorContext,
     accuracy_per_layer_figure,
+    compute_monitors,
+    feature_prefix,
     is_distributed,
+    layer_accuracies,
     layer_feature,
+    monitor_names,
     parse_layers,
+    runner,
     spectrum_figure,
 )
+from ..monitors import build_monitors as build_registered_monitors
+from ..monitors.runner import wanted_features
 from ..publish import OutputDirectory, Outputs, json_marker, write_json, write_text
-from ..results import KNN_ACCURACY, KNN_WEIGHTED_ACCURACY, LAYERS, SPECTRUM_FIELDS, layer_key
+from ..results import KNN_ACCURACY, REPORT_FIELDS, SPECTRUM_FIELDS, SUBSPACE_FIELDS, layer_key, spectrum_key
 from ..spectral import parse_subspace
 from ..validation import check_finite_number, check_positive_int
 from ..versions import library_versions
@@ -71,6 +77,14 @@ __all__ = [
     "build_monitors",
     "choose_features",
     "compute_monitors",
+    "BackboneFeatureSource",
+    "FeaturePlan",
+    "plan_features",
+    "split_batches",
+    "build_feature_monitors",
+    "report_settings",
+    "evaluate",
+    "report_figures",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,11 +100,12 @@ def _check_arguments(
     """The cheap checks, before any model or data is loaded."""
     check_positive_int("knn_k", knn_k)
     check_finite_number("ridge", ridge, minimum=0)
+    available = monitor_names(per_feature=True)  # the built-in MONITORS and any registered since
     if not monitors:
-        raise ValueError(f"monitors: expected at least one of {MONITORS}, got none")
+        raise ValueError(f"monitors: expected at least one of {available}, got none")
     for name in monitors:
-        if name not in MONITORS:
-            raise ValueError(f"monitors: expected names among {MONITORS}, got {name!r}")
+        if name not in available:
+            raise ValueError(f"monitors: expected names among {available}, got {name!r}")
     if not subspaces:
         raise ValueError("subspaces: expected at least one subspace such as 'top:0.9', got none")
     for spec in subspaces:
@@ -143,7 +158,67 @@ def _dry_run(backbone: Backbone, data: ImageData, mixed_precision: str):
         raise ValueError(
             f"image_size: the model cannot take the data's images as preprocessed ({shape}): {message}"
         ) from None
-    return hidden, pooled
+    return hidden, pooled, _resize(list(data.train[:1][data.image_column]), pixel_values)
+
+
+def _resize(images: list, pixel_values: torch.Tensor) -> dict | None:
+    """``{"from": [h, w], "to": [H, W]}`` when the image processor changed the first image's size, else ``None``."""
+    size = getattr(images[0], "size", None) if images else None  # PIL: (width, height)
+    if size is None:
+        return None
+    before, after = [int(size[1]), int(size[0])], [int(n) for n in pixel_values.shape[-2:]]
+    return None if before == after else {"from": before, "to": after}
+
+
+def split_batches(
+    backbone: Backbone,
+    loader,
+    layers: Sequence[int],
+    poolings: Sequence[str],
+    split: str,
+    mixed_precision: str = "no",
+    update_rows: int = UPDATE_ROWS,
+    aliases: dict[str, str] | None = None,
+    progress=None,
+) -> Iterator[MonitorBatch]:
+    """One split through the model: :class:`~hf_recperc.monitors.MonitorBatch` blocks of pooled features.
+
+    Args:
+        loader: yields ``{"pixel_values": (B, C, H, W), "labels": (B,)}`` batches (this process's shard).
+        split: ``"train"`` (rows the monitors fit on) or ``"eval"`` (rows they score).
+        update_rows: pooled rows are handed to the monitors in blocks of at least this many: each update pays
+            fixed checks (labels, finiteness, class columns) besides its ``X.T @ X``; blocks of 4096 rows fit at
+            the bare ``X.T @ X`` + ``eigh`` floor (0.96x), blocks of 1024 cost 1.43x (benchmarks/feature_extraction.py).
+        aliases: more names of extracted features, e.g. ``{"embedding": "layer_12/cls"}`` for monitors that read
+            ``"embedding"`` (the same tensor under both names).
+        progress: a tqdm bar advanced by the images of each batch, or ``None``.
+    """
+    pending, pending_labels = {}, []
+
+    def block() -> MonitorBatch:
+        features = {name: torch.cat(rows) for name, rows in pending.items()}  # (n, D) float32
+        features.update({alias: features[name] for alias, name in (aliases or {}).items()})
+        batch = MonitorBatch(split, labels=torch.cat(pending_labels), features=features)
+        pending.clear()
+        pending_labels.clear()
+        return batch
+
+    for batch in loader:
+        pixel_values = batch["pixel_values"].to(backbone.device, backbone.dtype, non_blocking=True)
+        with torch.inference_mode(), _autocast(backbone.device, mixed_precision):
+            hidden, pooled = backbone.hidden_states(pixel_values)
+            features = pooled_features(hidden, pooled, layers, poolings, backbone.num_prefix_tokens)
+        # Monitors update outside inference mode (their accumulators must stay ordinary tensors: all_reduce
+        # writes into them in place later); torch.cat in block() turns the inference rows into ordinary ones.
+        for name, rows in features.items():
+            pending.setdefault(name, []).append(rows)
+        pending_labels.append(batch["labels"].to(backbone.device))
+        if progress is not None:
+            progress.update(pixel_values.shape[0])
+        if sum(len(labels) for labels in pending_labels) >= update_rows:
+            yield block()
+    if pending_labels:
+        yield block()
 
 
 def extract_split(
@@ -157,44 +232,78 @@ def extract_split(
     update_rows: int = UPDATE_ROWS,
     aliases: dict[str, str] | None = None,
 ) -> int:
-    """Stream one split through the model and the monitors; returns the number of images seen.
-
-    Args:
-        loader: yields ``{"pixel_values": (B, C, H, W), "labels": (B,)}`` batches (this process's shard).
-        split: ``"train"`` (rows the monitors fit on) or ``"eval"`` (rows they score).
-        update_rows: pooled rows are handed to the monitors in blocks of at least this many: each update pays
-            fixed checks (labels, finiteness, class columns) besides its ``X.T @ X``; blocks of 4096 rows fit at
-            the bare ``X.T @ X`` + ``eigh`` floor (0.96x), blocks of 1024 cost 1.43x (benchmarks/feature_extraction.py).
-        aliases: more names of extracted features, e.g. ``{"embedding": "layer_12/cls"}`` for monitors that read
-            ``"embedding"`` (the same tensor under both names).
-    """
-    seen, pending, pending_labels = 0, {}, []
-
-    def flush():
-        if pending_labels:
-            features = {name: torch.cat(rows) for name, rows in pending.items()}  # (n, D) float32
-            features.update({alias: features[name] for alias, name in (aliases or {}).items()})
-            labels = torch.cat(pending_labels)
-            for monitor in monitors:
-                monitor.update(MonitorBatch(split, labels=labels, features=features))
-        pending.clear()
-        pending_labels.clear()
-
-    for batch in loader:
-        pixel_values = batch["pixel_values"].to(backbone.device, backbone.dtype, non_blocking=True)
-        with torch.inference_mode(), _autocast(backbone.device, mixed_precision):
-            hidden, pooled = backbone.hidden_states(pixel_values)
-            features = pooled_features(hidden, pooled, layers, poolings, backbone.num_prefix_tokens)
-        # Monitors update outside inference mode (their accumulators must stay ordinary tensors: all_reduce
-        # writes into them in place later); torch.cat in flush() turns the inference rows into ordinary ones.
-        for name, rows in features.items():
-            pending.setdefault(name, []).append(rows)
-        pending_labels.append(batch["labels"].to(backbone.device))
-        seen += pixel_values.shape[0]
-        if sum(len(labels) for labels in pending_labels) >= update_rows:
-            flush()
-    flush()
+    """Stream one split through the model and the monitors (:func:`split_batches`); returns the images seen."""
+    seen = 0
+    for batch in split_batches(
+        backbone, loader, layers, poolings, split, mixed_precision, update_rows, aliases
+    ):
+        seen += len(batch.labels)
+        for monitor in monitors:
+            monitor.update(batch)
     return seen
+
+
+class BackboneFeatureSource:
+    """The report's :class:`~hf_recperc.monitors.FeatureSource`: this process's shard (``rows[rank::world]``) of
+    ``data.train`` (``"train"``) and ``data.validation`` (``"eval"``) through the backbone, pooled per layer.
+
+    One progress bar per split (on the main process, log lines printed above it); ``seen`` counts the images
+    this process extracted.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        data: ImageData,
+        layers: Sequence[int],
+        poolings: Sequence[str],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        mixed_precision: str = "no",
+        aliases: dict[str, str] | None = None,
+        progress: bool = False,
+    ):
+        self.backbone, self.data, self.layers, self.poolings = backbone, data, list(layers), list(poolings)
+        self.batch_size, self.num_workers, self.mixed_precision = batch_size, num_workers, mixed_precision
+        self.aliases, self.progress, self.seen = aliases, progress, 0
+
+    def batches(self, features: set[str]) -> Iterator[MonitorBatch]:
+        rank, world = _rank_and_world()
+        for split, source in ((TRAIN, self.data.train), (EVAL, self.data.validation)):
+            rows = range(rank, len(source), world)
+            loader = _loader(source, rows, self.backbone, self.data, self.batch_size, self.num_workers)
+            with self._progress_bar(split, len(rows), rank) as bar:
+                for batch in split_batches(
+                    self.backbone, loader, self.layers, self.poolings, split, self.mixed_precision,
+                    aliases=self.aliases, progress=bar,
+                ):  # fmt: skip
+                    self.seen += len(batch.labels)
+                    yield batch
+
+    @contextlib.contextmanager
+    def _progress_bar(self, split: str, total: int, rank: int):
+        """A tqdm bar over one split's images (``None`` when off or on another process than the first)."""
+        if not self.progress or rank != 0:
+            yield None
+            return
+        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: PLC0415
+
+        layers = describe_layers(self.layers)
+        description = (
+            f"{'train' if split == TRAIN else 'evaluation'} images, {layers} ({'+'.join(self.poolings)})"
+        )
+        with logging_redirect_tqdm(), tqdm(total=total, desc=description, unit="img", leave=False) as bar:
+            yield bar
+
+
+def describe_layers(layers: Sequence[int]) -> str:
+    """``[4]`` -> ``"layer 4"``; ``[1, 2, 3]`` -> ``"layers 1-3"``; ``[0, 4]`` -> ``"layers 0, 4"``."""
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + ", ".join(map(str, layers))
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -214,17 +323,15 @@ def extract_splits(
     mixed_precision: str = "no",
     aliases: dict[str, str] | None = None,
 ) -> int:
-    """Feed the monitors this process's shard (``rows[rank::world]``) of ``data.train`` (``"train"``) and
-    ``data.validation`` (``"eval"``), via :func:`extract_split`; returns the images this process extracted.
-    The perception report and the trainer callbacks (:mod:`hf_recperc.integrations`) share this pass."""
-    rank, world = _rank_and_world()
-    seen = 0
-    for split, source in ((TRAIN, data.train), (EVAL, data.validation)):
-        loader = _loader(source, range(rank, len(source), world), backbone, data, batch_size, num_workers)
-        seen += extract_split(
-            backbone, loader, layers, poolings, split, monitors, mixed_precision, aliases=aliases
-        )
-    return seen
+    """Feed the monitors the :class:`BackboneFeatureSource` of ``data`` (no reset, no compute); returns the images
+    this process extracted. The trainer callbacks (:mod:`hf_recperc.integrations`) share this pass."""
+    source = BackboneFeatureSource(
+        backbone, data, layers, poolings, batch_size, num_workers, mixed_precision, aliases
+    )
+    for batch in source.batches(wanted_features(monitors)):
+        for monitor in monitors:
+            monitor.update(batch)
+    return source.seen
 
 
 def _loader(split, rows, backbone: Backbone, data: ImageData, batch_size: int, num_workers: int):
@@ -235,21 +342,36 @@ def _loader(split, rows, backbone: Backbone, data: ImageData, batch_size: int, n
     return torch.utils.data.DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def build_monitors(features, names, subspaces, ridge, knn_k, knn_temperature, bank_dtype=None):
-    """Per feature: the subspace probe, the spectrum (reusing the probe's eigenvalues) and kNN, keyed
-    ``layers/<feature>/...`` like :class:`~hf_recperc.monitors.LayerProbeMonitor`."""
-    probes, spectra, knns = {}, {}, {}
+def report_settings(subspaces, ridge, knn_k, knn_temperature) -> dict[str, Any]:
+    """The report's settings under the trainer's argument names: what its monitors are built from
+    (:class:`~hf_recperc.monitors.MonitorContext`) and what its card rows state."""
+    return {
+        "probe_subspaces": list(subspaces), "probe_ridge": ridge, "probe_standardize": False,
+        "knn_k": knn_k, "knn_temperature": knn_temperature,
+    }  # fmt: skip
+
+
+def build_feature_monitors(features, names, settings, bank_dtype=None) -> dict[str, dict[str, Monitor]]:
+    """Per feature, the registered monitors ``names`` (:func:`hf_recperc.monitors.build_monitors`), keyed
+    ``layers/<feature>/...`` like :class:`~hf_recperc.monitors.LayerProbeMonitor`: ``{feature: {name: monitor}}``."""
+    built = {}
     for feature in features:
-        prefix = f"{LAYERS}/{feature}/"
-        if "subspace" in names:
-            probes[feature] = SubspaceProbeMonitor(feature, subspaces, ridge=ridge, prefix=prefix)
-        if "spectrum" in names:
-            spectra[feature] = SpectrumMonitor(feature, source=probes.get(feature), prefix=prefix)
-        if "knn" in names:
-            knns[feature] = KNNMonitor(
-                feature, k=knn_k, temperature=knn_temperature, bank_dtype=bank_dtype, prefix=prefix
-            )
-    return probes, spectra, knns
+        context = MonitorContext(
+            settings, feature, prefix=feature_prefix(feature), resources={"bank_dtype": bank_dtype}
+        )
+        built[feature] = dict(zip(names, build_registered_monitors(names, context)))
+    return built
+
+
+def build_monitors(features, names, subspaces, ridge, knn_k, knn_temperature, bank_dtype=None):
+    """``(probes, spectra, knns)``: the subspace, spectrum and kNN monitors of :func:`build_feature_monitors`, by
+    feature (the trainer callbacks' interface)."""
+    settings = report_settings(subspaces, ridge, knn_k, knn_temperature)
+    built = build_feature_monitors(features, names, settings, bank_dtype)
+    return tuple(
+        {feature: monitors[name] for feature, monitors in built.items() if name in monitors}
+        for name in ("subspace", "spectrum", "knn")
+    )
 
 
 def _bank_dtype(device: torch.device) -> torch.dtype | None:
@@ -299,28 +421,39 @@ def main_finding(
     return subspace_finding(verdicts, name[top], name[bottom], pooling)
 
 
-def _nested(metrics: dict[str, float], features: Sequence[str], subspaces: Sequence[str]) -> dict[str, dict]:
-    """Flat ``layers/<feature>/...`` keys -> ``{feature: {"accuracy": {S: a}, "dims": ..., "knn_accuracy": ...}}``."""
+def _nested(metrics: dict[str, float], features: Sequence[str], settings: dict) -> dict[str, dict]:
+    """Flat ``layers/<feature>/...`` keys -> ``{feature: {"accuracy": {S: a}, "dims": ..., "knn_accuracy": ...,
+    "spectrum": {...}}}``; keys of other registered monitors keep their own name under the feature."""
+    subspaces = settings["probe_subspaces"]
     table = {}
     for feature in features:
-        prefix = f"{LAYERS}/{feature}/"
+        prefix = feature_prefix(feature)
         row: dict[str, Any] = {}
-        for field_name in ("accuracy", "dims", "explained_variance"):
+        used = {f"{prefix}num_train"}  # the probe's training rows: the report states them once, in "data"
+        for field_name in SUBSPACE_FIELDS:
             values = {
-                s: metrics[f"{prefix}{field_name}/{s}"]
+                s: metrics[layer_key(feature, field_name, s)]
                 for s in subspaces
-                if f"{prefix}{field_name}/{s}" in metrics
+                if layer_key(feature, field_name, s) in metrics
             }
+            used |= {layer_key(feature, field_name, s) for s in values}
             if values:
                 row[field_name] = values
-        for key, name in ((KNN_ACCURACY, "knn_accuracy"), (KNN_WEIGHTED_ACCURACY, "knn_weighted_accuracy")):
+        for key, name in REPORT_FIELDS.items():
             if f"{prefix}{key}" in metrics:
                 row[name] = metrics[f"{prefix}{key}"]
+                used.add(f"{prefix}{key}")
         spectrum = {
-            f: metrics[f"{prefix}spectrum/{f}"] for f in SPECTRUM_FIELDS if f"{prefix}spectrum/{f}" in metrics
+            f: metrics[f"{prefix}{spectrum_key(f)}"]
+            for f in SPECTRUM_FIELDS
+            if f"{prefix}{spectrum_key(f)}" in metrics
         }
+        used |= {f"{prefix}{spectrum_key(f)}" for f in spectrum}
         if spectrum:
             row["spectrum"] = spectrum
+        row.update(
+            {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix) and k not in used}
+        )
         table[feature] = row
     return table
 
@@ -349,6 +482,8 @@ def perception_report(
     curves: bool = True,
     figures: bool = True,
     data_kwargs: dict | None = None,
+    progress: bool = False,
+    monitor_settings: dict | None = None,
 ) -> dict[str, Any]:
     """Probe a vision model's features layer by layer: subspace probes, kNN and spectrum per layer x pooling.
 
@@ -377,6 +512,9 @@ def perception_report(
         figures: draw the figures (when ``output_dir`` is given).
         data_kwargs: more keyword arguments of :func:`~hf_recperc.data.load_image_dataset` (``seed`` and
             ``train_val_split`` default to the model's run's, see ``dataset``; ``None`` values are dropped).
+        progress: show a progress bar per split during extraction (log lines above it).
+        monitor_settings: more settings of registered monitors by name (what their ``MonitorContext.settings``
+            and card rows read beside ``knn_k``, ``probe_subspaces`` ...); recorded in ``settings``.
 
     Returns:
         The content of ``report.json``: ``metrics`` (flat ``layers/<layer>/<pooling>/...`` keys, as the trainer's
@@ -394,6 +532,48 @@ def perception_report(
     _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge)
     if output_dir is not None:
         report_output_dir(output_dir).check()  # a user's report.md or figure: refused before any work
+    inputs = load_inputs(
+        model, dataset, layers=layers, poolings=poolings, mixed_precision=mixed_precision,
+        image_processor=image_processor, image_size=image_size, trust_remote_code=trust_remote_code, device=device,
+        max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, data_kwargs=data_kwargs,
+    )  # fmt: skip
+    source = BackboneFeatureSource(
+        inputs.backbone, inputs.data, inputs.plan.layers, inputs.plan.poolings, batch_size, num_workers,
+        mixed_precision, progress=progress,
+    )  # fmt: skip
+    settings = {**report_settings(subspaces, ridge, knn_k, knn_temperature), **(monitor_settings or {})}
+    built = build_feature_monitors(
+        inputs.plan.features, monitors, settings, _bank_dtype(inputs.backbone.device)
+    )
+    metrics, timings = evaluate(built, source, inputs.plan, curves)
+    options = {
+        "batch_size": batch_size, "mixed_precision": mixed_precision, "ridge": ridge, "knn_k": knn_k,
+        "knn_temperature": knn_temperature, "image_size": image_size, **(monitor_settings or {}),
+    }  # fmt: skip
+    report = assemble_report(
+        inputs, metrics, timings, built, settings, monitors, options, source.seen, started
+    )
+    if output_dir is not None and _rank_and_world()[0] == 0:
+        write_report(report, report_figures(report, built) if figures else {}, output_dir)
+    return report
+
+
+@dataclass
+class ReportInputs:
+    """What a report measures: the model (:class:`~hf_recperc.report.extract.Backbone`), the data, how the model's
+    training run split that data (our checkpoints), and the features to extract."""
+
+    backbone: Backbone
+    data: ImageData
+    run_split: dict | None
+    plan: FeaturePlan
+
+
+def load_inputs(
+    model, dataset, *, layers, poolings, mixed_precision, image_processor, image_size, trust_remote_code, device,
+    max_train_samples, max_eval_samples, data_kwargs,
+) -> ReportInputs:  # fmt: skip
+    """Load the model and the data, and plan the features (one dry run: layers, poolings, dimensions, resizing)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(
         model, image_processor=image_processor, trust_remote_code=trust_remote_code, image_size=image_size,
@@ -401,61 +581,65 @@ def perception_report(
     )  # fmt: skip
     run_split = _run_split(model)
     data = _load_data(dataset, run_split, max_train_samples, max_eval_samples, data_kwargs)
-    hidden, layer_ids, poolings, features = choose_features(backbone, data, layers, poolings, mixed_precision)
-    probes, spectra, knns = build_monitors(
-        features, monitors, subspaces, ridge, knn_k, knn_temperature, _bank_dtype(device)
+    return ReportInputs(
+        backbone, data, run_split, plan_features(backbone, data, layers, poolings, mixed_precision)
     )
-    all_monitors = [*probes.values(), *spectra.values(), *knns.values()]
-    rank, world = _rank_and_world()
-    timings = {}
-    with _timed(timings, "extraction_seconds"):
-        seen = extract_splits(
-            backbone, data, layer_ids, poolings, all_monitors, batch_size, num_workers, mixed_precision
-        )
-    with _timed(timings, "fitting_seconds"):
-        metrics = compute_monitors(all_monitors)
-        last_layer = [layer_feature(layer_ids[-1], pooling) for pooling in poolings]
-        accuracy_curves = _accuracy_curves(probes, last_layer) if curves else {}
-    report = {
-        **_findings(metrics, layer_ids, poolings, subspaces, probes, _evidence(data), features),
+
+
+def assemble_report(
+    inputs: ReportInputs, metrics: dict, timings: dict, built: dict, settings: dict, monitors: list, options: dict,
+    seen: int, started: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The content of ``report.json`` (see :func:`perception_report`)."""
+    plan, data, backbone = inputs.plan, inputs.data, inputs.backbone
+    subspaces = settings["probe_subspaces"]
+    findings = _findings(
+        metrics, plan.layers, plan.poolings, subspaces, _probes(built), _evidence(data), plan.features
+    )
+    return {
+        **findings,
         "metrics": metrics,
-        "features": _nested(metrics, features, subspaces),
-        "layers": layer_ids,
-        "poolings": poolings,
+        "features": _nested(metrics, plan.features, settings),
+        "layers": plan.layers,
+        "poolings": plan.poolings,
         "subspaces": subspaces,
         "monitors": monitors,
-        "accuracy_curves": accuracy_curves,
-        "model": _model_provenance(backbone, hidden, len(hidden) - 1),
-        "data": _data_provenance(data, run_split),
-        "settings": {
-            "batch_size": batch_size,
-            "mixed_precision": mixed_precision,
-            "ridge": ridge,
-            "knn_k": knn_k,
-            "knn_temperature": knn_temperature,
-            "image_size": image_size,
-        },
+        "accuracy_curves": timings.pop("accuracy_curves"),
+        "model": _model_provenance(backbone, plan.hidden, len(plan.hidden) - 1),
+        "data": {**_data_provenance(data, inputs.run_split), "resized": plan.resized},
+        "settings": options,
         "runtime": {
             "total_seconds": time.perf_counter() - started,
             **timings,
-            "images_per_second": _images_seen(seen, device) / max(timings["extraction_seconds"], 1e-9),
-            "num_processes": world,
-            "device": str(device),
+            "images_per_second": _images_seen(seen, backbone.device)
+            / max(timings["extraction_seconds"], 1e-9),
+            "num_processes": _rank_and_world()[1],
+            "device": str(backbone.device),
         },
         "versions": library_versions(),
     }
-    if output_dir is not None and rank == 0:
-        drawn = _figures(report, probes, spectra) if figures else {}
-        write_report(report, drawn, output_dir)
-    return report
 
 
-@contextlib.contextmanager
-def _timed(timings: dict, name: str):
-    """Record the wall time of the ``with`` block as ``timings[name]`` (seconds)."""
+def evaluate(built: dict[str, dict[str, Monitor]], source, plan: FeaturePlan, curves: bool = True):
+    """Every feature's monitors over ``source`` through the engine's runner (:func:`hf_recperc.monitors.run_monitors`),
+    then the last layer's accuracy-vs-components curves. Returns ``(metrics, timings)``; ``timings`` holds
+    ``extraction_seconds``, ``fitting_seconds`` and ``accuracy_curves`` (popped by the caller)."""
+    monitors = [monitor for by_name in built.values() for monitor in by_name.values()]
+    timings: dict[str, Any] = {}
+    metrics = runner.run_monitors(monitors, source, timings)
     started = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - started
+    last_layer = [layer_feature(plan.layers[-1], pooling) for pooling in plan.poolings]
+    accuracy_curves = _accuracy_curves(_probes(built), last_layer) if curves else {}
+    return metrics, {
+        "extraction_seconds": timings["feed_seconds"],
+        "fitting_seconds": timings["compute_seconds"] + time.perf_counter() - started,
+        "accuracy_curves": accuracy_curves,
+    }
+
+
+def _probes(built: dict[str, dict[str, Monitor]]) -> dict[str, Monitor]:
+    """Feature -> its subspace probe monitor (the findings, curves and figures read the fitted probes)."""
+    return {feature: monitors["subspace"] for feature, monitors in built.items() if "subspace" in monitors}
 
 
 def _run_split(model) -> dict | None:
@@ -519,31 +703,49 @@ def _same_carve(run_split: dict, split: dict) -> bool | None:
     return all(run_split.get(key) == split.get(key) for key in keys)
 
 
-def choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixed_precision: str = "no"):
-    """One forward pass on a few images resolves the layers and poolings (and fails early on those the model cannot
-    do). Returns ``(hidden states of the dry run, layer ids, poolings, {feature name: dimension})``."""
-    hidden, pooled = _dry_run(backbone, data, mixed_precision)
+@dataclass
+class FeaturePlan:
+    """What the report extracts, resolved by one forward pass on a training image (:func:`plan_features`).
+
+    Attributes:
+        hidden: the dry run's hidden states (their shapes describe the model).
+        layers: layer indices; poolings: pooling names.
+        features: ``layer_<i>/<pooling>`` -> the feature's dimension.
+        resized: ``{"from": [h, w], "to": [H, W]}`` when the image processor resized the (first) image, else ``None``.
+    """
+
+    hidden: tuple
+    layers: list[int]
+    poolings: list[str]
+    features: dict[str, int]
+    resized: dict | None = None
+
+
+def plan_features(
+    backbone: Backbone, data: ImageData, layers, poolings, mixed_precision: str = "no"
+) -> FeaturePlan:
+    """Resolve the layers and poolings (and fail early on those the model cannot do). Without ``poolings``, our
+    models (``recperc``) also get ``pooler``, their embedding (what the model card's numbers are about), whenever
+    the last layer is probed."""
+    hidden, pooled, resized = _dry_run(backbone, data, mixed_precision)
     num_layers = len(hidden) - 1
     layer_ids = parse_layers(layers, num_layers, argument="layers")
-    poolings = list(dict.fromkeys(poolings or backbone.default_poolings))
-    if "pooler" in poolings and num_layers not in layer_ids:
+    chosen = list(dict.fromkeys(poolings or backbone.default_poolings))
+    if not poolings and backbone.kind == "recperc" and pooled is not None and num_layers in layer_ids:
+        chosen = list(dict.fromkeys([*chosen, "pooler"]))
+    if "pooler" in chosen and num_layers not in layer_ids:
         raise ValueError(
             f"pooling: 'pooler' is the model's pooled output of the last layer ({num_layers}); add it to --layers"
         )
-    sample = pooled_features(
-        hidden, pooled, layer_ids, poolings, backbone.num_prefix_tokens
-    )  # pooling errors
-    return hidden, layer_ids, poolings, {name: int(rows.shape[-1]) for name, rows in sample.items()}
+    sample = pooled_features(hidden, pooled, layer_ids, chosen, backbone.num_prefix_tokens)  # pooling errors
+    dims = {name: int(rows.shape[-1]) for name, rows in sample.items()}
+    return FeaturePlan(hidden, layer_ids, chosen, dims, resized)
 
 
-def compute_monitors(monitors) -> dict[str, float]:
-    """Merge every monitor across processes, then compute: flat metric keys."""
-    for monitor in monitors:
-        monitor.all_reduce()
-    metrics: dict[str, float] = {}
-    for monitor in monitors:
-        metrics.update(monitor.compute())
-    return metrics
+def choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixed_precision: str = "no"):
+    """:func:`plan_features` as ``(hidden states of the dry run, layer ids, poolings, {feature name: dimension})``."""
+    plan = plan_features(backbone, data, layers, poolings, mixed_precision)
+    return plan.hidden, plan.layers, plan.poolings, plan.features
 
 
 def _accuracy_curves(probes: dict, features: Sequence[str]) -> dict[str, dict[str, list]]:
@@ -627,28 +829,25 @@ def _data_provenance(data: ImageData, run_split: dict | None) -> dict:
     }
 
 
+def report_figures(report: dict, built: dict[str, dict[str, Monitor]]) -> dict:
+    """The report's figures from its features' monitors (:func:`_figures`)."""
+    spectra = {feature: monitors["spectrum"] for feature, monitors in built.items() if "spectrum" in monitors}
+    return _figures(report, _probes(built), spectra)
+
+
 def _figures(report: dict, probes: dict, spectra: dict) -> dict:
     """File stem -> Figure: accuracy per layer (top / bottom / all ...; two layers or more), eigenvalue spectrum per
     layer, and the accuracy-vs-components curves of the last layer, each with the chance level."""
     from ..plotting import new_figure  # noqa: PLC0415  (matplotlib only when drawing)
 
     figures = {}
-    layers, metrics = report["layers"], report["metrics"]
     num_labels = report["data"]["num_labels"]
     chance = 1.0 / num_labels if num_labels else None
     if probes:
-        accuracy = {
-            (pooling, spec): {
-                i: metrics[layer_key(layer_feature(i, pooling), "accuracy", spec)]
-                for i in layers
-                if layer_feature(i, pooling) in probes
-            }
-            for pooling in report["poolings"]
-            for spec in report["subspaces"]
-        }
-        figure = accuracy_per_layer_figure(
-            {key: values for key, values in accuracy.items() if values}, chance
+        accuracy = layer_accuracies(
+            report["metrics"], report["layers"], report["poolings"], report["subspaces"]
         )
+        figure = accuracy_per_layer_figure(accuracy, chance)
         if figure is None:
             logger.info(
                 "accuracy_per_layer.png not drawn: one layer probed (--layers all draws accuracy over depth)"
@@ -705,12 +904,14 @@ def _markdown(report: dict) -> str:
         f"variance). {runtime['num_processes']} process(es) on {runtime['device']}, "
         f"{runtime['total_seconds']:.1f} s.",
         "",
+        *_resize_lines(data, model),
     ]
     header = ["layer", "pooling"]
     header += [
         f"acc {s} (dims)" for s in subspaces if any("accuracy" in r for r in report["features"].values())
     ]
-    has_knn = any("knn_accuracy" in r for r in report["features"].values())
+    knn_name, rank_name, alpha_name = REPORT_FIELDS[KNN_ACCURACY], SPECTRUM_FIELDS[0], SPECTRUM_FIELDS[1]
+    has_knn = any(knn_name in r for r in report["features"].values())
     has_spectrum = any("spectrum" in r for r in report["features"].values())
     header += ["kNN acc"] if has_knn else []
     header += ["eff. rank", "alpha"] if has_spectrum else []
@@ -721,16 +922,30 @@ def _markdown(report: dict) -> str:
         if "accuracy" in row:
             cells += [f"{row['accuracy'][s]:.4f} ({row['dims'][s]})" for s in subspaces]
         if has_knn:
-            cells.append(f"{row.get('knn_accuracy', math.nan):.4f}")
+            cells.append(f"{row.get(knn_name, math.nan):.4f}")
         if has_spectrum:
             spectrum = row.get("spectrum", {})
             cells += [
-                f"{spectrum.get('effective_rank', math.nan):.1f}",
-                f"{spectrum.get('alpha', math.nan):.2f}",
+                f"{spectrum.get(rank_name, math.nan):.1f}",
+                f"{spectrum.get(alpha_name, math.nan):.2f}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _resize_lines(data: dict, model: dict) -> list[str]:
+    """A sentence (and a blank line) when the model's image processor resized the images, else nothing."""
+    resized = data.get("resized")
+    if not resized:
+        return []
+    (h, w), (new_h, new_w) = resized["from"], resized["to"]
+    verb = "upscaled" if new_h * new_w > h * w else "downscaled" if new_h * new_w < h * w else "resized"
+    return [
+        f"Images resized: the {h} x {w} images of {data['source']} were {verb} to {new_h} x {new_w} for this "
+        f"model's image processor ({model['class']}; sizes of the first training image).",
+        "",
+    ]
 
 
 # Every file a report writes; a user's file under one of these names (or the training run's figures, when the

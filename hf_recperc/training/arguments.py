@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,13 @@ def model_family(name: str):
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MONITOR_NAMES = ("reconstruction", "online_probe", "subspace", "band_errors", "knn", "spectrum", "layers")
+
+
+def registered_monitor_names() -> tuple[str, ...]:
+    """The built-in monitors and those registered since (``hf_recperc.monitors.register_monitor``). A monitor can
+    only be registered by code that imported the registry, so the built-in names answer without importing torch."""
+    registry = sys.modules.get("hf_recperc.monitors.registry")
+    return MONITOR_NAMES if registry is None else registry.monitor_names()
 
 
 @dataclass
@@ -343,8 +351,10 @@ class PretrainingArguments:
             )
         if check_finite_number("knn_temperature", self.knn_temperature) <= 0:
             raise ValueError(f"knn_temperature: expected a number > 0, got {self.knn_temperature!r}")
-        if not self.monitors or any(name not in MONITOR_NAMES for name in self.monitors):
-            raise ValueError(f"monitors: expected names among {MONITOR_NAMES}, got {self.monitors!r}")
+        if not self.monitors or any(name not in registered_monitor_names() for name in self.monitors):
+            raise ValueError(
+                f"monitors: expected names among {registered_monitor_names()}, got {self.monitors!r}"
+            )
         for pooling in self.probe_pooling or ():
             if pooling not in POOLINGS[:2]:
                 raise ValueError(f"probe_pooling: expected 'cls' or 'mean', got {pooling!r}")

@@ -14,18 +14,8 @@ import torch
 from ..data import ImageData
 from ..models import preset_for_data
 from ..models.ae.configuration_recperc import check_config_overrides
-from ..monitors import (
-    BandErrorMonitor,
-    KNNMonitor,
-    LayerProbeMonitor,
-    Monitor,
-    OnlineProbeMonitor,
-    ReconstructionMonitor,
-    SpectralBands,
-    SpectrumMonitor,
-    SubspaceProbeMonitor,
-    parse_layers,
-)
+from ..monitors import Monitor, MonitorContext, SpectralBands
+from ..monitors import build_monitors as build_registered_monitors
 from ..safe_loading import weights_only_loading
 from .arguments import ModelArguments, PretrainingArguments, model_family, parse_config_overrides
 
@@ -45,7 +35,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def build_model(model_args: ModelArguments, data: ImageData):
+def build_model(model_args: ModelArguments, data: ImageData, preset: str | None = None):
     """The pre-training model: a preset, or a saved model; with the data's labels, guidance and corruption.
 
     A ViTMAE checkpoint (``model_type="vit_mae"``, e.g. a local copy of ``facebook/vit-mae-base``) loads into the
@@ -64,7 +54,7 @@ def build_model(model_args: ModelArguments, data: ImageData):
         "label2id": {name: index for index, name in enumerate(data.label_names)},
     }
     check_config_overrides(config_class, overrides)  # a typo is an error naming the closest field
-    preset = resolve_preset(model_args, data)
+    preset = preset or resolve_preset(model_args, data)  # given: resolved once by the run
     try:
         if model_args.model_name_or_path is None:
             config = config_class.preset(preset, **overrides, **labels)
@@ -197,29 +187,7 @@ def build_schedule(args: PretrainingArguments, optimizer: torch.optim.Optimizer,
 
 
 def build_monitors(args: PretrainingArguments, model, bands: SpectralBands | None) -> list[Monitor]:
-    """The monitors ``--monitors`` names, configured from the arguments and the model (its layers, pooling)."""
-    monitors: list[Monitor] = []
-    subspace = SubspaceProbeMonitor(
-        "embedding", args.probe_subspaces, args.probe_ridge, args.probe_standardize
-    )
-    factories = {
-        "reconstruction": ReconstructionMonitor,
-        "online_probe": OnlineProbeMonitor,
-        "subspace": lambda: subspace,
-        "band_errors": lambda: BandErrorMonitor(bands, args.band_edges),
-        "knn": lambda: KNNMonitor("embedding", k=args.knn_k, temperature=args.knn_temperature),
-        # Linked to the subspace probe when both run: its eigenvalues, no second eigendecomposition.
-        "spectrum": lambda: SpectrumMonitor(
-            "embedding", source=subspace if "subspace" in args.monitors else None
-        ),
-        "layers": lambda: LayerProbeMonitor(
-            parse_layers(args.probe_layers, model.num_hidden_layers),
-            args.probe_pooling or model.default_poolings,
-            args.probe_subspaces,
-            args.probe_ridge,
-            args.probe_standardize,
-        ),
-    }
-    for name in args.monitors:
-        monitors.append(factories[name]())
-    return monitors
+    """The monitors ``--monitors`` names, built by the registry (:mod:`hf_recperc.monitors.registry`) from the
+    arguments and the model (its layers, pooling) on the embedding."""
+    context = MonitorContext(settings=vars(args), model=model, resources={"bands": bands})
+    return build_registered_monitors(args.monitors, context)

@@ -10,7 +10,6 @@ import torch
 from ..results import RunInfo, RunResults
 from ..versions import library_versions
 from .arguments import model_family
-from .builders import resolve_preset
 
 __all__ = [
     "check_process_group",
@@ -56,7 +55,7 @@ def run_results(run) -> RunResults:
     info = RunInfo(
         family=run.model_args.model_family,
         model_type=type(config).model_type,  # (a ViTMAE checkpoint's config keeps "vit_mae")
-        preset=resolve_preset(run.model_args, run.data),
+        preset=run.preset,  # resolved once at setup: publishing decodes no image
         num_parameters=model.num_parameters(),
         dataset=run.data.source,
         num_train=run.num_train,

@@ -10,21 +10,45 @@ fixed randomness.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from ..monitors import EVAL, Monitor, MonitorBatch, pool_hidden_state
-from ..results import eval_key
+from ..monitors import EVAL, Monitor, MonitorBatch, pool_hidden_state, runner
+from ..monitors.registry import summary_parts
+from ..results import eval_key, subspace_key, train_key
 
-__all__ = ["run_monitors", "monitor_batch", "scored_outputs", "summary"]
+__all__ = ["ModelFeatureSource", "run_monitors", "monitor_batch", "scored_outputs", "summary"]
+
+
+@dataclass
+class ModelFeatureSource:
+    """The trainer's :class:`~hf_recperc.monitors.FeatureSource`: its loaders encoded by the model being trained.
+
+    Args:
+        model: the unwrapped ``...ForPreTraining`` model.
+        splits: ``(split, loader)`` pairs, this process's shard of each split.
+        generator: the source of the validation forward passes' randomness.
+    """
+
+    model: torch.nn.Module
+    accelerator: object
+    splits: Iterable[tuple[str, Iterable]]
+    generator: torch.Generator | None = None
+
+    def batches(self, features: set[str]) -> Iterator[MonitorBatch]:
+        for split, loader in self.splits:
+            for batch in loader:
+                yield monitor_batch(self.model, self.accelerator, split, batch, features, self.generator)
 
 
 @torch.no_grad()
 def run_monitors(
     model, accelerator, monitors: Sequence[Monitor], splits: Iterable[tuple[str, Iterable]], generator
 ) -> dict[str, float]:
-    """Reset, feed, merge and compute every monitor; returns their numbers under ``eval/`` keys.
+    """Every monitor over the model's features, through the engine's runner
+    (:func:`hf_recperc.monitors.run_monitors`); returns their numbers under ``eval/`` keys.
 
     Args:
         model: the unwrapped ``...ForPreTraining`` model (put in eval mode for the pass, then restored).
@@ -33,21 +57,11 @@ def run_monitors(
     """
     was_training = model.training
     model.eval()
-    for monitor in monitors:
-        monitor.reset()
-    wanted = {name for monitor in monitors for name in monitor.features}
-    for split, loader in splits:
-        for batch in loader:
-            prepared = monitor_batch(model, accelerator, split, batch, wanted, generator)
-            for monitor in monitors:
-                monitor.update(prepared)
-    for monitor in monitors:
-        monitor.all_reduce()
-    metrics: dict[str, float] = {}
-    for monitor in monitors:
-        metrics.update({eval_key(key): value for key, value in monitor.compute().items()})
-    model.train(was_training)
-    return metrics
+    try:
+        metrics = runner.run_monitors(monitors, ModelFeatureSource(model, accelerator, splits, generator))
+    finally:
+        model.train(was_training)
+    return {eval_key(key): value for key, value in metrics.items()}
 
 
 def monitor_batch(model, accelerator, split: str, batch, wanted: set[str], generator) -> MonitorBatch:
@@ -84,17 +98,16 @@ def scored_outputs(model, pixel_values, labels, embeddings, generator):
 
 
 def summary(record: dict) -> str:
-    """One log line of a history record: losses, reconstruction, online / kNN / subspace probes."""
+    """One log line of a history record: losses, then each registered monitor's summary numbers (reconstruction,
+    online probe, kNN, ...), then the subspace probes."""
+    accuracy_prefix = eval_key(subspace_key("accuracy", ""))
     accuracies = "  ".join(
-        f"{k.split('/')[-1]} {v:.3f}"
+        f"{k.removeprefix(accuracy_prefix)} {v:.3f}"
         for k, v in record.items()
-        if k.startswith("eval/subspace_probe/accuracy/")
+        if k.startswith(accuracy_prefix)
     )
-    parts = [f"step {record['step']} (epoch {record['epoch']:.2f}): train loss {record['train/loss']:.4g}"]
-    labels = {
-        "eval/reconstruction_mse": "val mse",
-        "eval/online_probe_accuracy": "online probe",
-        "eval/knn/accuracy": "kNN",
-    }
-    parts += [f"{label} {record[key]:.4g}" for key, label in labels.items() if key in record]
+    parts = [
+        f"step {record['step']} (epoch {record['epoch']:.2f}): train loss {record[train_key('loss')]:.4g}"
+    ]
+    parts += summary_parts(record, eval_key)
     return ", ".join(parts) + (f", subspace probe {accuracies}" if accuracies else "")

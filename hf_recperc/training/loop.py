@@ -44,6 +44,7 @@ from .builders import (
     build_schedule,
     derived_seed,
     optimizer_update,
+    resolve_preset,
     seed_global_generators,
     shard_loader,
     step_seed,
@@ -181,7 +182,9 @@ class PretrainingRun:
         self.data = (
             load_stream(self.data_args) if self.data_args.streaming else self.data_args.load(seed=args.seed)
         )
-        self.model = build_model(self.model_args, self.data)
+        # Resolved once (it decodes the first image): results.json and publishing read the recorded value.
+        self.preset = resolve_preset(self.model_args, self.data)
+        self.model = build_model(self.model_args, self.data, self.preset)
         self.image_processor = image_processor_for(self.model.config)
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)

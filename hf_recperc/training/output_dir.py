@@ -7,6 +7,7 @@ file) live in :class:`hf_recperc.publish.OutputDirectory`; this module declares 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from ..publish import MANIFEST, Outputs, json_marker
@@ -57,6 +58,13 @@ def remote_code_files() -> frozenset[str]:
     return frozenset().union(*(family.remote_code_files for family in families()))
 
 
+def monitor_figure_files() -> frozenset[str]:
+    """The figures of monitors registered besides the built-in ones (:func:`hf_recperc.monitors.register_monitor`);
+    only code that imported the registry can have registered one, so nothing is imported here."""
+    registry = sys.modules.get("hf_recperc.monitors.registry")
+    return frozenset() if registry is None else registry.figure_files()
+
+
 def pretrain_outputs() -> Outputs:
     """The trainer's :class:`~hf_recperc.publish.Outputs`: the run files, the remote-code files of the families
     registered now, weight shards; a folder without a manifest whose ``results.json`` is a run's (arguments, run
@@ -64,7 +72,7 @@ def pretrain_outputs() -> Outputs:
     of a version before manifests."""
     return Outputs(
         command="pretrain",
-        names=RUN_FILES | remote_code_files() | SHARDED_WEIGHTS,
+        names=RUN_FILES | remote_code_files() | SHARDED_WEIGHTS | monitor_figure_files(),
         legacy=json_marker("results.json", ("args", "run", "versions")),
     )
 
