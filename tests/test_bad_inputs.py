@@ -170,7 +170,7 @@ def test_monitor_rows_every_process_needs_one_row():
 
     import numpy as np
 
-    from hf_recperc.training.loaders import check_monitor_rows
+    from hf_recperc.images.pipeline import check_monitor_rows
 
     data = SimpleNamespace(label_column="label", label_names=["a", "b"], source="set")
     args = SimpleNamespace(monitors=["reconstruction", "subspace"], monitor_max_eval_samples=1000)
@@ -542,7 +542,7 @@ def test_integrations_refuse_bad_arguments_before_training():
     processor or a wrong model attribute: one line naming the argument."""
     from test_integrations import tiny_mae
 
-    from hf_recperc.data import load_image_dataset
+    from hf_recperc.images import load_image_dataset
     from hf_recperc.integrations import PerceptionMeasurement
     from hf_recperc.monitors import KNNMonitor
 
