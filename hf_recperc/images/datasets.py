@@ -65,6 +65,16 @@ class LabelEncoder:
         as_text = split.cast_column(label_column, datasets.Value("string"))
         return as_text.cast_column(label_column, datasets.ClassLabel(names=self.label_names))
 
+    @property
+    def id2label(self) -> dict[int, str]:
+        """``config.id2label`` of a model trained on these classes."""
+        return dict(enumerate(self.label_names or []))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """``config.label2id`` of a model trained on these classes."""
+        return dict(self._ids or {})
+
     def __call__(self, labels) -> np.ndarray:
         """`(N,)` int64 class ids of a list of labels."""
         labels = list(labels)

@@ -82,8 +82,11 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
 
-def build_datasets(data: ImageData, config, image_processor, use_store: bool, cache: bool = True):
-    """The training and validation datasets of either path, and a log phrase saying which path is used.
+def build_datasets(
+    data: ImageData, config, image_processor, use_store: bool, cache: bool = True, decode_device: str = "cpu"
+):
+    """The training and validation datasets of either path, and a log phrase saying which path is used
+    (``decode_device``: where the store's JPEGs are decoded, :func:`hf_recperc.images.decode.decode_batch`).
 
     Returns:
         ``(train, validation, description)``; the datasets yield ``{"pixels", "labels"}`` (store) or
@@ -100,8 +103,9 @@ def build_datasets(data: ImageData, config, image_processor, use_store: bool, ca
         return train, validation, description
     built, where = [], []
     for split in splits:
-        pixels, phrase = decode_uint8(split, data.image_column, config.num_channels, config.image_size, cache)
-        key = cache_key(split, data.image_column, config.num_channels, config.image_size) if cache else None
+        shape = (config.num_channels, config.image_size)
+        pixels, phrase = decode_uint8(split, data.image_column, *shape, cache, decode_device=decode_device)
+        key = cache_key(split, data.image_column, *shape, decode_device) if cache else None
         built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
         where.append(phrase)
     description = (
@@ -157,7 +161,9 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
     probe_labels = split_labels(data.train.select(range(probe_rows)), data.label_column, data.label_names)
     check_monitor_rows(data, probe_labels, len(data.validation), args, accelerator.num_processes)
     with accelerator.main_process_first():  # one process decodes and caches, the others read the cache
-        train, validation, description = build_datasets(data, config, image_processor, data_args.pixel_store)
+        train, validation, description = build_datasets(
+            data, config, image_processor, data_args.pixel_store, decode_device=data_args.decode_device
+        )
     sampler = EpochShuffleSampler(len(train), args.seed)
     loader = torch.utils.data.DataLoader(
         train, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, **options

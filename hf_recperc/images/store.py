@@ -27,8 +27,8 @@ from .decode import (
     GRAY_MODES,
     cache_file,
     cache_key,
+    decode_batch,
     decode_image,
-    decode_pixels,
     load_cached_array,
     undecoded,
     write_cached_array,
@@ -40,7 +40,11 @@ logger = logging.getLogger(__name__)
 
 
 def _decode(
-    dataset: datasets.Dataset, image_column: str, num_channels: int, image_size: int | None
+    dataset: datasets.Dataset,
+    image_column: str,
+    num_channels: int,
+    image_size: int | None,
+    decode_device: str = "cpu",
 ) -> np.ndarray:
     """Every image of ``dataset`` -> `(N, C, S, S)` uint8; with ``image_size=None`` every image must have the first
     image's size."""
@@ -48,9 +52,10 @@ def _decode(
     split, decoder = undecoded(dataset, image_column)
     array, resized = None, 0
     for start in range(0, len(dataset), 1024):
-        for offset, value in enumerate(split[start : start + 1024][image_column]):
-            row = start + offset
-            pixels, was_resized = decode_pixels(value, row, image_column, num_channels, image_size, decoder)
+        values = split[start : start + 1024][image_column]
+        rows = range(start, start + len(values))
+        decoded = decode_batch(values, rows, image_column, num_channels, image_size, decoder, decode_device)
+        for row, (pixels, was_resized) in zip(rows, decoded):
             if array is None:
                 array = np.empty((len(dataset), *pixels.shape), dtype=np.uint8)
             elif pixels.shape != array.shape[1:]:
@@ -72,6 +77,7 @@ def decode_uint8(
     image_size: int | None,
     cache: bool = True,
     cache_dir: str | None = None,
+    decode_device: str = "cpu",
 ) -> tuple[np.ndarray, str]:
     """Decode every image of a split once, to the model's channel count and size.
 
@@ -83,6 +89,7 @@ def decode_uint8(
             keeps the images' own size, which must then be the same for all.
         cache: read and write the on-disk store (data sets loaded from files only).
         cache_dir: the cache's root (default: :func:`hf_recperc.images.decode.cache_root`).
+        decode_device: ``"cuda"`` decodes the JPEGs with nvJPEG (:func:`hf_recperc.images.decode.decode_batch`).
 
     Returns:
         ``(pixels, where)``: a `(N, C, S, S)` uint8 array (memory-mapped when cached) and a phrase for the log
@@ -94,15 +101,14 @@ def decode_uint8(
         raise ValueError("dataset: the split is empty")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size: expected a positive integer or None, got {image_size!r}")
-    path = cache_file(
-        cache_key(dataset, image_column, num_channels, image_size) if cache else None, cache_dir
-    )
+    key = cache_key(dataset, image_column, num_channels, image_size, decode_device) if cache else None
+    path = cache_file(key, cache_dir)
     if path is None:
-        return _decode(dataset, image_column, num_channels, image_size), "decoded in memory"
+        return _decode(dataset, image_column, num_channels, image_size, decode_device), "decoded in memory"
     pixels = load_cached_array(path, np.uint8, (len(dataset), num_channels, image_size, image_size))
     if pixels is not None:
         return pixels, f"cached at {path}"
-    write_cached_array(path, _decode(dataset, image_column, num_channels, image_size))
+    write_cached_array(path, _decode(dataset, image_column, num_channels, image_size, decode_device))
     return np.load(path, mmap_mode="r"), f"decoded, cached at {path}"
 
 

@@ -9,7 +9,7 @@ import struct
 
 import torch
 
-from ..images.pipeline import EpochShuffleSampler, derived_seed
+from ..images.datasets import LabelEncoder
 from ..images.sources import ImageData
 from ..models import preset_for_data
 from ..models.ae.configuration_recperc import check_config_overrides
@@ -31,8 +31,6 @@ from .arguments import ModelArguments, PretrainingArguments, model_family, parse
 __all__ = [
     "build_model",
     "resolve_preset",
-    "EpochShuffleSampler",
-    "derived_seed",
     "step_seed",
     "seed_global_generators",
     "build_optimizer",
@@ -57,11 +55,8 @@ def build_model(model_args: ModelArguments, data: ImageData):
         overrides["guidance"] = model_args.guidance
     if model_args.corruption is not None and family.corruption_field is not None:
         overrides[family.corruption_field] = model_args.corruption
-    labels = {
-        "num_labels": data.num_labels,
-        "id2label": dict(enumerate(data.label_names)),
-        "label2id": {name: index for index, name in enumerate(data.label_names)},
-    }
+    encoder = LabelEncoder(data.label_names)
+    labels = {"num_labels": data.num_labels, "id2label": encoder.id2label, "label2id": encoder.label2id}
     check_config_overrides(config_class, overrides)  # a typo is an error naming the closest field
     preset = resolve_preset(model_args, data)
     try:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import run_on_main_process
 from ..images.datasets import collate_stored
-from ..images.pipeline import DevicePipeline, training_data
+from ..images.pipeline import DevicePipeline, derived_seed, training_data
 from ..images.sources import load_stream
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
@@ -45,7 +45,6 @@ from .builders import (
     build_monitors,
     build_optimizer,
     build_schedule,
-    derived_seed,
     optimizer_update,
     seed_global_generators,
     shard_loader,
