@@ -141,3 +141,15 @@ def test_trainer_report_and_experiments_import_image_code_only_from_images(consu
         )
         or consumer == "commands"
     )  # each consumer reads images through the package
+
+
+def test_images_import_nothing_of_the_trainer_report_or_experiments():
+    """Architecture: the data path no longer climbs training -> pixel_store -> data -> training: hf_recperc.images
+    imports none of its consumers, so the flow runs one way (sources -> decode -> datasets -> augment -> pipeline)."""
+    wrong = [
+        f"{path.name}: {module}"
+        for path in sorted(IMAGES.glob("*.py"))
+        for module, _ in _imported_modules(_tree(path), path)
+        if module.startswith(tuple(f"hf_recperc.{name.removesuffix('.py')}" for name in CONSUMERS))
+    ]
+    assert wrong == []
