@@ -1,5 +1,6 @@
 """The one decode routine (hf_recperc.images.decode): every image kind decodes to PIL's pixels within the documented
-tolerance (docs/design.md, "Decoding"), errors still name the row, and --decode_device cuda is refused without CUDA.
+tolerance (docs/design.md, "Decoding"). Its bad inputs (a damaged JPEG, --decode_device cuda without CUDA) are tested
+in tests/test_bad_inputs.py.
 
 Speed is measured by benchmarks/decode_speed.py, not asserted here.
 """
@@ -14,7 +15,6 @@ from PIL import Image
 
 from hf_recperc.images.decode import (
     _fast_route,
-    check_decode_device,
     decode_batch,
     decode_image,
     decode_pixels,
@@ -126,16 +126,6 @@ def test_a_stored_file_path_decodes_like_embedded_bytes(tmp_path):
     )
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage_after_header"])
-def test_a_damaged_jpeg_still_names_its_row(damage):
-    """Trust (images): a damaged JPEG is not half-decoded by libjpeg-turbo (which fills in grey): the one-line
-    error names its row and column, as the PIL route did."""
-    data = _kinds()["jpeg_rgb"]
-    broken = data[: len(data) // 2] if damage == "truncated" else data[:200] + b"\x00" * 300 + data[-2:]
-    with pytest.raises(ValueError, match=r"^image: row 7 \(embedded bytes\) is not a readable image"):
-        decode_pixels({"bytes": broken, "path": None}, 7, "image", 3, 64)
-
-
 def test_the_store_of_a_png_data_set_is_unchanged(tmp_path):
     """Exactness: a PNG data set (CIFAR-10, digits are stored as PNG) gives the same uint8 store through the fast
     route as through PIL, so training on it is bit-identical to before."""
@@ -156,21 +146,6 @@ def test_decode_batch_on_the_cpu_is_decode_pixels():
     batch = decode_batch(values, range(len(values)), "image", 3, 48)
     for row, (value, (pixels, _)) in enumerate(zip(values, batch)):
         np.testing.assert_array_equal(pixels, decode_pixels(value, row, "image", 3, 48)[0])
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_decode_device_cuda_without_cuda_is_a_one_line_error():
-    """Trust (images): --decode_device cuda on a CPU-only machine is a one-line error naming the argument, raised
-    while the arguments are checked (before any data is read)."""
-    from hf_recperc.training.arguments import DataArguments
-
-    with pytest.raises(
-        ValueError, match=r"^decode_device: 'cuda' decodes JPEGs with nvJPEG .*--decode_device cpu$"
-    ):
-        DataArguments(decode_device="cuda")
-    with pytest.raises(ValueError, match=r"^decode_device: expected 'cpu' or 'cuda', got 'gpu'$"):
-        check_decode_device("gpu")
-    assert DataArguments().decode_device == "cpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG)")
