@@ -44,11 +44,11 @@ SMOKE_SHAPES = dict(
 
 
 def synthetic_data(count: int, size: int, num_labels: int = 10, seed: int = 0):
-    """An :class:`hf_recperc.data.ImageData` of random uint8 RGB images (``count`` train and 16 validation rows)."""
+    """An :class:`hf_recperc.images.ImageData` of random uint8 RGB images (``count`` train and 16 validation rows)."""
     import datasets
     from PIL import Image
 
-    from hf_recperc.data import ImageData
+    from hf_recperc.images import ImageData
 
     rng = np.random.default_rng(seed)
     features = datasets.Features(

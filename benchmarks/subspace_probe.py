@@ -57,7 +57,7 @@ class PeakRSS:
 
 
 def load_pixels(data_dir: str, max_train_samples: int | None):
-    from hf_recperc.data import images_to_array, load_image_dataset, paper_preprocessing
+    from hf_recperc.images import images_to_array, load_image_dataset, paper_preprocessing
 
     data = load_image_dataset(data_dir, max_train_samples=max_train_samples)
     train, test = paper_preprocessing(

@@ -1,7 +1,7 @@
 """hf_recperc: are the features a reconstruction model learns any good for perception?
 
 ``import hf_recperc`` is light (no torch, transformers or datasets): every public name below is imported from its
-module on first use (PEP 562 ``__getattr__``), and so is every submodule (``hf_recperc.data``, ...). Scripts'
+module on first use (PEP 562 ``__getattr__``), and so is every submodule (``hf_recperc.images``, ...). Scripts'
 ``--help`` therefore does not pay for torch.
 
 The model families (``recperc_ae``, ``recperc_mae``) register with transformers' Auto classes when their package
@@ -47,6 +47,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "RecPercMAEPreTrainedModel",
     ),
     "processing": ("image_processor_for", "RecPercImageProcessor"),
+    # images: data sets, decoding, augmentation
+    "images": ("ImageData", "load_image_dataset", "images_to_array", "paper_preprocessing"),
     # the perception report of any vision model
     "report": ("perception_report",),
     # theory

@@ -93,7 +93,7 @@ class DataclassArgumentParser(HfArgumentParser):
 
 @dataclass
 class DataArguments:
-    """Which images to use (see :func:`hf_recperc.data.load_image_dataset`); the same flags in every script."""
+    """Which images to use (see :func:`hf_recperc.images.load_image_dataset`); the same flags in every script."""
 
     dataset_name: str | None = field(
         default=None,
@@ -118,7 +118,7 @@ class DataArguments:
 
     def load(self, seed: int = 0):
         """The train and validation splits these flags name (``seed`` drives a carved-out validation split)."""
-        from .data import load_image_dataset  # noqa: PLC0415  (datasets, torch: not for --help)
+        from .images.sources import load_image_dataset  # noqa: PLC0415  (datasets, torch: not for --help)
 
         return load_image_dataset(
             self.dataset_name,

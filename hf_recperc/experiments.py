@@ -3,7 +3,7 @@
 E1 shows images next to their projections onto the top and the bottom variance subspaces; E2 trains the
 same classifier on images projected onto ``top:p`` and onto ``bottom:q`` and compares test accuracy. Both
 use the pixel PCA of :mod:`hf_recperc.spectral` (the same code as the subspace probe metric) on images
-normalised with :func:`hf_recperc.data.paper_preprocessing`, fitted once per data set and cached on disk.
+normalised with :func:`hf_recperc.images.paper_preprocessing`, fitted once per data set and cached on disk.
 
 Pieces, top to bottom:
 
@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cli import DataArguments
-from .data import cache_root, images_to_array, paper_preprocessing, random_crop_flip
+from .images import cache_root, images_to_array, paper_preprocessing, random_crop_flip
 from .layers import conv_bn_relu
 from .publish.atomic import prepare_cache_dir, save_npz
 from .spectral import PCA, parse_subspace
@@ -134,7 +134,7 @@ class PixelSplits:
 def load_pixel_splits(
     data_args: DataArguments, seed: int = 0, cache_dir: str | None = None, image_size: int | None = None
 ) -> PixelSplits:
-    """Load a data set (see :func:`hf_recperc.data.load_image_dataset`) as preprocessed pixel arrays.
+    """Load a data set (see :func:`hf_recperc.images.load_image_dataset`) as preprocessed pixel arrays.
 
     ``image_size`` resizes every image to ``image_size x image_size`` (needed when sizes differ).
     """

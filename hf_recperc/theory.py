@@ -304,7 +304,7 @@ class LinearTheory:
     function of this module accepts a :class:`LinearTheory` in place of ``X``.
 
     Args:
-        X (array of shape `(N, D)`): the data, samples as rows (e.g. :func:`hf_recperc.data.paper_preprocessing`
+        X (array of shape `(N, D)`): the data, samples as rows (e.g. :func:`hf_recperc.images.paper_preprocessing`
             output). Numpy or torch; converted to float64.
         image_shape (`(C, H, W)`, *optional*): needed for patch masking.
 

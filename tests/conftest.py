@@ -52,7 +52,7 @@ def cifar10_pixels():
         pytest.skip(f"CIFAR-10 parquet files not found at {CIFAR10}")
     import numpy as np
 
-    from hf_recperc.data import images_to_array, load_image_dataset
+    from hf_recperc.images import images_to_array, load_image_dataset
 
     data = load_image_dataset(str(CIFAR10), max_train_samples=5000, max_eval_samples=1000)
     arrays = []

@@ -170,7 +170,7 @@ def test_monitor_rows_every_process_needs_one_row():
 
     import numpy as np
 
-    from hf_recperc.training.loaders import check_monitor_rows
+    from hf_recperc.images.pipeline import check_monitor_rows
 
     data = SimpleNamespace(label_column="label", label_names=["a", "b"], source="set")
     args = SimpleNamespace(monitors=["reconstruction", "subspace"], monitor_max_eval_samples=1000)
@@ -542,7 +542,7 @@ def test_integrations_refuse_bad_arguments_before_training():
     processor or a wrong model attribute: one line naming the argument."""
     from test_integrations import tiny_mae
 
-    from hf_recperc.data import load_image_dataset
+    from hf_recperc.images import load_image_dataset
     from hf_recperc.integrations import PerceptionMeasurement
     from hf_recperc.monitors import KNNMonitor
 
@@ -708,3 +708,51 @@ def test_allow_changed_args_names_a_real_argument(tmp_path, capsys):
         "such as learning_rate, or 'all'); did you mean 'learning_rate'?"
     )
     assert not out.exists()
+
+
+# ---- images (fast decode; hf_recperc/images/decode.py) ----
+
+
+def _images_jpeg() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(
+        buffer, format="JPEG", quality=90
+    )
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage_after_header"])
+def test_a_damaged_jpeg_still_names_its_row(damage):
+    """Trust (images): a damaged JPEG is not half-decoded by libjpeg-turbo (which fills in grey): the one-line
+    error names its row and column, as the PIL route did."""
+    data = _images_jpeg()
+    broken = data[: len(data) // 2] if damage == "truncated" else data[:200] + b"\x00" * 300 + data[-2:]
+    from hf_recperc.images.decode import decode_pixels
+
+    with pytest.raises(ValueError, match=r"^image: row 7 \(embedded bytes\) is not a readable image"):
+        decode_pixels({"bytes": broken, "path": None}, 7, "image", 3, 64)
+
+
+def test_decode_device_cuda_without_cuda_is_a_one_line_error():
+    """Trust (images): --decode_device cuda on a CPU-only machine is a one-line error naming the argument, raised
+    while the arguments are checked (before any data is read)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for machines without CUDA")
+    from hf_recperc.images.decode import check_decode_device
+    from hf_recperc.training.arguments import DataArguments
+
+    with pytest.raises(
+        ValueError, match=r"^decode_device: 'cuda' decodes JPEGs with nvJPEG .*--decode_device cpu$"
+    ):
+        DataArguments(decode_device="cuda")
+    with pytest.raises(ValueError, match=r"^decode_device: expected 'cpu' or 'cuda', got 'gpu'$"):
+        check_decode_device("gpu")
+    assert DataArguments().decode_device == "cpu"

@@ -1,4 +1,4 @@
-"""Training transforms of hf_recperc.data: the image-processor transform and the tensor augmentation."""
+"""Training transforms of hf_recperc.images: the image-processor transform and the tensor augmentation."""
 
 import datasets
 import numpy as np
@@ -7,14 +7,8 @@ import torch
 from PIL import Image
 
 from hf_recperc import RecPercAEConfig, image_processor_for
-from hf_recperc.data import (
-    _gather_windows,
-    _slice_windows,
-    cache_root,
-    load_image_dataset,
-    processor_transform,
-    random_crop_flip,
-)
+from hf_recperc.images import cache_root, load_image_dataset, processor_transform, random_crop_flip
+from hf_recperc.images.augment import _gather_windows, _slice_windows
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +170,7 @@ def test_a_class_sorted_subset_warns(tmp_path):
 
 
 def test_images_of_mixed_sizes_need_and_accept_image_size(tmp_path):
-    from hf_recperc.data import images_to_array
+    from hf_recperc.images import images_to_array
 
     images = [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (12, 10), "blue")]
     split = datasets.Dataset.from_dict(

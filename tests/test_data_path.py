@@ -12,10 +12,16 @@ from conftest import CIFAR10
 from PIL import Image
 
 from hf_recperc import RecPercAEConfig
-from hf_recperc.data import load_image_dataset, processor_transform
-from hf_recperc.pixel_store import decode_uint8, normalise_uint8, random_resized_crop_flip
+from hf_recperc.images import (
+    decode_uint8,
+    load_image_dataset,
+    normalise_uint8,
+    processor_transform,
+    random_resized_crop_flip,
+)
+from hf_recperc.images.datasets import StoredImages, collate_stored
+from hf_recperc.images.pipeline import DevicePipeline, build_datasets
 from hf_recperc.processing import image_processor_for
-from hf_recperc.training.datapath import DevicePipeline, StoredImages, build_datasets, collate_stored
 
 
 def processor_pixels(split, image_column, config):
@@ -161,7 +167,7 @@ def test_a_damaged_pixel_store_is_named_and_rebuilt(tmp_path, monkeypatch, caplo
     else:
         with open(path, "r+b") as file:
             file.write(b"garbage!")
-    with caplog.at_level(logging.WARNING, logger="hf_recperc.data"):
+    with caplog.at_level(logging.WARNING, logger="hf_recperc.images.decode"):
         again, where = decode_uint8(data.train, "image", 3, 8)
     assert where == f"decoded, cached at {path}"
     assert f"cache {path!r} is damaged" in caplog.text and "rebuild" in caplog.text
@@ -172,14 +178,14 @@ def test_a_damaged_pixel_store_is_named_and_rebuilt(tmp_path, monkeypatch, caplo
 
 def test_a_truncated_float_pixel_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
     """Trust 17: the experiments' float pixel cache (``images_to_array``) gets the same check as the uint8 store."""
-    from hf_recperc.data import images_to_array
+    from hf_recperc.images import images_to_array
 
     monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "cache"))
     data = _parquet_split(tmp_path / "train.parquet")
     expected = images_to_array(data.train, "image")
-    (path,) = (tmp_path / "cache" / "pixels").glob("*.npy")
+    (path,) = (tmp_path / "cache" / "uint8").glob("*.npy")
     os.truncate(path, path.stat().st_size - 64)
-    with caplog.at_level(logging.WARNING, logger="hf_recperc.data"):
+    with caplog.at_level(logging.WARNING, logger="hf_recperc.images.decode"):
         np.testing.assert_array_equal(images_to_array(data.train, "image"), expected)
     assert f"cache {str(path)!r} is damaged" in caplog.text
 

@@ -7,7 +7,7 @@ at the last evaluation equal the perception report's on the saved checkpoint and
 import pytest
 import torch
 
-from hf_recperc.data import load_image_dataset
+from hf_recperc.images import load_image_dataset
 from hf_recperc.integrations import PerceptionCallback, PerceptionMeasurement
 from hf_recperc.monitors import KNNMonitor, SubspaceProbeMonitor
 from hf_recperc.report import perception_report

@@ -12,7 +12,7 @@ from test_cards import make_results
 
 import hf_recperc.models as families_registry
 from hf_recperc.cards import render_model_card
-from hf_recperc.data import load_image_dataset
+from hf_recperc.images import load_image_dataset
 from hf_recperc.models import get_family, preset_for_data
 from hf_recperc.training import ModelArguments
 from hf_recperc.training.builders import build_model

@@ -187,7 +187,7 @@ def test_cifar10_reference_numbers():
     import evaluate
 
     import hf_recperc
-    from hf_recperc.data import images_to_array, load_image_dataset, paper_preprocessing
+    from hf_recperc.images import images_to_array, load_image_dataset, paper_preprocessing
 
     data = load_image_dataset(str(CIFAR10))
     train, test = paper_preprocessing(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi
 
-import hf_recperc.data
+import hf_recperc.images.sources
 from hf_recperc.commands import (
     alignment,
     compare_runs,
@@ -75,7 +75,7 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError("the command started its work before refusing the output folder")
 
-    monkeypatch.setattr(hf_recperc.data, "load_image_dataset", work)
+    monkeypatch.setattr(hf_recperc.images.sources, "load_image_dataset", work)
     monkeypatch.setattr("hf_recperc.report.run.load_backbone", work)
     monkeypatch.setattr("hf_recperc.commands.compare_runs.load_run", work)
 

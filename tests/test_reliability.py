@@ -28,7 +28,7 @@ def test_preset_follows_the_data_or_names_the_presets_that_fit(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from hf_recperc.data import load_image_dataset
+    from hf_recperc.images import load_image_dataset
 
     assert load_image_dataset().first_image_shape() == (1, 8, 8)
     images = [Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))] * 4
@@ -107,7 +107,7 @@ def _write_parquet(path, labels, label_feature):
 def test_negative_integer_labels_are_an_error(tmp_path):
     import datasets
 
-    from hf_recperc.data import load_image_dataset
+    from hf_recperc.images import load_image_dataset
 
     train = _write_parquet(tmp_path / "train.parquet", [0, 1, -1, 1, 0, 1], datasets.Value("int64"))
     valid = _write_parquet(tmp_path / "valid.parquet", [0, 1], datasets.Value("int64"))
@@ -127,7 +127,7 @@ def test_empty_directory_corrupt_image_and_missing_model_are_one_line_errors(tmp
     from PIL import Image
 
     from hf_recperc import RecPercAEConfig, image_processor_for
-    from hf_recperc.data import ProcessedImages, images_to_array, load_image_dataset, processor_transform
+    from hf_recperc.images import ProcessedImages, images_to_array, load_image_dataset, processor_transform
     from hf_recperc.validation import check_model_path
 
     (tmp_path / "empty").mkdir()
@@ -177,7 +177,7 @@ def test_empty_directory_corrupt_image_and_missing_model_are_one_line_errors(tmp
 def test_class_label_values_out_of_range_are_an_error(tmp_path):
     import datasets
 
-    from hf_recperc.data import load_image_dataset
+    from hf_recperc.images import load_image_dataset
 
     names = datasets.ClassLabel(names=["cat", "dog"])
     train = _write_parquet(tmp_path / "train.parquet", [0, 1, 1, 0], names)
@@ -195,7 +195,7 @@ def test_missing_local_path_or_uncached_offline_id_fails_at_once(tmp_path, monke
     import datasets
     import huggingface_hub.constants
 
-    from hf_recperc.data import load_image_dataset
+    from hf_recperc.images import load_image_dataset
 
     def no_network(*args, **kwargs):
         raise AssertionError(f"datasets.load_dataset{args} was called: it would go to the Hub")
@@ -227,7 +227,7 @@ def test_missing_local_path_or_uncached_offline_id_fails_at_once(tmp_path, monke
 def test_unsigned_integer_labels_are_accepted(tmp_path, dtype):
     import datasets
 
-    from hf_recperc.data import load_image_dataset
+    from hf_recperc.images import load_image_dataset
 
     train = _write_parquet(tmp_path / "train.parquet", [2, 0, 7, 2, 0, 7], datasets.Value(dtype))
     valid = _write_parquet(tmp_path / "valid.parquet", [7, 0], datasets.Value(dtype))
@@ -256,7 +256,7 @@ def test_import_is_light_and_auto_classes_still_find_our_models(tmp_path):
         "import hf_recperc.models\n"  # Citizen 11: importing the model package registers the families
         f"model = AutoModel.from_pretrained({str(tmp_path)!r})\n"
         "assert type(model) is hf_recperc.RecPercAEModel, type(model)\n"
-        "assert hf_recperc.data.DEFAULT_DATASET == 'digits'\n"  # submodules load on access too
+        "assert hf_recperc.images.DEFAULT_DATASET == 'digits'\n"  # submodules load on access too
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

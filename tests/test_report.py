@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hf_recperc.commands.report import main as report_main
-from hf_recperc.data import load_image_dataset
+from hf_recperc.images import load_image_dataset
 from hf_recperc.report import load_backbone, perception_report
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ import pytest
 from safetensors.torch import load_file
 
 from hf_recperc import RecPercAEConfig
+from hf_recperc.images import StreamedImages, load_stream
 from hf_recperc.training import find_checkpoint
-from hf_recperc.training.streaming import StreamedImages, load_stream
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
@@ -134,7 +134,7 @@ def test_loader_workers_with_streaming_are_logged_not_silently_ignored(small_par
     the main process (its position is the trainer state's), and a warning says so and what the workers do."""
     import logging
 
-    from hf_recperc.training.loaders import training_data
+    from hf_recperc.images.pipeline import training_data
 
     data = stream(small_parquet).data
     config = RecPercAEConfig.preset("cifar-conv-small")
@@ -145,7 +145,7 @@ def test_loader_workers_with_streaming_are_logged_not_silently_ignored(small_par
     )  # fmt: skip
     accelerator = SimpleNamespace(process_index=0, num_processes=1, is_main_process=True)
     options = {"num_workers": workers, "pin_memory": False}
-    with caplog.at_level(logging.WARNING, logger="hf_recperc.training.loaders"):
+    with caplog.at_level(logging.WARNING, logger="hf_recperc.images.pipeline"):
         built = training_data(data, config, None, data_args, args, accelerator, options)
     assert len(built[2]) == 10 and len(built[3]) == 300 // 16
     warned = f"dataloader_num_workers={workers}: with --streaming the training stream is read and decoded in the main"

@@ -375,7 +375,7 @@ def test_invalid_inputs_name_the_argument(call, match):
 def cifar10_theory():
     if not (CIFAR10 / "train.parquet").exists():
         pytest.skip(f"CIFAR-10 parquet files not found at {CIFAR10} (see ../shared/data/cifar10/README.md)")
-    from hf_recperc.data import images_to_array, load_image_dataset, paper_preprocessing
+    from hf_recperc.images import images_to_array, load_image_dataset, paper_preprocessing
 
     data = load_image_dataset(str(CIFAR10), max_train_samples=2000)
     images = images_to_array(data.train, data.image_column)  # (2000, 3, 32, 32)

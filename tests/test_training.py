@@ -264,7 +264,7 @@ def test_saved_model_loads_with_auto_classes(tiny_run):
     processor = AutoImageProcessor.from_pretrained(output_dir)
     assert model.config.guidance == 0.01 and model.config.corruption == "gaussian:0.1"
     pixel_values = processor(
-        hf_recperc.data.load_image_dataset(max_eval_samples=4).validation[:4]["image"], return_tensors="pt"
+        hf_recperc.images.load_image_dataset(max_eval_samples=4).validation[:4]["image"], return_tensors="pt"
     )["pixel_values"]
     trained = RecPercAEForPreTraining.from_pretrained(output_dir).eval()
     with torch.no_grad():

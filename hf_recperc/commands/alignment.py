@@ -31,8 +31,8 @@ import numpy as np
 
 from ..cli import DataArguments, parse_arguments
 from ..corruption import GaussianNoise, Masking, parse_corruption
-from ..data import images_to_array, paper_preprocessing
 from ..findings import noise_verdict
+from ..images import images_to_array, paper_preprocessing
 from ..plotting import plot_curve_panels
 from ..publish import OutputDirectory, Outputs, json_marker, write_json
 from ..theory import alignment_study, check_theory_memory, theory_memory

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..data import ImageData
+from ..images import ImageData
 from ..monitors import DEFAULT_SUBSPACES, Monitor, layer_feature, runner
 from ..report.extract import load_backbone
 from ..report.run import (
@@ -60,8 +60,8 @@ class PerceptionMeasurement:
     """Monitors over a labelled image data set, run on a model's features whenever called.
 
     Args:
-        data: anything :func:`hf_recperc.data.load_image_dataset` accepts (``None`` = digits) or an
-            :class:`~hf_recperc.data.ImageData`: its train split fits the probes and fills the kNN bank, its
+        data: anything :func:`hf_recperc.images.load_image_dataset` accepts (``None`` = digits) or an
+            :class:`~hf_recperc.images.ImageData`: its train split fits the probes and fills the kNN bank, its
             validation split is scored.
         monitors: names among ``subspace``, ``knn``, ``spectrum`` (built per feature by the report's
             ``build_monitors``; keys ``layers/<feature>/...``, as in ``report.json``), or :class:`Monitor`

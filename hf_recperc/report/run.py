@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from ..data import ImageData, ProcessedImages, load_image_dataset, processor_transform, split_conflict
 from ..findings import (
     MIN_ROWS,
     Evidence,
@@ -38,6 +37,7 @@ from ..findings import (
     compare_subspaces,
     subspace_finding,
 )
+from ..images import ImageData, ProcessedImages, load_image_dataset, processor_transform, split_conflict
 from ..monitors import (
     DEFAULT_SUBSPACES,
     EVAL,
@@ -490,8 +490,8 @@ def perception_report(
     Args:
         model: a Hub id or local directory of a transformers vision model (ours included), ``timm:<name>``,
             ``hf-hub:timm/<name>``, a ``timm.models.save_for_hf`` directory, or a built ``nn.Module``.
-        dataset: anything :func:`hf_recperc.data.load_image_dataset` accepts (``None`` = digits), or an
-            :class:`~hf_recperc.data.ImageData`; its train split fits the probes / fills the kNN bank, its
+        dataset: anything :func:`hf_recperc.images.load_image_dataset` accepts (``None`` = digits), or an
+            :class:`~hf_recperc.images.ImageData`; its train split fits the probes / fills the kNN bank, its
             validation split is scored. For one of our checkpoints (a directory with the run's ``results.json``) a
             validation split carved out of train uses the run's seed and fraction, so that no training image of the
             model is scored; other values on the run's own rows are refused.
@@ -510,7 +510,7 @@ def perception_report(
         max_train_samples, max_eval_samples: keep the first N rows of each split (when ``dataset`` is loaded here).
         curves: compute the accuracy-vs-number-of-components curves of the last layer.
         figures: draw the figures (when ``output_dir`` is given).
-        data_kwargs: more keyword arguments of :func:`~hf_recperc.data.load_image_dataset` (``seed`` and
+        data_kwargs: more keyword arguments of :func:`~hf_recperc.images.load_image_dataset` (``seed`` and
             ``train_val_split`` default to the model's run's, see ``dataset``; ``None`` values are dropped).
         progress: show a progress bar per split during extraction (log lines above it).
         monitor_settings: more settings of registered monitors by name (what their ``MonitorContext.settings``

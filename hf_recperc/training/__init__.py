@@ -4,7 +4,7 @@
 * :mod:`.state`: :class:`TrainerState`, what a checkpoint adds to the model and optimiser state;
 * :mod:`.checkpoint_files`: a checkpoint's files, written and read without pickle;
 * :mod:`.checkpointing`: checkpoints, resume, atomic JSON and publishing;
-* :mod:`.builders`: model, sampler, optimiser and monitors from the arguments;
+* :mod:`.builders`: model, optimiser and monitors from the arguments (the sampler: :mod:`hf_recperc.images.pipeline`);
 * :mod:`.loop`: :class:`PretrainingRun` and :func:`train`;
 * :mod:`.figures`: every training figure (PNG files and TensorBoard images).
 
@@ -23,7 +23,7 @@ _EXPORTS = {
     "parse_config_overrides": "arguments",
     "build_model": "builders",
     "build_monitors": "builders",
-    "EpochShuffleSampler": "builders",
+    "EpochShuffleSampler": ".images.pipeline",  # the data order lives with the loaders
     "find_checkpoint": "checkpointing",
     "write_json_atomic": "checkpointing",
     "NonFiniteLossError": "loop",

@@ -57,6 +57,13 @@ class DataArguments(SharedDataArguments):
             "training device (false: the image processor per batch, decoding every epoch)."
         },
     )
+    decode_device: str = field(
+        default="cpu",
+        metadata={
+            "help": "Where the uint8 store's JPEGs are decoded: 'cpu' (libjpeg-turbo) or 'cuda' (nvJPEG batches, "
+            "where a CUDA GPU is present)."
+        },
+    )
     random_resized_crop: float | None = field(
         default=None,
         metadata={
@@ -89,6 +96,10 @@ class DataArguments(SharedDataArguments):
             raise ValueError(
                 f"random_crop_padding: expected an integer >= 0, got {self.random_crop_padding!r}"
             )
+        if self.decode_device != "cpu":  # only then torch: --help and argument checks stay light
+            from ..images.decode import check_decode_device  # noqa: PLC0415
+
+            check_decode_device(self.decode_device)
         if not isinstance(self.dataloader_num_workers, int) or self.dataloader_num_workers < 0:
             raise ValueError(
                 f"dataloader_num_workers: expected an integer >= 0, got {self.dataloader_num_workers!r}"

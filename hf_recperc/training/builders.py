@@ -6,12 +6,11 @@ import hashlib
 import logging
 import math
 import struct
-from collections.abc import Iterator
 
-import numpy as np
 import torch
 
-from ..data import ImageData
+from ..images.datasets import LabelEncoder
+from ..images.sources import ImageData
 from ..models import preset_for_data
 from ..models.ae.configuration_recperc import check_config_overrides
 from ..monitors import Monitor, MonitorContext, SpectralBands
@@ -22,8 +21,6 @@ from .arguments import ModelArguments, PretrainingArguments, model_family, parse
 __all__ = [
     "build_model",
     "resolve_preset",
-    "EpochShuffleSampler",
-    "derived_seed",
     "step_seed",
     "seed_global_generators",
     "build_optimizer",
@@ -48,11 +45,8 @@ def build_model(model_args: ModelArguments, data: ImageData, preset: str | None 
         overrides["guidance"] = model_args.guidance
     if model_args.corruption is not None and family.corruption_field is not None:
         overrides[family.corruption_field] = model_args.corruption
-    labels = {
-        "num_labels": data.num_labels,
-        "id2label": dict(enumerate(data.label_names)),
-        "label2id": {name: index for index, name in enumerate(data.label_names)},
-    }
+    encoder = LabelEncoder(data.label_names)
+    labels = {"num_labels": data.num_labels, "id2label": encoder.id2label, "label2id": encoder.label2id}
     check_config_overrides(config_class, overrides)  # a typo is an error naming the closest field
     preset = preset or resolve_preset(model_args, data)  # given: resolved once by the run
     try:
@@ -82,13 +76,6 @@ def resolve_preset(model_args: ModelArguments, data: ImageData) -> str | None:
     num_channels, height, width = data.first_image_shape()
     image_size = parse_config_overrides(model_args.config_overrides).get("image_size", max(height, width))
     return preset_for_data(model_args.model_family, image_size, num_channels)
-
-
-def derived_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys, without the collisions of ``seed + epoch`` (seed 1 epoch 0 = seed 0 epoch 1)."""
-    return int(
-        np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)
-    )
 
 
 def step_seed(seed: int, micro_batch: int, process: int) -> int:
@@ -128,29 +115,6 @@ def optimizer_update(accelerator, model, optimizer, scheduler, max_grad_norm: fl
     if not accelerator.optimizer_step_was_skipped:
         scheduler.step()
     inner.zero_grad(set_to_none=True)
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """A random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
-
-    Every process draws the same permutation (accelerate then shards the batches), and a resumed run draws the
-    epoch's permutation again from scratch: no generator state has to survive a restart.
-    """
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
 
 def shard_loader(dataset, rows: range, process_index: int, num_processes: int, batch_size: int, **kwargs):

@@ -76,7 +76,7 @@ def final_figures(
 ) -> dict:
     """``{"reconstructions": figure}`` of the first ``count`` validation images, read through the run's data path
     (``pipeline.evaluation`` of a batch of ``eval_set``) exactly as the evaluation reads them."""
-    from .datapath import collate_stored  # noqa: PLC0415
+    from ..images.datasets import collate_stored  # noqa: PLC0415
 
     rows = torch.utils.data.Subset(eval_set, range(min(count, len(eval_set))))
     loader = torch.utils.data.DataLoader(rows, batch_size=len(rows), collate_fn=collate_stored)

@@ -33,6 +33,9 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 from ..distributed import run_on_main_process
+from ..images.datasets import collate_stored
+from ..images.pipeline import DevicePipeline, derived_seed, training_data
+from ..images.sources import load_stream
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
 from ..results import TRAIN_LOSSES, RunResults, train_key
@@ -42,7 +45,6 @@ from .builders import (
     build_monitors,
     build_optimizer,
     build_schedule,
-    derived_seed,
     optimizer_update,
     resolve_preset,
     seed_global_generators,
@@ -58,17 +60,14 @@ from .checkpointing import (
     save_checkpoint,
     write_json_atomic,
 )
-from .datapath import DevicePipeline, collate_stored
 from .environment import check_process_group, no_accelerator_device, run_results, tracker_config
 from .evaluation import run_monitors, summary
 from .figures import final_figures, history_figures, log_figures, write_figures
 from .guard import NonFiniteGuard, NonFiniteLossError, fused_available
-from .loaders import training_data
 from .output_dir import OutputDirectory
 from .sharding import full_parameters
 from .spectrum_cache import cached_pixel_spectrum, spectrum_key
 from .state import TRAINER_STATE, DeviceLossSums, PhaseTimer, TrainerState
-from .streaming import load_stream
 
 __all__ = ["PretrainingRun", "NonFiniteLossError", "RunStopped", "train"]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ..data import cache_root
+from ..images.decode import cache_root
 from ..monitors import SpectralBands, gather_rows
 from ..publish.atomic import prepare_cache_dir, save_torch
 from ..spectral import PCA, SecondMoments

@@ -1,0 +1,187 @@
+"""Normalisation and random augmentation of image batches, batched on the batch's device.
+
+Random augmentation never runs per image in a loader worker: it runs on the batch tensor with an explicit
+generator, so that a run resumed from a checkpoint replays exactly the same crops and flips whatever the number of
+data-loader workers (docs/design.md, "Data flow").
+
+* :func:`normalise_uint8`: the image processor's rescale + normalise of stored uint8 batches;
+* :func:`random_crop_flip`: the CIFAR recipe (pad, crop, flip);
+* :func:`random_resized_crop_flip`: MAE's ``RandomResizedCrop`` + flip;
+* :func:`paper_preprocessing`: docs/science.md section 2's per-image normalisation of pixel arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["normalise_uint8", "random_crop_flip", "random_resized_crop_flip", "paper_preprocessing"]
+
+
+def normalise_uint8(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The image processor's fused rescale + normalise on a batch, on its device.
+
+    Args:
+        pixels (`torch.ByteTensor` of shape `(batch_size, num_channels, height, width)`): stored images.
+        mean, std (`torch.FloatTensor` of shape `(num_channels,)`): ``255 * image_mean`` and ``255 * image_std``
+            (the processor folds the 1/255 rescale into them), on the same device.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`.
+    """
+    # In place on the one float copy: the same arithmetic as (x - mean) / std, without two more temporaries.
+    return pixels.float().sub_(mean[:, None, None]).div_(std[:, None, None])
+
+
+def random_resized_crop_flip(
+    pixel_values: torch.Tensor,
+    *,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``RandomResizedCrop`` + horizontal flip (MAE's training augmentation), batched, one draw per image.
+
+    Each image gets a box of area ``a * H * W`` with ``a ~ U(scale)`` and aspect ratio ``r`` log-uniform in
+    ``ratio``, at a uniform position, resized back to ``H x W`` by bilinear sampling (``grid_sample``). Unlike
+    torchvision's rejection loop (10 tries, then a centre crop), a box that does not fit is shrunk to fit: the
+    same distribution wherever the box fits, with no per-image Python loop.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`).
+        scale, ratio: as torchvision's ``RandomResizedCrop``.
+        flip: mirror left-right with probability 1/2.
+        generator: source of randomness, on ``pixel_values``' device.
+
+    Returns:
+        `torch.FloatTensor` of the same shape.
+    """
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values: expected (B, C, H, W), got {tuple(pixel_values.shape)}")
+    if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"scale {scale} / ratio {ratio}: expected 0 < lo <= hi (<= 1 for scale)")
+    batch, _, height, width = pixel_values.shape
+    device, dtype = pixel_values.device, pixel_values.dtype
+    draws = torch.rand(batch, 5, generator=generator, device=device, dtype=torch.float32)  # (B, 5)
+    area = scale[0] + (scale[1] - scale[0]) * draws[:, 0]
+    log_ratio = np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * draws[:, 1]
+    aspect = torch.exp(log_ratio)  # width / height of the box, in pixels
+    box_w = torch.sqrt(area * aspect * width / height).clamp(max=1.0)  # fractions of the image's side
+    box_h = torch.sqrt(area / aspect * height / width).clamp(max=1.0)
+    centre_x = (2 * draws[:, 2] - 1) * (1 - box_w)  # in [-1, 1] coordinates, the box stays inside
+    centre_y = (2 * draws[:, 3] - 1) * (1 - box_h)
+    sign = torch.where(draws[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones_like(box_w)
+    theta = torch.zeros(batch, 2, 3, device=device, dtype=torch.float32)
+    theta[:, 0, 0], theta[:, 0, 2] = box_w * sign, centre_x
+    theta[:, 1, 1], theta[:, 1, 2] = box_h, centre_y
+    grid = torch.nn.functional.affine_grid(theta, [batch, 1, height, width], align_corners=False)
+    sampled = torch.nn.functional.grid_sample(
+        pixel_values.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return sampled.to(dtype)
+
+
+_PADDING_MODES = {"reflect": "reflect", "zeros": "constant"}
+
+
+def random_crop_flip(
+    pixel_values: torch.Tensor,
+    *,
+    padding: int = 0,
+    flip: bool = False,
+    generator: torch.Generator | None = None,
+    padding_mode: str = "reflect",
+) -> torch.Tensor:
+    """Random crop (after padding) and random horizontal flip of a batch, one draw per image.
+
+    The CIFAR recipe: pad each side by ``padding`` pixels, crop back to the original size at a uniformly
+    random offset, and mirror left-right with probability 1/2. ``padding_mode="reflect"`` (the default,
+    used for pre-training) mirrors the border; ``"zeros"`` fills with 0, the E2 recipe for projected images
+    (docs/science.md, E2), which are centred so that 0 is the data's mean value. The random numbers are
+    drawn on ``generator``'s device (CPU or the batch's) and moved to the batch, so a CPU generator keeps a
+    run reproducible on any device.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): images.
+        padding: pixels of padding per side; 0 disables cropping.
+        flip: whether to flip half of the images horizontally.
+        generator: source of randomness (default: torch's global generator).
+        padding_mode: ``"reflect"`` or ``"zeros"``.
+
+    Returns:
+        `torch.FloatTensor` of the same shape, on the batch's device.
+    """
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise ValueError(f"padding: expected an integer >= 0, got {padding!r}")
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"padding_mode: expected one of {sorted(_PADDING_MODES)}, got {padding_mode!r}")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values: expected (batch_size, num_channels, height, width), got {tuple(pixel_values.shape)}"
+        )
+    batch_size, _, height, width = pixel_values.shape
+    draw_device = generator.device if generator is not None else pixel_values.device
+    if padding > 0:
+        if padding_mode == "reflect" and padding >= min(height, width):
+            raise ValueError(
+                f"padding: {padding} must be smaller than the image size {height}x{width} (reflect padding)"
+            )
+        top = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator, device=draw_device)
+        left = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator, device=draw_device)
+        offsets = torch.stack([top, left])  # (2, B)
+        padded = torch.nn.functional.pad(pixel_values, (padding,) * 4, mode=_PADDING_MODES[padding_mode])
+        pixel_values = _crop_windows(padded, offsets.to(pixel_values.device), height, width)
+    if flip:
+        flipped = (torch.rand(batch_size, generator=generator, device=draw_device) < 0.5).to(
+            pixel_values.device
+        )
+        pixel_values = torch.where(flipped[:, None, None, None], pixel_values.flip(-1), pixel_values)
+    return pixel_values
+
+
+def _crop_windows(padded: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """One ``height x width`` window per image of ``padded`` `(B, C, H+2p, W+2p)` whose top-left corners are
+    ``offsets`` `(2, B)` (rows, then columns); returns `(B, C, H, W)`."""
+    if padded.device.type == "cpu":
+        # A slice per image: on CPU this is 2-3x faster than one advanced-indexing gather of all windows.
+        return _slice_windows(padded, offsets, height, width)
+    return _gather_windows(padded, offsets, height, width)
+
+
+def _slice_windows(padded: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    corners = offsets.T.tolist()  # (B, 2)
+    return torch.stack(
+        [padded[i, :, top : top + height, left : left + width] for i, (top, left) in enumerate(corners)]
+    )
+
+
+def _gather_windows(padded: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    # One advanced-indexing gather: no per-image Python loop, no host sync on accelerators.
+    device = padded.device
+    rows = (offsets[0][:, None] + torch.arange(height, device=device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (offsets[1][:, None] + torch.arange(width, device=device))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(padded.shape[0], device=device)[:, None, None, None]
+    channels = torch.arange(padded.shape[1], device=device)[None, :, None, None]
+    return padded[batch, channels, rows, cols]  # (B, C, H, W)
+
+
+def paper_preprocessing(train: np.ndarray, *others: np.ndarray, eps: float = 1e-6):
+    """docs/science.md section 2: divide each image by its own pixel std (+eps), subtract the train mean image.
+
+    Args:
+        train: images of shape `(N, ...)` (any trailing shape); the mean is taken over this split.
+        others: further splits of the same trailing shape (e.g. test), normalised with the train mean.
+
+    Returns:
+        Flattened float32 arrays of shape `(N, D)`, one per input, in the order given.
+    """
+
+    def per_image(x: np.ndarray) -> np.ndarray:
+        flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        return flat / (flat.std(axis=1, keepdims=True, dtype=np.float64).astype(np.float32) + eps)
+
+    scaled_train = per_image(train)
+    mean = scaled_train.mean(axis=0, dtype=np.float64).astype(np.float32)
+    results = [scaled_train - mean] + [per_image(x) - mean for x in others]
+    return results[0] if not others else tuple(results)

@@ -1,0 +1,258 @@
+"""From sources to model inputs: the datasets of a run, their loaders and samplers, and the device pipeline.
+
+Two paths, one interface (:class:`DevicePipeline`):
+
+* ``--pixel_store`` (default): images decoded once into a uint8 store (:mod:`hf_recperc.images.store`); a loader
+  batch is ``{"pixels": uint8 (B, C, S, S), "labels"}`` gathered from the memory-mapped array, and the pipeline
+  normalises (and augments) it on the training device;
+* ``--pixel_store false``: the image processor per batch (:class:`~hf_recperc.images.datasets.ProcessedImages`),
+  for an image processor the store does not reproduce; the loader yields normalised ``pixel_values`` and the
+  pipeline only augments;
+* ``--streaming``: this process's batches of a shuffled stream
+  (:class:`~hf_recperc.images.datasets.StreamedImages`), uint8 like the store.
+
+Random augmentation always runs on the batch tensor with the step's generator (never in a loader worker), so a
+resumed run replays exactly the same crops and flips (:mod:`hf_recperc.images.augment`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .augment import normalise_uint8, random_crop_flip, random_resized_crop_flip
+from .datasets import (
+    ProcessedImages,
+    StoredImages,
+    StreamedImages,
+    materialise,
+    processor_transform,
+    split_labels,
+)
+from .decode import cache_key
+from .sources import ImageData, StreamData
+from .store import decode_uint8
+
+__all__ = [
+    "derived_seed",
+    "EpochShuffleSampler",
+    "build_datasets",
+    "stream_datasets",
+    "training_data",
+    "check_monitor_rows",
+    "PROBE_MONITORS",
+    "DevicePipeline",
+]
+
+logger = logging.getLogger(__name__)
+# The monitors that fit a linear probe on the training rows: a probe separates classes, so it needs two at least.
+PROBE_MONITORS = ("subspace", "layers")
+
+
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys, without the collisions of ``seed + epoch`` (seed 1 epoch 0 = seed 0 epoch 1)."""
+    return int(
+        np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)
+    )
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
+
+    Every process draws the same permutation (accelerate then shards the batches), and a resumed run draws the
+    epoch's permutation again from scratch: no generator state has to survive a restart.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+def build_datasets(
+    data: ImageData, config, image_processor, use_store: bool, cache: bool = True, decode_device: str = "cpu"
+):
+    """The training and validation datasets of either path, and a log phrase saying which path is used
+    (``decode_device``: where the store's JPEGs are decoded, :func:`hf_recperc.images.decode.decode_batch`).
+
+    Returns:
+        ``(train, validation, description)``; the datasets yield ``{"pixels", "labels"}`` (store) or
+        ``{"pixel_values", "labels"}`` (processor).
+    """
+    splits = (data.train, data.validation)
+    if not use_store:
+        transform = processor_transform(
+            image_processor, data.image_column, data.label_column, config.num_channels, data.label_names
+        )
+        description = "data path: image processor per batch (PIL decode every epoch)"
+        # Decoded by us row by row (ProcessedImages), so an unreadable image names its row and file.
+        train, validation = (ProcessedImages(split, transform, data.image_column) for split in splits)
+        return train, validation, description
+    built, where = [], []
+    for split in splits:
+        shape = (config.num_channels, config.image_size)
+        pixels, phrase = decode_uint8(split, data.image_column, *shape, cache, decode_device=decode_device)
+        key = cache_key(split, data.image_column, *shape, decode_device) if cache else None
+        built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
+        where.append(phrase)
+    description = (
+        f"data path: uint8 pixel store (train {where[0]}; validation {where[1]}), normalised and augmented "
+        "batched on the training device"
+    )
+    return built[0], built[1], description
+
+
+def stream_datasets(data: StreamData, config, args, accelerator, buffer_size: int):
+    """``(train, probe, validation)`` of a streamed run: this process's :class:`StreamedImages` and the monitors'
+    materialised stores (the first rows of the unshuffled training stream and of the validation stream)."""
+    probe = materialise(data, "train", args.probe_max_train_samples, config)
+    validation = materialise(data, "validation", args.monitor_max_eval_samples or None, config)
+    train = StreamedImages(
+        data, config, args.per_device_train_batch_size, args.seed, buffer_size,
+        accelerator.process_index, accelerator.num_processes,
+    )  # fmt: skip
+    return train, probe, validation
+
+
+def training_data(data, config, image_processor, data_args, args, accelerator, options: dict):
+    """The datasets and the training loader of a run.
+
+    Args:
+        data: :class:`~hf_recperc.images.sources.ImageData`, or :class:`~hf_recperc.images.sources.StreamData` with
+            ``--streaming``.
+        options: ``DataLoader`` keyword arguments (workers, pinned memory, ``collate_fn``).
+
+    Returns:
+        ``(train, probe, validation, train_loader, sampler, description)``: the datasets the training loader and
+        the monitors read (``probe`` is ``train`` for a map-style split, materialised first rows for a stream), the
+        :class:`EpochShuffleSampler` (``None`` for a stream, whose order is the shuffled stream's) and a log line
+        naming the data path.
+    """
+    if data_args.streaming:
+        train, probe, validation = stream_datasets(
+            data, config, args, accelerator, data_args.shuffle_buffer_size
+        )
+        check_monitor_rows(data, probe.labels, len(validation), args, accelerator.num_processes)
+        # One stream per process, iterated in the main process (its position is the trainer state's). Loader
+        # workers would each get a share of the stream's files from datasets (and their own shuffle): not the order.
+        loader = torch.utils.data.DataLoader(train, batch_size=None, pin_memory=options["pin_memory"])
+        if data_args.dataloader_num_workers and accelerator.is_main_process:
+            logger.warning(
+                f"dataloader_num_workers={data_args.dataloader_num_workers}: with --streaming the training stream is "
+                "read and decoded in the main process; the workers load the monitors' materialised rows only"
+            )
+        description = f"data path: stream of {data.source}, shuffle buffer {data_args.shuffle_buffer_size}"
+        return train, probe, validation, loader, None, description
+    # Before any decoding: the labels are one columnar read, the decoded store can take minutes.
+    probe_rows = min(len(data.train), args.probe_max_train_samples or len(data.train))
+    probe_labels = split_labels(data.train.select(range(probe_rows)), data.label_column, data.label_names)
+    check_monitor_rows(data, probe_labels, len(data.validation), args, accelerator.num_processes)
+    with accelerator.main_process_first():  # one process decodes and caches, the others read the cache
+        train, validation, description = build_datasets(
+            data, config, image_processor, data_args.pixel_store, decode_device=data_args.decode_device
+        )
+    sampler = EpochShuffleSampler(len(train), args.seed)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, **options
+    )  # full batches only: BatchNorm
+    return train, train, validation, loader, sampler, description
+
+
+def check_monitor_rows(data, probe_labels: np.ndarray, num_validation: int, args, num_processes: int) -> None:
+    """Refuse, before training, what would make the first evaluation fail (it used to, after the first steps).
+
+    Args:
+        data: the run's :class:`~hf_recperc.images.sources.ImageData` or stream (label column, class names, source).
+        probe_labels: `(N,)` class ids of the training rows the monitors fit on (the first
+            ``--probe_max_train_samples``).
+        num_validation: rows of the validation split (of the materialised subset, for a stream).
+        args: the :class:`~hf_recperc.training.arguments.PretrainingArguments` (monitors, row caps).
+        num_processes: every process fits and scores its own shard, so each needs one row at least.
+
+    Raises:
+        ValueError: naming ``label_column`` when a probe monitor would fit on fewer than two classes, or
+            ``monitor_max_eval_samples`` / ``probe_max_train_samples`` when a process would get no row.
+    """
+    probes = [name for name in args.monitors if name in PROBE_MONITORS]
+    classes = np.unique(probe_labels)
+    if probes and classes.size < 2:
+        names = [data.label_names[i] for i in classes.tolist()]
+        raise ValueError(
+            f"label_column: {data.label_column!r} of {data.source!r} holds {classes.size} class(es) {names} in "
+            f"the {len(probe_labels)} training rows the probes fit on (the first --probe_max_train_samples rows); "
+            f"the {' and '.join(probes)} monitors fit a linear probe, which needs at least 2 classes: use data "
+            "with two classes or more, raise --probe_max_train_samples if the rows are sorted by class, or leave "
+            f"{' and '.join(probes)} out of --monitors"
+        )
+    num_eval = min(num_validation, args.monitor_max_eval_samples or num_validation)
+    for argument, rows, split in (
+        ("probe_max_train_samples", len(probe_labels), "training"),
+        ("monitor_max_eval_samples", num_eval, "validation"),
+    ):
+        if rows < num_processes:
+            raise ValueError(
+                f"{argument}: the monitors would read {rows} {split} row(s) over {num_processes} process(es); "
+                f"every process needs one row at least (use more {split} rows or fewer processes)"
+            )
+
+
+class DevicePipeline:
+    """Loader batch -> model inputs on the training device: normalisation (store path) and augmentation.
+
+    Args:
+        config: the model configuration (``image_mean``, ``image_std``).
+        device: the training device.
+        crop_padding, flip: CIFAR augmentation (:func:`hf_recperc.images.augment.random_crop_flip`).
+        resized_crop_scale: ``(lo, hi)`` turns on MAE's ``RandomResizedCrop`` (+ flip when ``flip``) instead.
+        channels_last: hand conv models NHWC tensors (faster convolutions on most back ends).
+    """
+
+    def __init__(
+        self, config, device, crop_padding=0, flip=False, resized_crop_scale=None, channels_last=False
+    ):
+        self.device = torch.device(device)
+        self.mean = torch.tensor(config.image_mean, dtype=torch.float32, device=self.device) * 255.0
+        self.std = torch.tensor(config.image_std, dtype=torch.float32, device=self.device) * 255.0
+        self.crop_padding, self.flip = crop_padding, flip
+        self.resized_crop_scale = resized_crop_scale
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def pixel_values(self, batch: dict) -> torch.Tensor:
+        """`(B, C, S, S)` float pixel values of a loader batch (either path), on the device, not augmented."""
+        if "pixels" in batch:
+            pixels = batch["pixels"].to(self.device, non_blocking=True)
+            return normalise_uint8(pixels, self.mean, self.std)
+        return batch["pixel_values"].to(self.device, non_blocking=True)
+
+    def evaluation(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``{"pixel_values", "labels"}`` for the monitors: normalised, never augmented."""
+        return {
+            "pixel_values": self.pixel_values(batch).contiguous(memory_format=self.memory_format),
+            "labels": batch["labels"].to(self.device, non_blocking=True),
+        }
+
+    def training(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Normalised and augmented `(B, C, S, S)` pixel values; every draw comes from ``generator``."""
+        pixel_values = self.pixel_values(batch)
+        if self.resized_crop_scale is not None:
+            pixel_values = random_resized_crop_flip(
+                pixel_values, scale=self.resized_crop_scale, flip=self.flip, generator=generator
+            )
+        elif self.crop_padding or self.flip:
+            pixel_values = random_crop_flip(
+                pixel_values, padding=self.crop_padding, flip=self.flip, generator=generator
+            )
+        return pixel_values.contiguous(memory_format=self.memory_format)

@@ -1,0 +1,137 @@
+"""Images decoded once into a uint8 store, and the float view of it that the pixel-space tools read.
+
+The training loop's fast data path (``--pixel_store``, the default). Decoding a PNG/JPEG with PIL and running the
+image processor per batch costs more than a small model's step on a CPU (issue 11: ~30 ms per batch of 64 CIFAR
+images); it also repeats every epoch. Here each image is decoded once into a `(N, C, S, S)` uint8 array, written as
+``.npy`` beside the experiments' float pixel cache (``~/.cache/hf_recperc/uint8/``, or ``HF_RECPERC_CACHE``) and
+memory-mapped by every later run; what remains per batch (to float, normalise, augment) runs batched on the training
+device (:mod:`hf_recperc.images.augment`). :func:`images_to_array` is the same store seen as float32 in ``[0, 1]``,
+for the pixel-space tools (PCA, probes, linear theory, E2 projections).
+
+The values are those of the model's image processor (a transformers ``ViTImageProcessor``, torchvision backend),
+to float tolerance: it converts each image to a uint8 tensor, resizes it to ``S x S`` with torchvision's antialiased
+bilinear resize (a uint8 result), and normalises with ``(x - 255 * mean) / (255 * std)``. We run the same resize on
+the same uint8 tensor once at decode time, so images of mixed sizes are handled too, and :func:`normalise_uint8`
+does the same arithmetic on the device
+(:func:`hf_recperc.images.augment.normalise_uint8`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import datasets
+import numpy as np
+
+from .decode import (
+    GRAY_MODES,
+    cache_file,
+    cache_key,
+    decode_batch,
+    decode_image,
+    load_cached_array,
+    undecoded,
+    write_cached_array,
+)
+
+__all__ = ["decode_uint8", "images_to_array"]
+
+logger = logging.getLogger(__name__)
+
+
+def _decode(
+    dataset: datasets.Dataset,
+    image_column: str,
+    num_channels: int,
+    image_size: int | None,
+    decode_device: str = "cpu",
+) -> np.ndarray:
+    """Every image of ``dataset`` -> `(N, C, S, S)` uint8; with ``image_size=None`` every image must have the first
+    image's size."""
+    # Decoded row by row by us: a corrupt file fails naming its row and file (decode.decode_image).
+    split, decoder = undecoded(dataset, image_column)
+    array, resized = None, 0
+    for start in range(0, len(dataset), 1024):
+        values = split[start : start + 1024][image_column]
+        rows = range(start, start + len(values))
+        decoded = decode_batch(values, rows, image_column, num_channels, image_size, decoder, decode_device)
+        for row, (pixels, was_resized) in zip(rows, decoded):
+            if array is None:
+                array = np.empty((len(dataset), *pixels.shape), dtype=np.uint8)
+            elif pixels.shape != array.shape[1:]:
+                raise ValueError(
+                    f"dataset: image {row} is {pixels.shape[2]}x{pixels.shape[1]} but the first is "
+                    f"{array.shape[3]}x{array.shape[2]}; pass image_size (--image_size N) to resize every image"
+                )
+            array[row] = pixels
+            resized += was_resized
+    if resized:
+        logger.info(f"pixel store: resized {resized} of {len(dataset)} images to {image_size}x{image_size}")
+    return array
+
+
+def decode_uint8(
+    dataset: datasets.Dataset,
+    image_column: str,
+    num_channels: int,
+    image_size: int | None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    decode_device: str = "cpu",
+) -> tuple[np.ndarray, str]:
+    """Decode every image of a split once, to the model's channel count and size.
+
+    Args:
+        dataset: a split with a PIL image column (``datasets.Image`` feature).
+        image_column: its name.
+        num_channels: 1 (``L``) or 3 (``RGB``).
+        image_size: the side ``S`` every image is resized to (only images of another size are resized); ``None``
+            keeps the images' own size, which must then be the same for all.
+        cache: read and write the on-disk store (data sets loaded from files only).
+        cache_dir: the cache's root (default: :func:`hf_recperc.images.decode.cache_root`).
+        decode_device: ``"cuda"`` decodes the JPEGs with nvJPEG (:func:`hf_recperc.images.decode.decode_batch`).
+
+    Returns:
+        ``(pixels, where)``: a `(N, C, S, S)` uint8 array (memory-mapped when cached) and a phrase for the log
+        (``"cached at ..."``, ``"decoded, cached at ..."`` or ``"decoded in memory"``).
+    """
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels: images convert to 1 (L) or 3 (RGB) channels, got {num_channels!r}")
+    if len(dataset) == 0:
+        raise ValueError("dataset: the split is empty")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size: expected a positive integer or None, got {image_size!r}")
+    key = cache_key(dataset, image_column, num_channels, image_size, decode_device) if cache else None
+    path = cache_file(key, cache_dir)
+    if path is None:
+        return _decode(dataset, image_column, num_channels, image_size, decode_device), "decoded in memory"
+    pixels = load_cached_array(path, np.uint8, (len(dataset), num_channels, image_size, image_size))
+    if pixels is not None:
+        return pixels, f"cached at {path}"
+    write_cached_array(path, _decode(dataset, image_column, num_channels, image_size, decode_device))
+    return np.load(path, mmap_mode="r"), f"decoded, cached at {path}"
+
+
+def images_to_array(
+    dataset: datasets.Dataset,
+    image_column: str,
+    *,
+    num_channels: int | None = None,
+    image_size: int | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+) -> np.ndarray:
+    """A split's images as one float32 array of shape `(N, C, H, W)` with values in ``[0, 1]``: the uint8 store
+    (:func:`decode_uint8`, the same decode and the same cache) divided by 255.
+
+    All images must share one size, or pass ``image_size`` to resize every image to ``image_size x image_size``.
+    ``num_channels`` forces 1 (``L``) or 3 (``RGB``) channels; by default it follows the first image's mode.
+    """
+    if len(dataset) == 0:
+        raise ValueError("dataset: the split is empty")
+    if num_channels is None:
+        split, decoder = undecoded(dataset, image_column)
+        first = decode_image(split[0][image_column], 0, image_column, decoder)
+        num_channels = 1 if first.mode in GRAY_MODES else 3
+    pixels, _ = decode_uint8(dataset, image_column, num_channels, image_size, cache, cache_dir)
+    return np.asarray(pixels, dtype=np.float32) / 255.0
