@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hf_recperc.data import ImageData
+from hf_recperc.images import ImageData
 from hf_recperc.monitors import (
     EVAL,
     CardRow,
