@@ -80,7 +80,9 @@ def restrict_tokens_to_subspace(
     if str(parse_subspace(subspace)) == "all":
         return train_tokens, test_tokens
     (n, t, d), m = train_tokens.shape, test_tokens.shape[0]
-    train, test = restrict_to_subspace(train_tokens.reshape(n * t, d), test_tokens.reshape(m * t, d), subspace)
+    train, test = restrict_to_subspace(
+        train_tokens.reshape(n * t, d), test_tokens.reshape(m * t, d), subspace
+    )
     return train.reshape(n, t, d), test.reshape(m, t, d)
 
 
@@ -116,7 +118,9 @@ class RidgeFit:
 
         def solve(alpha: float) -> torch.Tensor:
             denominator = eigenvalues + alpha
-            coef = torch.where(denominator[:, None] > 0, projected / denominator.clamp_min(1e-300)[:, None], 0.0)
+            coef = torch.where(
+                denominator[:, None] > 0, projected / denominator.clamp_min(1e-300)[:, None], 0.0
+            )
             return vectors @ coef  # (D, C)
 
         label_mean = moments.target_sum[:num_classes] / moments.count
@@ -141,6 +145,14 @@ class RidgeFit:
             return centred.T @ dual / X.shape[0]  # (D, C)
 
         return cls(mean, label_mean, solve, float(gram.diagonal().sum()) / X.shape[1])
+
+    @classmethod
+    def fit(cls, X: torch.Tensor, columns: torch.Tensor, num_classes: int) -> RidgeFit:
+        """From rows ``X`` `(n, D)` and target columns `(n,)`: the dual form when ``n <= D``, else the moments."""
+        if X.shape[0] <= X.shape[1]:
+            return cls.from_rows(X, columns, num_classes)
+        targets = torch.nn.functional.one_hot(columns, num_classes)
+        return cls.from_moments(SecondMoments().update(X, targets), num_classes)
 
     def weights(self, ridge: float) -> torch.Tensor:
         """Coefficients `(D, C)` at relative penalty ``ridge`` (``alpha = ridge * mean eigenvalue``)."""
@@ -210,7 +222,10 @@ class ProtocolMonitor:
         for split in (TRAIN, EVAL):
             if not self._rows[split]:
                 raise ValueError(f"{self.name}: no '{split}' rows of feature {self.feature!r} were seen")
-            gathered[split] = (gather_rows(torch.cat(self._rows[split])), gather_rows(torch.cat(self._labels[split])))
+            gathered[split] = (
+                gather_rows(torch.cat(self._rows[split])),
+                gather_rows(torch.cat(self._labels[split])),
+            )
         self._gathered = gathered
 
     def compute(self) -> dict[str, float]:
@@ -226,7 +241,10 @@ class ProtocolMonitor:
 
     def settings(self) -> dict[str, Any]:
         """Card-worthy settings the numbers were measured with (subclasses add theirs)."""
-        return {"subspace": str(parse_subspace(self.options.get("subspace", "all"))), "selection": SELECTED_ON_TRAIN}
+        return {
+            "subspace": str(parse_subspace(self.options.get("subspace", "all"))),
+            "selection": SELECTED_ON_TRAIN,
+        }
 
     def figures(self) -> dict:
         return {}

@@ -59,7 +59,9 @@ def kfold_assignments(num_rows: int, num_folds: int, seed: int = 0) -> torch.Ten
     sizes differ by at most one."""
     check_positive_int("num_folds", num_folds)
     if num_folds < 2 or num_folds > num_rows:
-        raise ValueError(f"num_folds: expected an integer in [2, {num_rows}] (the training rows), got {num_folds}")
+        raise ValueError(
+            f"num_folds: expected an integer in [2, {num_rows}] (the training rows), got {num_folds}"
+        )
     order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
     folds = torch.empty(num_rows, dtype=torch.long)
     folds[order] = torch.arange(num_rows) % num_folds
@@ -131,7 +133,9 @@ def ridge_cv_protocol(
         ridge_cv_key("alpha"): ridges[best] * final.scale,
         ridge_cv_key("num_folds"): num_folds,
     }
-    results.update({ridge_cv_key(f"cv_accuracy/ridge={r:g}"): float(a) for r, a in zip(ridges, fold_accuracy)})
+    results.update(
+        {ridge_cv_key(f"cv_accuracy/ridge={r:g}"): float(a) for r, a in zip(ridges, fold_accuracy)}
+    )
     results[ridge_cv_key("selection")] = f"{num_folds}-fold cross-validation on {SELECTED_ON_TRAIN}"
     return results
 
@@ -158,7 +162,9 @@ class RidgeCVMonitor(ProtocolMonitor):
     ):
         check_grid("ridges", ridges)
         check_positive_int("num_folds", num_folds)
-        super().__init__(feature, prefix, ridges=tuple(ridges), num_folds=num_folds, seed=seed, subspace=subspace)
+        super().__init__(
+            feature, prefix, ridges=tuple(ridges), num_folds=num_folds, seed=seed, subspace=subspace
+        )
 
     def settings(self) -> dict[str, Any]:
         return {
