@@ -112,8 +112,9 @@ class RidgeFit:
     def from_moments(cls, moments: SecondMoments, num_classes: int) -> RidgeFit:
         """From :class:`~hf_recperc.spectral.SecondMoments` of features with one-hot targets `(N, C)`."""
         covariance = moments.covariance()  # (D, D) float64
-        eigenvalues, vectors = torch.linalg.eigh(covariance)  # (D,), (D, D) columns
-        eigenvalues = eigenvalues.clamp_min(0)
+        # The solver follows the input precision, as PCA's (float32 rows carry float32 accuracy anyway).
+        eigenvalues, vectors = torch.linalg.eigh(covariance.to(moments.dtype))  # (D,), (D, D) columns
+        eigenvalues, vectors = eigenvalues.double().clamp_min(0), vectors.double()
         projected = vectors.T @ moments.cross_covariance()[:, :num_classes]  # (D, C)
 
         def solve(alpha: float) -> torch.Tensor:
