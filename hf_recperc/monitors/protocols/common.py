@@ -105,8 +105,11 @@ class RidgeFit:
     (:meth:`from_rows`).
     """
 
-    def __init__(self, mean: torch.Tensor, label_mean: torch.Tensor, solve: Callable, scale: float):
+    def __init__(
+        self, mean: torch.Tensor, label_mean: torch.Tensor, solve: Callable, scale: float, basis=None
+    ):
         self._mean, self._label_mean, self._solve, self.scale = mean, label_mean, solve, scale
+        self._basis = basis  # (D, D) eigenvectors when ``solve`` gives coefficients in their basis
 
     @classmethod
     def from_moments(cls, moments: SecondMoments, num_classes: int) -> RidgeFit:
@@ -117,15 +120,14 @@ class RidgeFit:
         eigenvalues, vectors = eigenvalues.double().clamp_min(0), vectors.double()
         projected = vectors.T @ moments.cross_covariance()[:, :num_classes]  # (D, C)
 
-        def solve(alpha: float) -> torch.Tensor:
+        def solve(alpha: float) -> torch.Tensor:  # coefficients in the eigenbasis, as SubspaceProbe's coef_
             denominator = eigenvalues + alpha
-            coef = torch.where(
+            return torch.where(
                 denominator[:, None] > 0, projected / denominator.clamp_min(1e-300)[:, None], 0.0
             )
-            return vectors @ coef  # (D, C)
 
         label_mean = moments.target_sum[:num_classes] / moments.count
-        return cls(moments.mean, label_mean, solve, float(eigenvalues.mean()))
+        return cls(moments.mean, label_mean, solve, float(eigenvalues.mean()), basis=vectors)
 
     @classmethod
     def from_rows(cls, X: torch.Tensor, columns: torch.Tensor, num_classes: int) -> RidgeFit:
@@ -157,11 +159,21 @@ class RidgeFit:
 
     def weights(self, ridge: float) -> torch.Tensor:
         """Coefficients `(D, C)` at relative penalty ``ridge`` (``alpha = ridge * mean eigenvalue``)."""
-        return self._solve(ridge * self.scale)
+        coef = self._solve(ridge * self.scale)
+        return coef if self._basis is None else self._basis @ coef
 
     def decision_function(self, X: torch.Tensor, ridge: float) -> torch.Tensor:
         """Scores `(M, C)` float64 of rows ``X`` `(M, D)`."""
-        return (X.double() - self._mean) @ self.weights(ridge) + self._label_mean
+        return self.decision_functions(X, [ridge])[0]
+
+    def decision_functions(self, X: torch.Tensor, ridges) -> list[torch.Tensor]:
+        """Scores `(M, C)` float64 of rows ``X`` `(M, D)` at every penalty of ``ridges`` (the rows are centred, and
+        rotated into the eigenbasis, once)."""
+        centred = X.double() - self._mean  # (M, D)
+        if self._basis is None:
+            return [centred @ self.weights(ridge) + self._label_mean for ridge in ridges]
+        rotated = centred @ self._basis  # (M, D)
+        return [rotated @ self._solve(ridge * self.scale) + self._label_mean for ridge in ridges]
 
 
 def class_columns(train_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,8 +120,8 @@ def ridge_cv_protocol(
     for fold in range(num_folds):
         fit = RidgeFit.from_moments(_merged(moments, skip=fold), classes.numel())
         held_out = folds == fold
-        for index, ridge in enumerate(ridges):
-            predicted = classes[fit.decision_function(train_X[held_out], ridge).argmax(1)]
+        for index, scores in enumerate(fit.decision_functions(train_X[held_out], ridges)):
+            predicted = classes[scores.argmax(1)]
             fold_accuracy[index] += accuracy(predicted, train_y[held_out]) / num_folds
     best = int(fold_accuracy.argmax())  # the first maximum: ties go to the earlier grid value
     final = RidgeFit.from_moments(_merged(moments), classes.numel())
