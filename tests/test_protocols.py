@@ -408,25 +408,3 @@ def test_monitor_reports_its_protocol_on_the_rows_it_was_fed(name, data):
     monitor.reset()
     with pytest.raises(ValueError, match="no 'train' rows"):
         monitor.compute()
-
-
-@pytest.mark.parametrize(
-    ("call", "argument"),
-    [
-        (lambda d: ridge_cv_protocol(*d, ridges=()), "ridges"),
-        (lambda d: ridge_cv_protocol(*d, ridges=(0.0,)), "ridges"),
-        (lambda d: linear_grid_protocol(*d, holdout=1.0), "holdout"),
-        (lambda d: linear_grid_protocol(*d, weight_decays=(-1.0,)), "weight_decays"),
-        (lambda d: knn_grid_protocol(*d, ks=(0,)), "ks"),
-        (lambda d: knn_grid_protocol(*d, temperatures=(0.0,)), "temperatures"),
-        (lambda d: few_shot_protocol(*d, ridge=0.0), "ridge"),
-        (lambda d: ridge_cv_protocol(*d, subspace="top:2"), "subspace"),
-        (lambda d: ridge_cv_protocol(d[0], d[1], d[2][:, :3], d[3]), "test_X"),
-        (lambda d: attentive_protocol(*patch_task(20, 0), *patch_task(10, 1), num_heads=3), "num_heads"),
-        (lambda d: KNNGridMonitor(subspace="middle:3"), "subspace"),
-    ],
-)
-def test_bad_protocol_arguments_name_the_argument(call, argument, data):
-    """Protocols: bad arguments are one ValueError naming the argument, before any work."""
-    with pytest.raises(ValueError, match=rf"^{argument}\b"):
-        call(data)
