@@ -14,6 +14,7 @@ from hf_recperc.monitors.protocols import (
     FewShotMonitor,
     KNNGridMonitor,
     LinearGridMonitor,
+    PCAMapsMonitor,
     RidgeCVMonitor,
     RidgeFit,
     attentive_key,
@@ -335,6 +336,23 @@ def test_pca_maps_figure_shows_top_and_bottom_components():
         pca_rgb_maps(tokens, 4, num_prefix_tokens=1)
 
 
+def test_pca_maps_monitor_draws_the_first_eval_images():
+    """Protocols: the PCA-maps monitor keeps the first eval images' tokens and pixels and draws their maps."""
+    g = torch.Generator().manual_seed(1)
+    monitor = PCAMapsMonitor(grid_size=2, num_images=3)
+    for _ in range(2):
+        tokens, pixels = torch.randn(2, 5, 6, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+        monitor.update(
+            MonitorBatch("eval", labels=torch.zeros(2), features={"tokens": tokens}, pixel_values=pixels)
+        )
+        monitor.update(MonitorBatch("train", labels=torch.zeros(2), features={"tokens": tokens}))
+    assert monitor.compute() == {}
+    figure = monitor.figures()["pca_maps"]
+    assert len(figure.axes) == 9  # 3 images x (image, top, bottom)
+    assert figure.axes[0].get_images()[0].get_array().shape == (8, 8, 3)
+    assert isinstance(monitor, Monitor)
+
+
 # ------------------------------------------------------------------------------------------ subspaces and monitors
 
 FAST_OPTIONS = {
@@ -408,3 +426,14 @@ def test_monitor_reports_its_protocol_on_the_rows_it_was_fed(name, data):
     monitor.reset()
     with pytest.raises(ValueError, match="no 'train' rows"):
         monitor.compute()
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_half_precision_features_give_the_float32_numbers(name, data):
+    """Protocols: bfloat16 features (mixed-precision models) give the numbers of the same values in float32."""
+    protocol, _ = PROTOCOLS[name]
+    X, y, Xt, yt = protocol_inputs(name, data)
+    X, Xt = X.to(torch.bfloat16), Xt.to(torch.bfloat16)
+    half = protocol(X, y, Xt, yt, **FAST_OPTIONS[name])
+    assert half == protocol(X.float(), y, Xt.float(), yt, **FAST_OPTIONS[name])
+    assert all(np.isfinite(v) for v in numbers(half).values())

@@ -39,7 +39,7 @@ from .linear_grid import (
     linear_grid_protocol,
     train_logistic_grid,
 )
-from .pca_maps import pca_maps_figure, pca_rgb_maps
+from .pca_maps import PCA_MAPS, PCAMapsMonitor, pca_maps_figure, pca_rgb_maps
 from .ridge_cv import (
     DEFAULT_RIDGES,
     RIDGE_CV,
@@ -97,6 +97,8 @@ __all__ = [
     "AttentiveProbeMonitor",
     "attentive_key",
     "attentive_protocol",
+    "PCA_MAPS",
+    "PCAMapsMonitor",
     "pca_rgb_maps",
     "pca_maps_figure",
 ]

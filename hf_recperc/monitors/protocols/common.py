@@ -32,12 +32,14 @@ SELECTED_ON_TRAIN = "training rows only"
 
 
 def check_protocol_inputs(train_X, train_y, test_X, test_y, ndim: int = 2):
-    """Validated ``(train_X, train_y, test_X, test_y)``: float features `(N, D)` / `(M, D)` (or `(N, T, D)` tokens
-    with ``ndim=3``), int64 labels `(N,)` / `(M,)`, at least two training classes, matching widths."""
-    train_X = as_float_tensor(train_X, "train_X", ndim)
-    test_X = as_float_tensor(test_X, "test_X", ndim)
-    train_y = check_labels("train_y", train_y, train_X.shape[0], allow_float=True)
-    test_y = check_labels("test_y", test_y, test_X.shape[0], allow_float=True)
+    """Validated ``(train_X, train_y, test_X, test_y)`` on the CPU: float features `(N, D)` / `(M, D)` (or
+    `(N, T, D)` tokens with ``ndim=3``; half precision kept, widened where used), int64 labels `(N,)` / `(M,)`, at
+    least two training classes, matching widths. Protocols run on the CPU: a cached feature set fits there, and their
+    seeded draws then give the same rows on every machine."""
+    train_X = as_float_tensor(train_X, "train_X", ndim).cpu()
+    test_X = as_float_tensor(test_X, "test_X", ndim).cpu()
+    train_y = check_labels("train_y", train_y, train_X.shape[0], allow_float=True).cpu()
+    test_y = check_labels("test_y", test_y, test_X.shape[0], allow_float=True).cpu()
     if train_X.shape[1:] != test_X.shape[1:]:
         raise ValueError(
             f"test_X: expected rows shaped like train_X's {tuple(train_X.shape[1:])}, got {tuple(test_X.shape[1:])}"

@@ -14,11 +14,14 @@ import torch
 
 from ...spectral import PCA, as_float_tensor
 from ...validation import check_positive_int
+from ..base import EVAL, MonitorBatch
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["pca_rgb_maps", "pca_maps_figure"]
+__all__ = ["PCA_MAPS", "pca_rgb_maps", "pca_maps_figure", "PCAMapsMonitor"]
+
+PCA_MAPS = "pca_maps"
 
 _CHANNELS = 3  # RGB
 
@@ -108,3 +111,59 @@ def pca_maps_figure(tokens, grid_size, num_prefix_tokens: int = 0, images=None) 
             axis.set_axis_off()
     figure.suptitle("PCA of patch features (top vs bottom components)", fontsize=9)
     return figure
+
+
+class PCAMapsMonitor:
+    """The PCA RGB maps of the first ``num_images`` ``"eval"`` images as a monitor figure (``pca_maps``).
+
+    Reads a token feature (`(B, T, D)` entry of :attr:`MonitorBatch.features`) and, when the batch has them, the
+    ``pixel_values`` to draw above the maps. Reports no numbers; ``figures()`` gives ``{"pca_maps": Figure}``. The
+    images are the first ones of this process's shard (a picture, not a statistic: nothing to merge).
+
+    Args:
+        feature: the token feature's name; grid_size, num_prefix_tokens: see :func:`pca_rgb_maps`;
+        num_images: images shown.
+    """
+
+    name = PCA_MAPS
+
+    def __init__(self, grid_size, feature: str = "tokens", num_prefix_tokens: int = 1, num_images: int = 4):
+        check_positive_int("num_images", num_images)
+        self.grid_size, self.num_prefix_tokens, self.num_images = grid_size, num_prefix_tokens, num_images
+        self.feature = feature
+        self.features = (feature,)
+        self.reset()
+
+    def reset(self) -> None:
+        self._tokens: list[torch.Tensor] = []
+        self._images: list[torch.Tensor] = []
+
+    def update(self, batch: MonitorBatch) -> None:
+        kept = sum(len(t) for t in self._tokens)
+        if batch.split != EVAL or kept >= self.num_images or self.feature not in batch.features:
+            return
+        take = self.num_images - kept
+        self._tokens.append(batch.features[self.feature][:take].detach().float().cpu())
+        if batch.pixel_values is not None:
+            self._images.append(batch.pixel_values[:take].detach().float().cpu())
+
+    def all_reduce(self) -> None:
+        pass
+
+    def compute(self) -> dict[str, float]:
+        return {}
+
+    def figures(self) -> dict:
+        if not self._tokens:
+            return {}
+        tokens = torch.cat(self._tokens)
+        images = None
+        if self._images and sum(len(i) for i in self._images) == len(tokens):
+            pixels = torch.cat(
+                self._images
+            )  # (B, C, H, W), any normalisation: shown min-max scaled per image
+            low = pixels.flatten(1).min(1).values[:, None, None, None]
+            high = pixels.flatten(1).max(1).values[:, None, None, None]
+            pixels = ((pixels - low) / (high - low).clamp_min(1e-12)).permute(0, 2, 3, 1)  # (B, H, W, C)
+            images = pixels.expand(-1, -1, -1, 3) if pixels.shape[-1] == 1 else pixels[..., :3]
+        return {PCA_MAPS: pca_maps_figure(tokens, self.grid_size, self.num_prefix_tokens, images=images)}
