@@ -3,7 +3,7 @@ selection, and the monitor shell that feeds a protocol function from :class:`~hf
 
 A protocol is a pure function ``protocol(train_X, train_y, test_X, test_y, *, subspace="all", ...) -> dict``: it
 chooses its hyperparameters on the training rows only, refits at the chosen setting, and scores the test rows once.
-Its result keys come from the protocol's own ``*_keys`` function, never from literals (docs/protocols.md).
+Its result keys come from the protocol's own ``*_key`` function, never from literals (docs/protocols.md).
 """
 
 from __future__ import annotations
