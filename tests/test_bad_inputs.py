@@ -756,3 +756,47 @@ def test_decode_device_cuda_without_cuda_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"^decode_device: expected 'cpu' or 'cuda', got 'gpu'$"):
         check_decode_device("gpu")
     assert DataArguments().decode_device == "cpu"
+
+
+# ---- protocols (standard protocols beside ours: bad arguments) ----
+
+
+def _protocol_data():
+    import torch  # noqa: PLC0415  (this block's own imports)
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(60, 6, generator=g), torch.arange(60) % 3
+    tokens = torch.randn(20, 5, 6, generator=g)
+    return (X, y, X[:30], y[:30]), (tokens, torch.arange(20) % 2, tokens[:10], torch.arange(10) % 2)
+
+
+def _protocol_calls():
+    from hf_recperc.monitors import protocols as p  # noqa: PLC0415
+
+    return [
+        (lambda d, t: p.ridge_cv_protocol(*d, ridges=()), "ridges"),
+        (lambda d, t: p.ridge_cv_protocol(*d, ridges=(0.0,)), "ridges"),
+        (lambda d, t: p.ridge_cv_protocol(*d, num_folds=1), "num_folds"),
+        (lambda d, t: p.linear_grid_protocol(*d, holdout=1.0), "holdout"),
+        (lambda d, t: p.linear_grid_protocol(*d, weight_decays=(-1.0,)), "weight_decays"),
+        (lambda d, t: p.knn_grid_protocol(*d, ks=(0,)), "ks"),
+        (lambda d, t: p.knn_grid_protocol(*d, temperatures=(0.0,)), "temperatures"),
+        (lambda d, t: p.few_shot_protocol(*d, ridge=0.0), "ridge"),
+        (lambda d, t: p.few_shot_protocol(*d, shots=(1, 25)), "shots"),
+        (lambda d, t: p.ridge_cv_protocol(*d, subspace="top:2"), "subspace"),
+        (lambda d, t: p.ridge_cv_protocol(d[0], d[1], d[2][:, :3], d[3]), "test_X"),
+        (lambda d, t: p.ridge_cv_protocol(d[0], d[1][:10], d[2], d[3]), "train_y"),
+        (lambda d, t: p.attentive_protocol(*t, num_heads=4), "num_heads"),
+        (lambda d, t: p.attentive_protocol(*d), "train_X"),
+        (lambda d, t: p.pca_rgb_maps(t[0], 3), "grid_size"),
+        (lambda d, t: p.KNNGridMonitor(subspace="middle:3"), "subspace"),
+        (lambda d, t: p.FewShotMonitor(num_draws=0), "num_draws"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(17))
+def test_bad_protocol_arguments_name_the_argument(case):
+    """Protocols: a bad argument of a protocol or its monitor is one ValueError naming it, before any work."""
+    call, argument = _protocol_calls()[case]
+    with pytest.raises(ValueError, match=rf"^{argument}\b"):
+        call(*_protocol_data())

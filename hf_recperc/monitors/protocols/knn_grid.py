@@ -1,0 +1,238 @@
+"""kNN over a grid of neighbour counts and temperatures, from one similarity pass.
+
+The votes are those of :func:`~hf_recperc.monitors.knn_predict` (cosine similarity; plain majority with ties to the
+smallest class id, as scikit-learn's ``KNeighborsClassifier``; and the temperature-weighted vote of Wu et al. 2018 /
+DINO, ``exp(similarity / temperature)``), for every ``k`` and temperature at once: each query's neighbours are
+ranked once up to the largest ``k`` and every setting reads a prefix of that ranking (tested equal to
+``knn_predict`` setting by setting). A ``k`` above the bank's rows is clipped to them, with a warning and a
+``knn_grid/clipped`` entry.
+
+Selection: the weighted setting ``(k, temperature)`` with the best accuracy on held-out *training* rows (``holdout``,
+at most ``max_selection_queries`` of them, classified against the other training rows) is reported as
+``knn_grid/accuracy``; every setting's test accuracy is reported beside it (the sweep, nothing chosen on it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ...validation import check_positive_int
+from .common import (
+    SELECTED_ON_TRAIN,
+    ProtocolMonitor,
+    accuracy,
+    check_grid,
+    check_protocol_inputs,
+    class_columns,
+    restrict_to_subspace,
+)
+from .linear_grid import holdout_split
+
+__all__ = [
+    "KNN_GRID",
+    "DEFAULT_KS",
+    "DEFAULT_TEMPERATURES",
+    "knn_grid_key",
+    "knn_grid_predict",
+    "knn_grid_protocol",
+    "KNNGridMonitor",
+]
+
+logger = logging.getLogger(__name__)
+
+KNN_GRID = "knn_grid"
+DEFAULT_KS = (10, 20, 100, 200)
+DEFAULT_TEMPERATURES = (0.02, 0.07, 0.2)
+
+
+def knn_grid_key(field: str, k: int | None = None, temperature: float | None = None) -> str:
+    """Keys of the kNN grid. Without ``k``: ``knn_grid/<field>`` (``accuracy``, ``holdout_accuracy``, ``k``,
+    ``temperature`` of the chosen weighted setting); with ``k``: ``knn_grid/accuracy/k=<k>`` (majority vote), with
+    ``k`` and ``temperature``: ``knn_grid/weighted_accuracy/k=<k>,t=<T>`` (test accuracy of each setting; ``k`` as
+    asked, even when clipped to the bank)."""
+    if k is None:
+        return f"{KNN_GRID}/{field}"
+    if temperature is None:
+        return f"{KNN_GRID}/{field}/k={k}"
+    return f"{KNN_GRID}/{field}/k={k},t={temperature:g}"
+
+
+def _unit_rows(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows scaled to unit L2 norm, computed in float32 at least (as :func:`knn_predict`)."""
+    rows = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
+    return torch.nn.functional.normalize(rows, dim=1).to(dtype)
+
+
+@torch.no_grad()
+def knn_grid_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    ks,
+    temperatures,
+    num_classes: int,
+    chunk_size: int = 1024,
+    exclude: torch.Tensor | None = None,
+) -> tuple[dict[int, torch.Tensor], dict[tuple[int, float], torch.Tensor]]:
+    """Majority predictions per ``k`` and weighted predictions per ``(k, temperature)``, from one ranking.
+
+    Args:
+        bank (`(N, D)`), bank_labels (`(N,)` ids in ``[0, num_classes)``): training rows.
+        queries (`(M, D)`): rows to classify. ks: neighbour counts (each <= N); temperatures: > 0.
+        exclude (`torch.BoolTensor` of shape `(N,)`, optional): bank rows no query may use (the held-out rows
+            when selecting on training data).
+
+    Returns:
+        ``(majority {k: (M,)}, weighted {(k, T): (M,)})`` predicted class ids.
+    """
+    dtype = torch.float64 if bank.dtype == torch.float64 else torch.float32
+    bank = _unit_rows(bank, dtype)  # (N, D)
+    largest = max(ks)
+    majority: dict[int, list] = {k: [] for k in ks}
+    weighted: dict[tuple[int, float], list] = {(k, t): [] for k in ks for t in temperatures}
+    for start in range(0, queries.shape[0], chunk_size):
+        similarity = _unit_rows(queries[start : start + chunk_size], dtype) @ bank.T  # (c, N)
+        if exclude is not None:
+            similarity[:, exclude] = -torch.inf
+        top_similarity, top_index = similarity.float().topk(largest, dim=1)  # (c, k_max), most similar first
+        top_labels = bank_labels[top_index]  # (c, k_max)
+        for k in ks:
+            labels = top_labels[:, :k]
+            votes = torch.zeros(labels.shape[0], num_classes).scatter_add_(
+                1, labels, torch.ones(labels.shape)
+            )
+            majority[k].append(votes.argmax(1))  # the first maximum: the smallest class id on ties
+            for t in temperatures:
+                weights = (top_similarity[:, :k] / t).exp()
+                votes = torch.zeros(labels.shape[0], num_classes).scatter_add_(1, labels, weights)
+                weighted[(k, t)].append(votes.argmax(1))
+    return (
+        {k: torch.cat(v) for k, v in majority.items()},
+        {key: torch.cat(v) for key, v in weighted.items()},
+    )
+
+
+def _clipped(ks, bank_rows: int, what: str) -> tuple[tuple[int, ...], dict[int, int]]:
+    """``ks`` with values above ``bank_rows`` clipped (deduplicated, order kept) and the map of clipped values."""
+    clipped = {k: bank_rows for k in ks if k > bank_rows}
+    if clipped:
+        logger.warning(f"knn_grid: k={sorted(clipped)} clipped to the {bank_rows} rows of the {what}")
+    return tuple(dict.fromkeys(min(k, bank_rows) for k in ks)), clipped
+
+
+def knn_grid_protocol(
+    train_X,
+    train_y,
+    test_X,
+    test_y,
+    *,
+    ks=DEFAULT_KS,
+    temperatures=DEFAULT_TEMPERATURES,
+    holdout: float = 0.2,
+    max_selection_queries: int = 1000,
+    seed: int = 0,
+    chunk_size: int = 1024,
+    subspace: str = "all",
+) -> dict[str, Any]:
+    """kNN accuracy of every ``k`` (majority) and ``(k, temperature)`` (weighted), and of the weighted setting
+    chosen on held-out training rows.
+
+    Args:
+        train_X (`(N, D)`), train_y (`(N,)`): the bank (and the selection queries); test_X, test_y: scored.
+        ks: neighbour counts (integers >= 1; above the bank's rows: clipped and said).
+        temperatures: of the weighted vote (> 0).
+        holdout, max_selection_queries, seed: the held-out training queries the weighted setting is chosen on.
+        subspace: restrict to a PCA subspace of the training rows first.
+
+    Returns:
+        ``knn_grid/accuracy/k=<k>``, ``knn_grid/weighted_accuracy/k=<k>,t=<T>`` (test), the chosen
+        ``knn_grid/{accuracy,holdout_accuracy,k,temperature}``, ``knn_grid/selection`` and, when a k was clipped,
+        ``knn_grid/clipped`` (strings).
+    """
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__") or not len(ks):
+        raise ValueError(f"ks: expected a non-empty list of integers >= 1, got {ks!r}")
+    ks = tuple(check_positive_int("ks", k) for k in ks)
+    temperatures = check_grid("temperatures", temperatures)
+    check_positive_int("max_selection_queries", max_selection_queries)
+    train_X, train_y, test_X, test_y = check_protocol_inputs(train_X, train_y, test_X, test_y)
+    fit_rows, held_rows = holdout_split(train_X.shape[0], holdout, seed)
+    held_rows = held_rows[:max_selection_queries]
+    train_X, test_X = restrict_to_subspace(train_X, test_X, subspace)
+    classes, columns = class_columns(train_y)
+    num_classes = classes.numel()
+    # Selection: held-out training rows against the rest of the training rows.
+    selection_ks, _ = _clipped(ks, len(fit_rows), "selection bank")
+    exclude = torch.zeros(train_X.shape[0], dtype=torch.bool)
+    exclude[held_rows] = True
+    _, held_weighted = knn_grid_predict(
+        train_X, columns, train_X[held_rows], selection_ks, temperatures, num_classes, chunk_size, exclude
+    )
+    held_accuracy = {key: accuracy(classes[p], train_y[held_rows]) for key, p in held_weighted.items()}
+    best_k, best_t = max(held_accuracy, key=held_accuracy.get)  # dicts keep grid order: the first maximum
+    # Test: every setting, with the whole training set as the bank.
+    test_ks, clipped = _clipped(ks, train_X.shape[0], "training bank")
+    majority, weighted = knn_grid_predict(
+        train_X, columns, test_X, test_ks, temperatures, num_classes, chunk_size
+    )
+    results: dict[str, Any] = {
+        knn_grid_key("accuracy"): accuracy(classes[weighted[(best_k, best_t)]], test_y),
+        knn_grid_key("holdout_accuracy"): held_accuracy[(best_k, best_t)],
+        knn_grid_key("k"): best_k,
+        knn_grid_key("temperature"): best_t,
+    }
+    for (
+        k
+    ) in ks:  # keys name the k asked for (tables line up across models); a clipped k scores the whole bank
+        used = min(k, train_X.shape[0])
+        results[knn_grid_key("accuracy", k)] = accuracy(classes[majority[used]], test_y)
+        for t in temperatures:
+            results[knn_grid_key("weighted_accuracy", k, t)] = accuracy(classes[weighted[(used, t)]], test_y)
+    results[knn_grid_key("selection")] = f"held-out {holdout:g} of {SELECTED_ON_TRAIN}"
+    if clipped:
+        results[knn_grid_key("clipped")] = ", ".join(f"k={k} -> {v}" for k, v in clipped.items())
+    return results
+
+
+class KNNGridMonitor(ProtocolMonitor):
+    """:func:`knn_grid_protocol` as a monitor (``--monitors knn_grid``); arguments as the function's."""
+
+    name = KNN_GRID
+    protocol = staticmethod(knn_grid_protocol)
+
+    def __init__(
+        self,
+        feature: str = "embedding",
+        ks=DEFAULT_KS,
+        temperatures=DEFAULT_TEMPERATURES,
+        holdout: float = 0.2,
+        max_selection_queries: int = 1000,
+        seed: int = 0,
+        subspace: str = "all",
+        prefix: str = "",
+    ):
+        for k in ks:
+            check_positive_int("ks", k)
+        check_grid("temperatures", temperatures)
+        super().__init__(
+            feature,
+            prefix,
+            ks=tuple(ks),
+            temperatures=tuple(temperatures),
+            holdout=holdout,
+            max_selection_queries=max_selection_queries,
+            seed=seed,
+            subspace=subspace,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        options = self.options
+        return {
+            **super().settings(),
+            "selection": f"held-out {options['holdout']:g} of {SELECTED_ON_TRAIN}",
+            "ks": list(options["ks"]),
+            "temperatures": list(options["temperatures"]),
+            "similarity": "cosine",
+        }
