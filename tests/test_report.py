@@ -82,10 +82,9 @@ def _build(kind: str, path: Path) -> str:
     if kind == "timm_vit":  # prefix tokens come back apart from forward_intermediates' patch grids
         import timm
 
-        model = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=0
-        )
-        timm.models.save_for_hf(model, str(path))
+        model_args = dict(img_size=32, patch_size=8, depth=2, num_classes=0)
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **model_args)
+        timm.models.save_for_hf(model, str(path), model_args=model_args)  # timm < 1.0.2x does not record them
         return str(path)
     if kind == "timm":
         import timm
