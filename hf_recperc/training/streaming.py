@@ -1,6 +1,6 @@
 """``--streaming``: train on a data set read as a stream (``datasets.IterableDataset``), for sets that do not fit.
 
-* The source: local parquet files (a directory such as ``../shared/data/cifar10``, or ``--train_file``) or a Hub
+* The source: local parquet files (a directory of ``train*.parquet`` files such as ``path/to/cifar10``, or ``--train_file``) or a Hub
   id, opened with ``load_dataset(..., streaming=True)``; images stay encoded until a process keeps them.
 * Order: each epoch is ``stream.shuffle(seed, buffer_size)`` with ``set_epoch(epoch)``, a deterministic function
   of ``(seed, epoch)``, the same on every process.
