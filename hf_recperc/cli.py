@@ -98,8 +98,9 @@ class DataArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "A Hub id, a local directory (parquet files such as ../shared/data/cifar10, imagefolder or "
-            "save_to_disk), or 'digits'. Default: the embedded scikit-learn digits (8x8, offline)."
+            "help": "A Hub id (e.g. uoft-cs/cifar10), a local directory (train.parquet / test.parquet files, "
+            "an imagefolder tree or a save_to_disk directory), or 'digits'. Default: the embedded scikit-learn "
+            "digits (8x8, offline)."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub configuration name."})

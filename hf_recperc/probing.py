@@ -4,7 +4,7 @@
 ``bottom:0.2``, ... see :mod:`hf_recperc.spectral`), then scores them on held-out features.
 
 The default probe is closed-form ridge regression to one-hot targets, solved in the PCA basis with the
-convention of ``shared/data/cifar10/README.md``: covariance units (``C = X^T X / N`` of the centred
+convention of docs/science.md section 6: covariance units (``C = X^T X / N`` of the centred
 features, eigenvalues ``e_i``), penalty ``alpha = ridge * mean(e)``, unpenalised intercept (the training
 label mean). In the PCA basis the ridge solution is diagonal,
 

@@ -1,7 +1,7 @@
 """Train a reconstruction model and watch its perception while it learns.
 
     accelerate launch scripts/pretrain.py                      # embedded digits, offline, about a minute on CPU
-    accelerate launch scripts/pretrain.py --dataset_name ../shared/data/cifar10 --preset cifar-conv-small
+    accelerate launch scripts/pretrain.py --dataset_name uoft-cs/cifar10 --preset cifar-conv-small
     accelerate launch scripts/pretrain.py config.yaml          # every argument from a JSON or YAML file
     accelerate launch --multi_gpu --num_processes 2 scripts/pretrain.py   # two processes (GPUs, or gloo on CPU)
 

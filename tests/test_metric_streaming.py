@@ -410,8 +410,8 @@ def test_torch_distributed_gives_the_one_process_answer_on_every_rank():
 
 
 def readme_snippets() -> list[str]:
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    section = text.split("### Three ways to call the metric")[1].split("\nOn CIFAR-10 pixels")[0]
+    text = (Path(__file__).parents[1] / "docs" / "metric.md").read_text()
+    section = text.split("## Three ways to call the metric")[1]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 

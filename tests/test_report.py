@@ -82,10 +82,11 @@ def _build(kind: str, path: Path) -> str:
     if kind == "timm_vit":  # prefix tokens come back apart from forward_intermediates' patch grids
         import timm
 
-        model = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=0
-        )
-        timm.models.save_for_hf(model, str(path))
+        model_args = dict(img_size=32, patch_size=8, depth=2, num_classes=0)
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **model_args)
+        # Older timm (1.0.16) records neither the model's arguments nor its input size: give both.
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 32, 32)}
+        timm.models.save_for_hf(model, str(path), model_args=model_args)
         return str(path)
     if kind == "timm":
         import timm

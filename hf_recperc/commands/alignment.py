@@ -10,7 +10,7 @@ but no measurable benefit on these data) or ``too few images`` (:func:`hf_recper
 Examples::
 
     recperc-alignment                                   # embedded digits, default grid
-    recperc-alignment --dataset_name ../shared/data/cifar10 --max_train_samples 5000 \\
+    recperc-alignment --dataset_name path/to/cifar10 --max_train_samples 5000 \\
         --output_dir alignment_cifar10
     recperc-alignment --corruptions none gaussian:0.1 mask:0.25:1 mask:0.75:4
 

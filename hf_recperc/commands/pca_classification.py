@@ -3,12 +3,12 @@
 Examples::
 
     # a few minutes on 2 CPU cores: the headline pair on CIFAR-10 with a small CNN on a training subset
-    recperc-pca-classification --preset cpu --dataset_name ../shared/data/cifar10 \\
+    recperc-pca-classification --preset cpu --dataset_name path/to/cifar10 \\
         --subspaces top:0.9 bottom:0.2 --output_dir runs/e2_cpu
 
     # the authors' recipe (ResNet-9, AdamW 1e-3, wd 1e-3, OneCycle, batch 512, 50 epochs, crop + flip),
     # full data, fractions 0.1 .. 0.9 (empty top subspaces are skipped with a warning), bf16 on GPU
-    recperc-pca-classification --preset paper --dataset_name ../shared/data/cifar10 \\
+    recperc-pca-classification --preset paper --dataset_name path/to/cifar10 \\
         --device cuda --output_dir runs/e2_paper
     # GPU smoke run of the same: --max_steps 50 --subspaces top:0.9 bottom:0.2
 

@@ -2,7 +2,7 @@
 
 Example::
 
-    recperc-pca-figure --dataset_name ../shared/data/cifar10 --output pca_figure.png
+    recperc-pca-figure --dataset_name path/to/cifar10 --output pca_figure.png
 
 The default rows: ``top:0.75`` and ``bottom:0.25`` (the paper's 25% split; the two are orthogonal
 complements, so they add up to the centred image) and ``bottom:0.1``. At CIFAR-10's 32 px, ``bottom:0.25``
