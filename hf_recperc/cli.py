@@ -229,24 +229,23 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     return sizes[id(node)]
 
 
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
+def parse_config_overrides(text: str | None, argument: str = "config_overrides") -> dict[str, Any]:
     """``"depths=[2,2],latent_dim=64,act=gelu"`` -> ``{"depths": [2, 2], "latent_dim": 64, "act": "gelu"}``.
 
     Items are separated by commas outside brackets, braces and quotes; values are parsed as JSON when they
     can be (numbers, ``true`` / ``false`` / ``null``, lists, objects, quoted strings), else kept as strings.
 
     Raises:
-        ArgumentError: naming ``config_overrides`` and the bad item (no ``=``, empty key, unbalanced brackets).
+        ArgumentError: naming ``argument`` (``config_overrides``; ``monitor_settings`` of the report) and the bad
+            item (no ``=``, empty key, unbalanced brackets).
     """
     if not text:
         return {}
     overrides = {}
-    for item in _split_top_level(text):
+    for item in _split_top_level(text, argument):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ArgumentError(
-                f"config_overrides: expected 'key=value,key=value', got item {item!r} in {text!r}"
-            )
+            raise ArgumentError(f"{argument}: expected 'key=value,key=value', got item {item!r} in {text!r}")
         try:
             overrides[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -254,7 +253,7 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
     return overrides
 
 
-def _split_top_level(text: str) -> list[str]:
+def _split_top_level(text: str, argument: str = "config_overrides") -> list[str]:
     """Split on the commas that are outside brackets, braces and double quotes."""
     items, start, quoted, open_brackets = [], 0, False, []
     pairs = {"]": "[", "}": "{"}
@@ -267,12 +266,12 @@ def _split_top_level(text: str) -> list[str]:
             open_brackets.append(char)
         elif char in pairs:
             if not open_brackets or open_brackets.pop() != pairs[char]:
-                raise ArgumentError(f"config_overrides: unbalanced {char!r} at position {index} in {text!r}")
+                raise ArgumentError(f"{argument}: unbalanced {char!r} at position {index} in {text!r}")
         elif char == "," and not open_brackets:
             items.append(text[start:index])
             start = index + 1
     if open_brackets or quoted:
-        raise ArgumentError(f"config_overrides: unclosed bracket or quote in {text!r}")
+        raise ArgumentError(f"{argument}: unclosed bracket or quote in {text!r}")
     return [*items, text[start:]]
 
 

@@ -35,6 +35,18 @@ __all__ = [
     "band_key",
     "spectrum_key",
     "train_key",
+    "TOKENS",
+    "RIDGE_CV",
+    "LINEAR_GRID",
+    "KNN_GRID",
+    "FEW_SHOT",
+    "ATTENTIVE_PROBE",
+    "PCA_MAPS",
+    "ridge_cv_key",
+    "linear_grid_key",
+    "knn_grid_key",
+    "few_shot_key",
+    "attentive_key",
 ]
 
 EVAL_PREFIX = "eval/"
@@ -53,6 +65,16 @@ SUBSPACE_FIELDS = ("accuracy", "dims", "explained_variance")
 DEFAULT_BAND_EDGES = (0.0, 0.5, 0.8, 0.9, 0.97, 1.0)
 # How a hidden state becomes one vector per image (hf_recperc.monitors.layers).
 POOLINGS = ("cls", "mean", "pooler")
+# The report's pooling that keeps every token of a layer, `(B, T, D)`: read only by token monitors (attentive probe,
+# PCA maps), never by the probes, kNN or spectrum (tokens are T times bigger than a pooled row).
+TOKENS = "tokens"
+# The standard protocols' key levels (docs/protocols.md): <protocol>/<field>.
+RIDGE_CV = "ridge_cv"
+LINEAR_GRID = "linear_grid"
+KNN_GRID = "knn_grid"
+FEW_SHOT = "few_shot"
+ATTENTIVE_PROBE = "attentive_probe"
+PCA_MAPS = "pca_maps"  # a figure only: no key
 SPECTRUM_FIELDS = ("effective_rank", "alpha", "participation_ratio", "components_90")
 # report.json's per-feature names of the kNN keys ({feature: {"knn_accuracy": ...}}).
 REPORT_FIELDS = {KNN_ACCURACY: "knn_accuracy", KNN_WEIGHTED_ACCURACY: "knn_weighted_accuracy"}
@@ -86,6 +108,43 @@ def band_key(name: str) -> str:
 def spectrum_key(name: str) -> str:
     """``"effective_rank"`` -> ``"spectrum/effective_rank"``."""
     return f"{SPECTRUM}/{name}"
+
+
+def ridge_cv_key(field_name: str) -> str:
+    """``"accuracy"`` -> ``"ridge_cv/accuracy"``. Fields: ``accuracy`` (test, at the chosen penalty),
+    ``cv_accuracy`` (its mean fold accuracy), ``ridge`` (chosen, relative), ``alpha`` (chosen, covariance units),
+    ``num_folds``, ``selection``; and ``cv_accuracy/ridge=<r>`` per grid value."""
+    return f"{RIDGE_CV}/{field_name}"
+
+
+def linear_grid_key(field_name: str) -> str:
+    """``"accuracy"`` -> ``"linear_grid/accuracy"``. Fields: ``accuracy`` (test, chosen setting, refitted on all
+    training rows), ``holdout_accuracy`` (the chosen setting's), ``learning_rate``, ``weight_decay``, ``selection``,
+    and ``holdout_accuracy/lr=<a>,wd=<b>`` per setting."""
+    return f"{LINEAR_GRID}/{field_name}"
+
+
+def knn_grid_key(field_name: str, k: int | None = None, temperature: float | None = None) -> str:
+    """Keys of the kNN grid. Without ``k``: ``knn_grid/<field>`` (``accuracy``, ``holdout_accuracy``, ``k``,
+    ``temperature`` of the chosen weighted setting; ``selection``, ``clipped``); with ``k``:
+    ``knn_grid/accuracy/k=<k>`` (majority vote), with ``k`` and ``temperature``:
+    ``knn_grid/weighted_accuracy/k=<k>,t=<T>`` (test accuracy of each setting; ``k`` as asked, even when clipped)."""
+    if k is None:
+        return f"{KNN_GRID}/{field_name}"
+    if temperature is None:
+        return f"{KNN_GRID}/{field_name}/k={k}"
+    return f"{KNN_GRID}/{field_name}/k={k},t={temperature:g}"
+
+
+def few_shot_key(field_name: str, shots: int | None = None) -> str:
+    """``("accuracy", 5)`` -> ``"few_shot/accuracy/5-shot"`` (mean over draws); fields ``accuracy``, ``std``;
+    without ``shots``: ``few_shot/<field>`` (``num_draws``, ``ridge``, ``selection``)."""
+    return f"{FEW_SHOT}/{field_name}" if shots is None else f"{FEW_SHOT}/{field_name}/{shots}-shot"
+
+
+def attentive_key(field_name: str) -> str:
+    """``"accuracy"`` -> ``"attentive_probe/accuracy"`` (fields: ``accuracy``, ``epochs``, ``selection``)."""
+    return f"{ATTENTIVE_PROBE}/{field_name}"
 
 
 @dataclass

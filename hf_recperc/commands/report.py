@@ -2,7 +2,9 @@
 
     accelerate launch scripts/perception_report.py --model_name_or_path MODEL --dataset_name DATA \
         [--layers last|all|IDX ...] [--pooling cls|mean|pooler ...] [--subspaces top:0.9 bottom:0.2 all] \
-        [--monitors subspace knn spectrum] [--max_train_samples N] [--output_dir DIR] [--update_model_card]
+        [--monitors subspace knn spectrum ridge_cv linear_grid knn_grid few_shot attentive_probe pca_maps]
+        [--monitor_settings 'knn_grid_k=[10,20],protocol_seed=1'] [--max_train_samples N] [--output_dir DIR]
+        [--update_model_card]
 
 Bad input is one line ``error: <argument>: ...`` on stderr and exit code 2, with nothing written.
 """
@@ -14,8 +16,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from ..cli import DataArguments, parse_arguments
-from ..monitors import DEFAULT_SUBSPACES
+from ..cli import DataArguments, parse_arguments, parse_config_overrides
+from ..monitors import DEFAULT_SUBSPACES, monitor_names
 from . import configure_logging, run_command
 
 __all__ = ["ReportArguments", "ReportDataArguments", "main"]
@@ -40,7 +42,8 @@ class ReportArguments:
     pooling: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Among cls, mean, pooler (the model's pooled output, last layer). Default: the model's."
+            "help": "Among cls, mean, pooler (the model's pooled output, last layer), tokens (every token of a "
+            "transformer layer, read only by attentive_probe and pca_maps). Default: the model's."
         },
     )
     subspaces: list[str] = field(
@@ -49,7 +52,14 @@ class ReportArguments:
     )
     monitors: list[str] = field(
         default_factory=lambda: ["subspace", "knn", "spectrum"],
-        metadata={"help": "Among subspace, knn, spectrum."},
+        metadata={"help": f"Among {', '.join(monitor_names(per_feature=True))} (docs/protocols.md)."},
+    )
+    monitor_settings: str | None = field(
+        default=None,
+        metadata={
+            "help": "Settings of the monitors as key=value pairs separated by commas, values read as JSON, e.g. "
+            "'knn_grid_k=[10,20],few_shot_shots=[1,5],protocol_seed=1' (names: docs/protocols.md)."
+        },
     )
     output_dir: str = field(
         default="outputs/perception_report",
@@ -137,6 +147,7 @@ def run(args: ReportArguments, data_args: DataArguments) -> dict:
         knn_k=args.knn_k,
         num_workers=args.dataloader_num_workers,
         data_kwargs=data_kwargs,
+        monitor_settings=parse_config_overrides(args.monitor_settings, "monitor_settings"),
         progress=True,  # one bar per split, log lines above it
     )
     if state.is_main_process and args.update_model_card:

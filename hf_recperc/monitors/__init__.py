@@ -25,6 +25,7 @@ from .layers import (
     pool_hidden_state,
 )
 from .probes import DEFAULT_SUBSPACES, OnlineProbeMonitor, SubspaceProbeMonitor, score_subspace_probe
+from .protocols import registration  # noqa: F401  (registers the standard protocols, after the built-ins)
 from .reconstruction import (
     DEFAULT_BAND_EDGES,
     BandErrorMonitor,
@@ -38,8 +39,11 @@ from .registry import (
     MonitorSpec,
     build_monitors,
     card_rows,
+    check_monitor_settings,
     feature_prefix,
     get_monitor_spec,
+    monitor_defaults,
+    monitor_descriptions,
     monitor_names,
     register_monitor,
     result_keys,
@@ -88,6 +92,9 @@ __all__ = [
     "unregister_monitor",
     "get_monitor_spec",
     "monitor_names",
+    "monitor_defaults",
+    "monitor_descriptions",
+    "check_monitor_settings",
     "build_monitors",
     "card_rows",
     "result_keys",

@@ -39,6 +39,9 @@ __all__ = [
     "summary_parts",
     "feature_prefix",
     "figure_files",
+    "monitor_defaults",
+    "check_monitor_settings",
+    "monitor_descriptions",
 ]
 
 
@@ -113,6 +116,12 @@ class MonitorSpec:
             outputs (reconstruction, logits).
         own_prefix: the key level a report prefix replaces (``"subspace_probe/"`` for the subspace probe).
         figures: the file stems of the figures it may draw.
+        tokens: it reads a token feature `(B, T, D)` (the report's ``tokens`` pooling) instead of a pooled
+            `(B, D)` one; the report builds it on token features only, and the other monitors never on them.
+        defaults: the settings it reads beyond the built-ins' (``knn_grid_k``, ``protocol_seed``, ...) with their
+            defaults: a report fills them in (and records them), and refuses a setting no monitor declares.
+        describe: settings -> one sentence on how it measured (its settings, and what its hyperparameters were
+            chosen on), which the report prints under its numbers.
     """
 
     name: str
@@ -123,6 +132,9 @@ class MonitorSpec:
     per_feature: bool = False
     own_prefix: str = ""
     figures: Sequence[str] = ()
+    tokens: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    describe: Callable[[Mapping[str, Any]], str] | None = None
 
 
 _REGISTRY: dict[str, MonitorSpec] = {}
@@ -152,11 +164,49 @@ def get_monitor_spec(name: str, argument: str = "monitors") -> MonitorSpec:
     return _REGISTRY[name]
 
 
-def monitor_names(*, per_feature: bool | None = None) -> tuple[str, ...]:
-    """Registered names in registration order, optionally only those that run on any pooled feature."""
+def monitor_names(*, per_feature: bool | None = None, tokens: bool | None = None) -> tuple[str, ...]:
+    """Registered names in registration order, optionally only those that run on any layer feature
+    (``per_feature``), and only those that read token features (``tokens=True``) or pooled ones (``False``)."""
     return tuple(
-        spec.name for spec in _REGISTRY.values() if per_feature is None or spec.per_feature == per_feature
+        spec.name
+        for spec in _REGISTRY.values()
+        if (per_feature is None or spec.per_feature == per_feature)
+        and (tokens is None or spec.tokens == tokens)
     )
+
+
+def monitor_defaults(names: Iterable[str]) -> dict[str, Any]:
+    """The declared settings of the monitors ``names`` with their defaults (:attr:`MonitorSpec.defaults`)."""
+    defaults: dict[str, Any] = {}
+    for name in names:
+        defaults.update(get_monitor_spec(name).defaults)
+    return defaults
+
+
+def check_monitor_settings(
+    names: Iterable[str],
+    settings: Mapping[str, Any],
+    given: Mapping[str, Any],
+    argument: str = "monitor_settings",
+) -> None:
+    """Fail early, in one line naming ``argument``, on a setting in ``given`` that no registered monitor declares,
+    and on a value a monitor of ``names`` refuses (each is built once on a stand-in feature: constructors only
+    store and check, so this costs nothing)."""
+    declared = monitor_defaults(monitor_names())
+    for key in given:
+        if key not in declared:
+            raise ValueError(f"{argument}: unknown setting {key!r}; expected names among {sorted(declared)}")
+    for name in dict.fromkeys(names):
+        try:
+            get_monitor_spec(name).build(MonitorContext(settings, feature="check", prefix=""))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{argument}: {name}: {str(err).splitlines()[0]}") from None
+
+
+def monitor_descriptions(names: Iterable[str], settings: Mapping[str, Any]) -> dict[str, str]:
+    """``{name: sentence}`` of the monitors ``names`` that describe themselves (:attr:`MonitorSpec.describe`)."""
+    specs = [get_monitor_spec(name) for name in dict.fromkeys(names)]
+    return {spec.name: spec.describe(settings) for spec in specs if spec.describe is not None}
 
 
 def figure_files() -> frozenset[str]:
@@ -199,6 +249,7 @@ def card_rows(
     settings: Mapping[str, Any],
     prefix: str | None = None,
     key: Callable[[str], str] = lambda name: name,
+    names: Iterable[str] | None = None,
 ) -> list[tuple[CardRow, Any]]:
     """``(row, value)`` of every registered monitor's card rows whose key is in ``metrics`` (registration order).
 
@@ -207,9 +258,13 @@ def card_rows(
         settings: the run's settings (:attr:`MonitorContext.settings`), filling the rows' templates.
         prefix: ``"layers/<feature>/"`` for a report's feature, ``None`` for the trainer's embedding.
         key: how a monitor's key is stored in ``metrics`` (:func:`~hf_recperc.results.eval_key` for a run).
+        names: only these monitors' rows (default: every registered monitor's).
     """
     rows = []
+    wanted = None if names is None else set(names)
     for spec in _REGISTRY.values():
+        if wanted is not None and spec.name not in wanted:
+            continue
 
         def value(name: str, spec=spec) -> Any:
             return metrics.get(key(_rekey(spec, name, prefix)))

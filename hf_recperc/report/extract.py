@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..monitors import layer_feature, pool_hidden_state
+from ..results import TOKENS
 from ..safe_loading import weights_only_loading
 
 __all__ = ["Backbone", "BackboneError", "load_backbone", "pooled_features", "PIXEL_PROCESSOR_HINT"]
@@ -398,14 +399,24 @@ def pooled_features(
 ) -> dict[str, torch.Tensor]:
     """``layer_<i>/<pooling>`` -> `(B, D_i)` float32 rows, for every requested layer and pooling.
 
-    ``pooler`` (the model's own pooled output) exists for the last layer only. Features are cast to float32
-    here: half-precision rows would otherwise reach the monitors' statistics as they are.
+    ``pooler`` (the model's own pooled output) exists for the last layer only. ``tokens`` keeps every token of a
+    transformer layer, `(B, T, D)` (prefix tokens included), for the token monitors (attentive probe, PCA maps);
+    a CNN's `(C, H, W)` feature maps are refused. Features are cast to float32 here: half-precision rows would
+    otherwise reach the monitors' statistics as they are.
     """
     last = len(hidden) - 1
     features = {}
     for layer in layers:
         for pooling in poolings:
-            if pooling == "pooler":
+            if pooling == TOKENS:
+                if hidden[layer].ndim != 3:
+                    shape = "x".join(str(n) for n in hidden[layer].shape[1:])
+                    raise ValueError(
+                        f"pooling: '{TOKENS}' needs a token sequence (B, T, D), but layer {layer} of this model "
+                        f"gives {shape} per image (a CNN feature map or a vector); use cls or mean"
+                    )
+                features[layer_feature(layer, pooling)] = hidden[layer].float()  # (B, T, D)
+            elif pooling == "pooler":
                 if layer != last:
                     continue
                 if pooled is None:

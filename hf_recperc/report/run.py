@@ -47,20 +47,34 @@ from ..monitors import (
     MonitorBatch,
     MonitorContext,
     accuracy_per_layer_figure,
+    check_monitor_settings,
     compute_monitors,
     feature_prefix,
+    get_monitor_spec,
     is_distributed,
     layer_accuracies,
     layer_feature,
+    monitor_defaults,
+    monitor_descriptions,
     monitor_names,
     parse_layers,
     runner,
     spectrum_figure,
 )
 from ..monitors import build_monitors as build_registered_monitors
+from ..monitors import card_rows as registered_card_rows
 from ..monitors.runner import wanted_features
 from ..publish import OutputDirectory, Outputs, json_marker, write_json, write_text
-from ..results import KNN_ACCURACY, REPORT_FIELDS, SPECTRUM_FIELDS, SUBSPACE_FIELDS, layer_key, spectrum_key
+from ..results import (
+    KNN_ACCURACY,
+    PCA_MAPS,
+    REPORT_FIELDS,
+    SPECTRUM_FIELDS,
+    SUBSPACE_FIELDS,
+    TOKENS,
+    layer_key,
+    spectrum_key,
+)
 from ..spectral import parse_subspace
 from ..validation import check_finite_number, check_positive_int
 from ..versions import library_versions
@@ -120,10 +134,32 @@ def _check_arguments(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     for pooling in poolings or ():
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling: expected names among {POOLINGS}, got {pooling!r}")
+        if pooling not in (*POOLINGS, TOKENS):
+            raise ValueError(f"pooling: expected names among {(*POOLINGS, TOKENS)}, got {pooling!r}")
+    _check_token_monitors(monitors, poolings)
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise ValueError(f"output_dir: {str(output_dir)!r} exists and is not a directory")
+
+
+def _check_token_monitors(monitors, poolings) -> None:
+    """Token monitors (attentive probe, PCA maps) read the ``tokens`` pooling and nothing else reads it: each needs
+    the other (tokens are T times bigger than a pooled row: never extracted for nothing)."""
+    token_monitors = [name for name in monitors if name in monitor_names(tokens=True)]
+    if token_monitors and TOKENS not in (poolings or ()):
+        raise ValueError(
+            f"pooling: the monitors {token_monitors} read patch tokens; add '{TOKENS}' to --pooling "
+            f"(e.g. --pooling cls {TOKENS})"
+        )
+    if TOKENS in (poolings or ()) and not token_monitors:
+        raise ValueError(
+            f"pooling: '{TOKENS}' is read only by the token monitors {monitor_names(tokens=True)}; add one to "
+            "--monitors"
+        )
+    if TOKENS in (poolings or ()) and len(token_monitors) == len(monitors) and len(poolings) > 1:
+        raise ValueError(
+            f"pooling: {[p for p in poolings if p != TOKENS]} would be extracted for no monitor; add a pooled "
+            f"monitor such as subspace to --monitors, or keep only --pooling {TOKENS}"
+        )
 
 
 def _autocast(device: torch.device, mixed_precision: str):
@@ -351,15 +387,22 @@ def report_settings(subspaces, ridge, knn_k, knn_temperature) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def build_feature_monitors(features, names, settings, bank_dtype=None) -> dict[str, dict[str, Monitor]]:
+def build_feature_monitors(
+    features, names, settings, bank_dtype=None, resources: dict | None = None
+) -> dict[str, dict[str, Monitor]]:
     """Per feature, the registered monitors ``names`` (:func:`hf_recperc.monitors.build_monitors`), keyed
-    ``layers/<feature>/...`` like :class:`~hf_recperc.monitors.LayerProbeMonitor`: ``{feature: {name: monitor}}``."""
+    ``layers/<feature>/...`` like :class:`~hf_recperc.monitors.LayerProbeMonitor`: ``{feature: {name: monitor}}``.
+    Token monitors (``MonitorSpec.tokens``) are built on ``layer_<i>/tokens`` features only, the others never on
+    them. ``resources``: more of :attr:`MonitorContext.resources` (``num_prefix_tokens`` for the PCA maps)."""
     built = {}
     for feature in features:
+        on_tokens = feature.endswith(f"/{TOKENS}")
+        chosen = [name for name in names if get_monitor_spec(name).tokens == on_tokens]
         context = MonitorContext(
-            settings, feature, prefix=feature_prefix(feature), resources={"bank_dtype": bank_dtype}
-        )
-        built[feature] = dict(zip(names, build_registered_monitors(names, context)))
+            settings, feature, prefix=feature_prefix(feature),
+            resources={"bank_dtype": bank_dtype, **(resources or {})},
+        )  # fmt: skip
+        built[feature] = dict(zip(chosen, build_registered_monitors(chosen, context)))
     return built
 
 
@@ -530,6 +573,11 @@ def perception_report(
     started = time.perf_counter()
     subspaces, monitors = list(subspaces), list(dict.fromkeys(monitors))
     _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge)
+    given = dict(monitor_settings or {})
+    monitor_settings = {**monitor_defaults(monitors), **given}  # what the monitors run with, recorded
+    check_monitor_settings(
+        monitors, {**report_settings(subspaces, ridge, knn_k, knn_temperature), **monitor_settings}, given
+    )
     if output_dir is not None:
         report_output_dir(output_dir).check()  # a user's report.md or figure: refused before any work
     inputs = load_inputs(
@@ -543,8 +591,9 @@ def perception_report(
     )  # fmt: skip
     settings = {**report_settings(subspaces, ridge, knn_k, knn_temperature), **(monitor_settings or {})}
     built = build_feature_monitors(
-        inputs.plan.features, monitors, settings, _bank_dtype(inputs.backbone.device)
-    )
+        inputs.plan.features, monitors, settings, _bank_dtype(inputs.backbone.device),
+        {"num_prefix_tokens": inputs.backbone.num_prefix_tokens},
+    )  # fmt: skip
     metrics, timings = evaluate(built, source, inputs.plan, curves)
     options = {
         "batch_size": batch_size, "mixed_precision": mixed_precision, "ridge": ridge, "knn_k": knn_k,
@@ -762,6 +811,7 @@ def _accuracy_curves(probes: dict, features: Sequence[str]) -> dict[str, dict[st
 def _findings(metrics, layer_ids, poolings, subspaces, probes, evidence: Evidence, feature_dims) -> dict:
     """``finding``: the main sentence (first pooling); ``findings``: one per pooling (pooler: last layer only);
     ``evidence``: what they rest on (rows, chance level, the thresholds of :mod:`hf_recperc.findings`)."""
+    poolings = [p for p in poolings if p != TOKENS]  # token features have no probe: no finding on them
     if not probes:
         return {"finding": None, "findings": {}}
     return {
@@ -832,7 +882,14 @@ def _data_provenance(data: ImageData, run_split: dict | None) -> dict:
 def report_figures(report: dict, built: dict[str, dict[str, Monitor]]) -> dict:
     """The report's figures from its features' monitors (:func:`_figures`)."""
     spectra = {feature: monitors["spectrum"] for feature, monitors in built.items() if "spectrum" in monitors}
-    return _figures(report, _probes(built), spectra)
+    figures = _figures(report, _probes(built), spectra)
+    for feature, monitors in built.items():  # the token monitors' pictures (PCA maps), one per layer
+        for name, monitor in monitors.items():
+            if get_monitor_spec(name).tokens:
+                figures.update(
+                    {f"{stem}_{feature.replace('/', '_')}": f for stem, f in monitor.figures().items()}
+                )
+    return figures
 
 
 def _figures(report: dict, probes: dict, spectra: dict) -> dict:
@@ -918,6 +975,8 @@ def _markdown(report: dict) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for feature, row in report["features"].items():
         layer, pooling = feature.removeprefix("layer_").split("/")
+        if pooling == TOKENS:  # token features have no probe, kNN or spectrum: their numbers are below
+            continue
         cells = [layer, pooling]
         if "accuracy" in row:
             cells += [f"{row['accuracy'][s]:.4f} ({row['dims'][s]})" for s in subspaces]
@@ -931,7 +990,31 @@ def _markdown(report: dict) -> str:
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _protocol_lines(report))
+
+
+def _protocol_lines(report: dict) -> list[str]:
+    """``report.md``'s protocols section: what each monitor that describes itself did (its settings, and that its
+    hyperparameters were chosen on training rows only), then one table of their card rows per feature."""
+    settings = report["settings"]
+    described = monitor_descriptions(report["monitors"], settings)
+    if not described:
+        return []
+    lines = ["## Standard protocols", ""]
+    lines += [f"- **{name}**: {sentence}." for name, sentence in described.items()]
+    lines.append("")
+    rows = {
+        feature: registered_card_rows(report["metrics"], settings, feature_prefix(feature), names=described)
+        for feature in report["features"]
+    }
+    labels = list(dict.fromkeys(row.label for pairs in rows.values() for row, _ in pairs))
+    if not labels:
+        return lines
+    lines += ["| feature | measure | value |", "|---|---|---|"]
+    for feature, pairs in rows.items():
+        lines += [f"| {feature} | {row.label} | {value:{row.format_spec}} |" for row, value in pairs]
+    lines.append("")
+    return lines
 
 
 def _resize_lines(data: dict, model: dict) -> list[str]:
@@ -954,7 +1037,7 @@ REPORT_OUTPUTS = Outputs(
     command="report",
     names=frozenset(
         {"report.json", "report.md", "accuracy_per_layer.png", "eigenvalue_spectrum_per_layer.png"}
-        | {"accuracy_curve_*.png"}
+        | {"accuracy_curve_*.png", f"{PCA_MAPS}_*.png"}
     ),
     legacy=json_marker("report.json", ("metrics", "features", "versions")),
 )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...results import ATTENTIVE_PROBE, attentive_key
 from ...validation import check_finite_number, check_positive_int
 from .common import (
     SELECTED_ON_TRAIN,
@@ -33,12 +34,7 @@ __all__ = [
     "AttentiveProbeMonitor",
 ]
 
-ATTENTIVE = "attentive_probe"
-
-
-def attentive_key(field: str) -> str:
-    """``"accuracy"`` -> ``"attentive_probe/accuracy"`` (fields: ``accuracy``, ``epochs``, ``selection``)."""
-    return f"{ATTENTIVE}/{field}"
+ATTENTIVE = ATTENTIVE_PROBE
 
 
 class AttentivePoolingHead(nn.Module):

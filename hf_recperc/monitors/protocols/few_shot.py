@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ...results import FEW_SHOT, few_shot_key
 from ...validation import check_finite_number, check_positive_int
 from .common import (
     SELECTED_ON_TRAIN,
@@ -32,15 +33,8 @@ __all__ = [
     "FewShotMonitor",
 ]
 
-FEW_SHOT = "few_shot"
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_DRAWS = 5
-
-
-def few_shot_key(field: str, shots: int | None = None) -> str:
-    """``("accuracy", 5)`` -> ``"few_shot/accuracy/5-shot"`` (mean over draws); fields ``accuracy``, ``std``;
-    without ``shots``: ``few_shot/<field>`` (``num_draws``, ``ridge``)."""
-    return f"{FEW_SHOT}/{field}" if shots is None else f"{FEW_SHOT}/{field}/{shots}-shot"
 
 
 def few_shot_draws(

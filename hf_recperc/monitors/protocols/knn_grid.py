@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ...results import KNN_GRID, knn_grid_key
 from ...validation import check_positive_int
 from .common import (
     SELECTED_ON_TRAIN,
@@ -43,21 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KNN_GRID = "knn_grid"
 DEFAULT_KS = (10, 20, 100, 200)
 DEFAULT_TEMPERATURES = (0.02, 0.07, 0.2)
-
-
-def knn_grid_key(field: str, k: int | None = None, temperature: float | None = None) -> str:
-    """Keys of the kNN grid. Without ``k``: ``knn_grid/<field>`` (``accuracy``, ``holdout_accuracy``, ``k``,
-    ``temperature`` of the chosen weighted setting); with ``k``: ``knn_grid/accuracy/k=<k>`` (majority vote), with
-    ``k`` and ``temperature``: ``knn_grid/weighted_accuracy/k=<k>,t=<T>`` (test accuracy of each setting; ``k`` as
-    asked, even when clipped to the bank)."""
-    if k is None:
-        return f"{KNN_GRID}/{field}"
-    if temperature is None:
-        return f"{KNN_GRID}/{field}/k={k}"
-    return f"{KNN_GRID}/{field}/k={k},t={temperature:g}"
 
 
 def _unit_rows(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ...results import LINEAR_GRID, linear_grid_key
 from ...spectral import compute_dtype
 from ...validation import check_finite_number, check_positive_int
 from .common import (
@@ -45,17 +46,9 @@ __all__ = [
     "LinearGridMonitor",
 ]
 
-LINEAR_GRID = "linear_grid"
 DEFAULT_LEARNING_RATES = (0.1, 0.3, 1.0)  # steps of the preconditioned gradient (see the module docstring)
 DEFAULT_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3)
 DEFAULT_EPOCHS = 10
-
-
-def linear_grid_key(field: str) -> str:
-    """``"accuracy"`` -> ``"linear_grid/accuracy"``. Fields: ``accuracy`` (test, chosen setting, refitted on all
-    training rows), ``holdout_accuracy`` (the chosen setting's), ``learning_rate``, ``weight_decay``, and
-    ``holdout_accuracy/lr=<a>,wd=<b>`` per setting."""
-    return f"{LINEAR_GRID}/{field}"
 
 
 def holdout_split(num_rows: int, holdout: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

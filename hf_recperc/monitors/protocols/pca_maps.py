@@ -8,10 +8,12 @@ section 2). Each channel is min-max scaled to [0, 1] over all the images, so the
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 
+from ...results import PCA_MAPS
 from ...spectral import PCA, as_float_tensor
 from ...validation import check_positive_int
 from ..base import EVAL, MonitorBatch
@@ -21,12 +23,19 @@ if TYPE_CHECKING:
 
 __all__ = ["PCA_MAPS", "pca_rgb_maps", "pca_maps_figure", "PCAMapsMonitor"]
 
-PCA_MAPS = "pca_maps"
 
 _CHANNELS = 3  # RGB
 
 
 def _grid(grid_size, num_patches: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the patch grid; ``grid_size=None``: a square grid of ``num_patches``."""
+    if grid_size is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(
+                f"grid_size: {num_patches} patch tokens per image do not form a square grid; pass (rows, cols)"
+            )
+        grid_size = side
     rows, cols = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
     check_positive_int("grid_size", rows)
     check_positive_int("grid_size", cols)
@@ -50,7 +59,8 @@ def pca_rgb_maps(tokens, grid_size, num_prefix_tokens: int = 0) -> dict[str, tor
 
     Args:
         tokens (`torch.Tensor` of shape `(B, T, D)`): hidden states of ``B`` images (``D >= 3``).
-        grid_size: ``rows`` or ``(rows, cols)`` of the patch grid; ``rows * cols = T - num_prefix_tokens``.
+        grid_size: ``rows`` or ``(rows, cols)`` of the patch grid; ``rows * cols = T - num_prefix_tokens``
+            (``None``: a square grid).
         num_prefix_tokens: leading CLS/register tokens to drop.
 
     Returns:
@@ -122,15 +132,22 @@ class PCAMapsMonitor:
 
     Args:
         feature: the token feature's name; grid_size, num_prefix_tokens: see :func:`pca_rgb_maps`;
-        num_images: images shown.
+        num_images: images shown; figure_name: the figure's file stem (a report names one per layer).
     """
 
     name = PCA_MAPS
 
-    def __init__(self, grid_size, feature: str = "tokens", num_prefix_tokens: int = 1, num_images: int = 4):
+    def __init__(
+        self,
+        grid_size=None,
+        feature: str = "tokens",
+        num_prefix_tokens: int = 1,
+        num_images: int = 4,
+        figure_name: str = PCA_MAPS,
+    ):
         check_positive_int("num_images", num_images)
         self.grid_size, self.num_prefix_tokens, self.num_images = grid_size, num_prefix_tokens, num_images
-        self.feature = feature
+        self.feature, self.figure_name = feature, figure_name
         self.features = (feature,)
         self.reset()
 
@@ -166,4 +183,6 @@ class PCAMapsMonitor:
             high = pixels.flatten(1).max(1).values[:, None, None, None]
             pixels = ((pixels - low) / (high - low).clamp_min(1e-12)).permute(0, 2, 3, 1)  # (B, H, W, C)
             images = pixels.expand(-1, -1, -1, 3) if pixels.shape[-1] == 1 else pixels[..., :3]
-        return {PCA_MAPS: pca_maps_figure(tokens, self.grid_size, self.num_prefix_tokens, images=images)}
+        return {
+            self.figure_name: pca_maps_figure(tokens, self.grid_size, self.num_prefix_tokens, images=images)
+        }

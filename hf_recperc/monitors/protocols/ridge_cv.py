@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ...results import RIDGE_CV, ridge_cv_key
 from ...spectral import SecondMoments
 from ...validation import check_positive_int
 from .common import (
@@ -42,16 +43,8 @@ __all__ = [
     "RidgeCVMonitor",
 ]
 
-RIDGE_CV = "ridge_cv"
 # Relative penalties (x mean eigenvalue), log-spaced around SubspaceProbe's default 1e-3.
 DEFAULT_RIDGES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-
-def ridge_cv_key(field: str) -> str:
-    """``"accuracy"`` -> ``"ridge_cv/accuracy"``. Fields: ``accuracy`` (test, at the chosen penalty),
-    ``cv_accuracy`` (its mean fold accuracy), ``ridge`` (chosen, relative), ``alpha`` (chosen, covariance units),
-    ``num_folds``; and ``cv_accuracy/ridge=<r>`` per grid value."""
-    return f"{RIDGE_CV}/{field}"
 
 
 def kfold_assignments(num_rows: int, num_folds: int, seed: int = 0) -> torch.Tensor:
