@@ -800,3 +800,56 @@ def test_bad_protocol_arguments_name_the_argument(case):
     call, argument = _protocol_calls()[case]
     with pytest.raises(ValueError, match=rf"^{argument}\b"):
         call(*_protocol_data())
+
+
+# ---- protocols in the report (registered protocols, tokens pooling, --monitor_settings) ----
+
+
+@pytest.fixture(scope="module")
+def protocol_report_models(tmp_path_factory) -> dict[str, str]:
+    """A tiny ViT (tokens) and a tiny ResNet (feature maps), saved with their image processors."""
+    import torch
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("protocol_report_models")
+    torch.manual_seed(0)
+    vit = tf.ViTConfig(
+        image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )  # fmt: skip
+    resnet = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    paths = {}
+    for name, model in (("vit", tf.ViTModel(vit)), ("resnet", tf.ResNetModel(resnet))):
+        model.save_pretrained(root / name)
+        tf.ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths
+
+
+@pytest.mark.parametrize(
+    "model, flags, expected",
+    [
+        ("vit", ["--monitors", "attentive_probe"], "pooling: the monitors ['attentive_probe'] read patch tokens"),
+        ("vit", ["--monitors", "subspace", "--pooling", "tokens"], "pooling: 'tokens' is read only by the token"),
+        ("vit", ["--monitors", "knn_grid", "--monitor_settings", "knn_grid_ks=[5]"], "monitor_settings: unknown setting 'knn_grid_ks'"),
+        ("vit", ["--monitors", "knn_grid", "--monitor_settings", "knn_grid_k=[0]"], "monitor_settings: knn_grid: ks"),
+        ("vit", ["--monitors", "few_shot", "--monitor_settings", "few_shot_shots=[1"], "monitor_settings: unclosed"),
+        ("vit", ["--monitors", "nearest"], "monitors: expected names among ("),
+        ("resnet", ["--monitors", "attentive_probe", "--pooling", "tokens"], "pooling: 'tokens' needs a token sequence"),
+    ],
+)  # fmt: skip
+def test_report_refuses_bad_protocol_requests_in_one_line(
+    protocol_report_models, model, flags, expected, tmp_path, capsys
+):
+    """Protocols in the report: a token monitor without token features, tokens without a token monitor, a setting no
+    monitor declares or a value a monitor refuses, and tokens of a CNN are one line naming the argument, exit 2,
+    nothing written."""
+    from hf_recperc.commands import report
+
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", protocol_report_models[model], "--dataset_name", "digits", *flags]
+    code = report.main(
+        [*argv, "--max_train_samples", "40", "--max_eval_samples", "20", "--output_dir", str(out)]
+    )
+    err = capsys.readouterr().err.strip().splitlines()  # progress bars of the model load may come first
+    assert code == 2 and err[-1].startswith("error: ") and expected in err[-1], err
+    assert "Traceback" not in "\n".join(err) and not out.exists()

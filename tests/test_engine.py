@@ -209,6 +209,8 @@ def _string_constants(path: Path):
 # Key levels and flat keys that hf_recperc/results.py owns (statistic names alone, such as "effective_rank", are
 # also report.json and card-template field names; their keys, "spectrum/...", are what is checked).
 KEY_FRAGMENTS = ("eval/", "subspace_probe/", "band_error/", "knn/", "spectrum/", "layers/")
+# ... and the standard protocols' key levels (docs/protocols.md)
+KEY_FRAGMENTS += ("ridge_cv/", "linear_grid/", "knn_grid/", "few_shot/", "attentive_probe/")
 FLAT_KEYS = {"reconstruction_mse", "online_probe_accuracy", "knn_accuracy", "knn_weighted_accuracy"}
 KEY_HOMES = {"results.py", "monitors/registry.py", "monitors/builtin.py"}
 

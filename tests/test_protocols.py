@@ -3,6 +3,8 @@ scikit-learn reference, chooses on training rows only, and can be restricted to 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -437,3 +439,102 @@ def test_half_precision_features_give_the_float32_numbers(name, data):
     half = protocol(X, y, Xt, yt, **FAST_OPTIONS[name])
     assert half == protocol(X.float(), y, Xt.float(), yt, **FAST_OPTIONS[name])
     assert all(np.isfinite(v) for v in numbers(half).values())
+
+
+# ------------------------------------------------------------------ the protocols in the perception report
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory) -> str:
+    """A randomly initialised transformers ViT (16 x 16 images, 4 x 4 patches: 16 patch tokens + CLS), saved."""
+    import transformers as tf
+
+    path = tmp_path_factory.mktemp("tiny_vit")
+    torch.manual_seed(0)
+    config = tf.ViTConfig(
+        image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )  # fmt: skip
+    tf.ViTModel(config).save_pretrained(path)
+    tf.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    return str(path)
+
+
+PROTOCOL_NAMES = ["ridge_cv", "linear_grid", "knn_grid", "few_shot", "attentive_probe", "pca_maps"]
+
+
+@pytest.fixture(scope="module")
+def protocol_report(tiny_vit, tmp_path_factory):
+    """``recperc-report --monitors subspace knn spectrum <every protocol> --pooling cls tokens`` with settings."""
+    from hf_recperc.commands import report as command
+
+    out = tmp_path_factory.mktemp("protocol_report") / "report"
+    argv = [
+        "--model_name_or_path", tiny_vit, "--dataset_name", "digits", "--max_train_samples", "300",
+        "--max_eval_samples", "100", "--output_dir", str(out), "--pooling", "cls", "tokens",
+        "--monitors", "subspace", "knn", "spectrum", *PROTOCOL_NAMES,
+        "--monitor_settings", "knn_grid_k=[3,7],few_shot_shots=[2,4],ridge_cv_folds=3,attentive_epochs=5",
+    ]  # fmt: skip
+    assert command.main(argv) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_the_report_runs_every_protocol_with_the_settings_given(protocol_report):
+    """Protocols in the report: each registered protocol reports its numbers per layer feature in report.json, with
+    the settings given (k, shots, folds), and the attentive probe reads the tokens feature only."""
+    _, report = protocol_report
+    metrics, cls, tokens = report["metrics"], "layers/layer_2/cls/", "layers/layer_2/tokens/"
+    assert 0 <= metrics[cls + ridge_cv_key("accuracy")] <= 1 and metrics[cls + ridge_cv_key("num_folds")] == 3
+    assert cls + linear_grid_key("accuracy") in metrics
+    assert {cls + knn_grid_key("accuracy", k) for k in (3, 7)} <= set(metrics)
+    assert cls + knn_grid_key("accuracy", 20) not in metrics
+    assert {cls + few_shot_key("accuracy", n) for n in (2, 4)} <= set(metrics)
+    assert (
+        0 <= metrics[tokens + attentive_key("accuracy")] <= 1
+        and metrics[tokens + attentive_key("epochs")] == 5
+    )
+    assert not any(key.startswith(tokens) and "attentive" not in key for key in metrics)  # no probe on tokens
+    assert not any(key.startswith(cls) and "attentive" in key for key in metrics)
+    assert report["settings"]["knn_grid_k"] == [3, 7] and report["settings"]["linear_grid_epochs"] == 10
+    assert (
+        report["features"]["layer_2/tokens"][attentive_key("accuracy")]
+        == metrics[tokens + attentive_key("accuracy")]
+    )
+
+
+def test_report_md_states_each_protocols_settings_and_selection_and_draws_pca_maps(protocol_report):
+    """Protocols in the report: report.md says, per protocol, the settings used and that hyperparameters were chosen
+    on training rows only, shows the numbers per feature, and the PCA maps of the tokens are drawn."""
+    out, report = protocol_report
+    text = (out / "report.md").read_text()
+    section = text[text.index("## Standard protocols") :]
+    for name in PROTOCOL_NAMES[:-1]:
+        line = next(line for line in section.splitlines() if line.startswith(f"- **{name}**"))
+        assert "training rows only" in line
+    assert "3-fold cross-validation" in section and "k in 3, 7" in section and "n in (2, 4)" in section
+    assert "| layer_2/cls | 2-shot ridge probe accuracy, mean of 5 draws |" in section
+    value = report["metrics"]["layers/layer_2/tokens/" + attentive_key("accuracy")]
+    assert (
+        f"| layer_2/tokens | attentive probe accuracy (cross-attention on patch tokens, 5 epochs) | {value:.4f} |"
+        in section
+    )
+    assert (out / "pca_maps_layer_2_tokens.png").stat().st_size > 0
+    assert "| 2 | tokens |" not in text  # the per-layer probe table has no row for token features
+
+
+def test_protocol_card_rows_state_the_run_settings():
+    """Protocols on a card: a row's label is filled in from the run's settings (never a literal): other folds,
+    shots and k give other labels."""
+    from hf_recperc.monitors import card_rows
+
+    metrics = {ridge_cv_key("accuracy"): 0.5, few_shot_key("accuracy", 3): 0.4, knn_grid_key("accuracy"): 0.3}
+    labels = [
+        row.label
+        for row, _ in card_rows(
+            metrics, {"ridge_cv_folds": 7, "few_shot_shots": [3], "knn_grid_k": [9]}, names=PROTOCOL_NAMES
+        )
+    ]
+    assert any("7-fold" in label for label in labels)
+    assert any(label.startswith("3-shot") for label in labels)
+    assert any("k in 9," in label for label in labels)
+    default = [row.label for row, _ in card_rows(metrics, {}, names=PROTOCOL_NAMES)]
+    assert any("5-fold" in label for label in default)
