@@ -58,6 +58,7 @@ from ..results import KNN_ACCURACY, KNN_WEIGHTED_ACCURACY, LAYERS, SPECTRUM_FIEL
 from ..spectral import parse_subspace
 from ..validation import check_finite_number, check_positive_int
 from ..versions import library_versions
+from .cache import FeatureCache, FeatureRecorder
 from .extract import Backbone, BackboneError, load_backbone, pooled_features
 
 __all__ = [
@@ -349,6 +350,7 @@ def perception_report(
     curves: bool = True,
     figures: bool = True,
     data_kwargs: dict | None = None,
+    feature_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Probe a vision model's features layer by layer: subspace probes, kNN and spectrum per layer x pooling.
 
@@ -377,6 +379,9 @@ def perception_report(
         figures: draw the figures (when ``output_dir`` is given).
         data_kwargs: more keyword arguments of :func:`~hf_recperc.data.load_image_dataset` (``seed`` and
             ``train_val_split`` default to the model's run's, see ``dataset``; ``None`` values are dropped).
+        feature_cache: a folder keeping the pooled features per model, data and extraction settings
+            (:mod:`hf_recperc.report.cache`); a report whose features are there never loads the model. One process
+            only (ignored, with a warning, under several).
 
     Returns:
         The content of ``report.json``: ``metrics`` (flat ``layers/<layer>/<pooling>/...`` keys, as the trainer's
@@ -392,26 +397,48 @@ def perception_report(
     started = time.perf_counter()
     subspaces, monitors = list(subspaces), list(dict.fromkeys(monitors))
     _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge)
+    cache = FeatureCache(feature_cache) if feature_cache is not None else None  # a file there: refused now
     if output_dir is not None:
         report_output_dir(output_dir).check()  # a user's report.md or figure: refused before any work
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone = load_backbone(
-        model, image_processor=image_processor, trust_remote_code=trust_remote_code, image_size=image_size,
-        device=device,
-    )  # fmt: skip
     run_split = _run_split(model)
     data = _load_data(dataset, run_split, max_train_samples, max_eval_samples, data_kwargs)
-    hidden, layer_ids, poolings, features = choose_features(backbone, data, layers, poolings, mixed_precision)
+    rank, world = _rank_and_world()
+    # ---- feature cache (hf_recperc/report/cache.py): a hit replaces loading the model and extracting ----
+    entry = _cache_entry(cache, world, model, data, image_processor, image_size, mixed_precision, device)
+    cached = entry.lookup(layers, poolings, data) if entry is not None else None
+    if cached is None:
+        backbone = load_backbone(
+            model, image_processor=image_processor, trust_remote_code=trust_remote_code, image_size=image_size,
+            device=device,
+        )  # fmt: skip
+        hidden, layer_ids, poolings, features = choose_features(
+            backbone, data, layers, poolings, mixed_precision
+        )
+    else:
+        layer_ids, poolings, features = cached.layer_ids, cached.poolings, cached.dims
+    # ---- end of the feature cache's first part ----
     probes, spectra, knns = build_monitors(
         features, monitors, subspaces, ridge, knn_k, knn_temperature, _bank_dtype(device)
     )
     all_monitors = [*probes.values(), *spectra.values(), *knns.values()]
-    rank, world = _rank_and_world()
     timings = {}
     with _timed(timings, "extraction_seconds"):
-        seen = extract_splits(
-            backbone, data, layer_ids, poolings, all_monitors, batch_size, num_workers, mixed_precision
-        )
+        # ---- feature cache: replay a hit, or record what the extraction gives and store it ----
+        if cached is not None:
+            seen = cached.feed(all_monitors, batch_size, UPDATE_ROWS, device)
+        else:
+            recorder = [FeatureRecorder()] if entry is not None else []
+            seen = extract_splits(
+                backbone, data, layer_ids, poolings, [*all_monitors, *recorder], batch_size, num_workers,
+                mixed_precision,
+            )  # fmt: skip
+            if entry is not None:
+                entry.store(
+                    recorder[0], num_hidden_layers=len(hidden) - 1, default_poolings=backbone.default_poolings,
+                    provenance=_model_provenance(backbone, hidden, len(hidden) - 1),
+                )  # fmt: skip
+        # ---- end of the feature cache's second part ----
     with _timed(timings, "fitting_seconds"):
         metrics = compute_monitors(all_monitors)
         last_layer = [layer_feature(layer_ids[-1], pooling) for pooling in poolings]
@@ -425,7 +452,9 @@ def perception_report(
         "subspaces": subspaces,
         "monitors": monitors,
         "accuracy_curves": accuracy_curves,
-        "model": _model_provenance(backbone, hidden, len(hidden) - 1),
+        "model": _model_provenance(backbone, hidden, len(hidden) - 1)
+        if cached is None
+        else cached.provenance,
         "data": _data_provenance(data, run_split),
         "settings": {
             "batch_size": batch_size,
@@ -434,6 +463,7 @@ def perception_report(
             "knn_k": knn_k,
             "knn_temperature": knn_temperature,
             "image_size": image_size,
+            "feature_cache": None if entry is None else {"entry": str(entry.path), "hit": cached is not None},
         },
         "runtime": {
             "total_seconds": time.perf_counter() - started,
@@ -448,6 +478,22 @@ def perception_report(
         drawn = _figures(report, probes, spectra) if figures else {}
         write_report(report, drawn, output_dir)
     return report
+
+
+def _cache_entry(cache, world, model, data, image_processor, image_size, mixed_precision, device):
+    """The feature-cache entry of this report: ``None`` without a cache, under several processes (each extracts its
+    own rows), or for a model that cannot be identified before loading (:meth:`FeatureCache.entry`)."""
+    if cache is None:
+        return None
+    if world > 1:
+        logger.warning("feature_cache: not used with %d processes (each extracts its own rows)", world)
+        return None
+    settings = {
+        "image_processor": image_processor,
+        "image_size": image_size,
+        "mixed_precision": mixed_precision,
+    }
+    return cache.entry(model, data, device=device, **settings)
 
 
 @contextlib.contextmanager
