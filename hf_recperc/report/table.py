@@ -131,6 +131,7 @@ def _settings(report: dict) -> dict:
         "num_train": data.get("num_train"),
         "num_eval": data.get("num_eval"),
         **{name: settings.get(name) for name in SETTINGS[3:]},
+        "image_size": settings.get("image_size") or "processor's",  # None: each model's processor size
     }
 
 
@@ -221,13 +222,14 @@ def _line_style(spec: str) -> str:
 
 def comparison_figure(reports: Sequence[LoadedReport]):
     """Accuracy per layer: one colour per model (its first pooling), one line style per kind of subspace (top solid,
-    bottom dashed, all dotted); two legends outside the axes (models, subspaces). Each line's ``gid`` is
+    bottom dashed, all dotted); two figure legends right of the axes (models, subspaces). Each line's ``gid`` is
     ``"<model label>|<subspace>"``. Returns a :class:`~matplotlib.figure.Figure`."""
     from matplotlib.lines import Line2D  # noqa: PLC0415  (matplotlib only when drawing)
 
     from ..plotting import new_figure  # noqa: PLC0415
 
-    figure, axis = new_figure((8.5, 4.5))
+    figure, axis = new_figure((9.0, 4.5))
+    figure.set_layout_engine("constrained")  # makes room for the legends outside the axes
     specs, _ = subspace_columns(reports)
     colors = [f"C{i % 10}" for i in range(len(reports))]
     model_handles = []
@@ -248,19 +250,17 @@ def comparison_figure(reports: Sequence[LoadedReport]):
         model_handles.append(Line2D([], [], color=color, marker="o", label=f"{loaded.label} ({pooling})"))
     num_labels = {report.report["data"].get("num_labels") for report in reports}
     if len(num_labels) == 1 and (labels := num_labels.pop()):
-        axis.axhline(1.0 / labels, color="0.4", linestyle=":", linewidth=1.0)
-        model_handles.append(Line2D([], [], color="0.4", linestyle=":", label=f"chance (1/{labels})"))
+        chance = dict(color="0.6", linestyle=(0, (1, 4)), linewidth=1.0)  # sparser than the "all" lines
+        axis.axhline(1.0 / labels, **chance)
+        model_handles.append(Line2D([], [], **chance, label=f"chance (1/{labels})"))
     style_handles = [Line2D([], [], color="0.2", linestyle=_line_style(spec), label=spec) for spec in specs]
-    models_legend = axis.legend(
-        handles=model_handles, title="model", loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8
-    )
-    axis.add_artist(models_legend)
-    axis.legend(
-        handles=style_handles, title="subspace", loc="lower left", bbox_to_anchor=(1.02, 0.0), fontsize=8
-    )
+    # figure legends "outside": the constrained layout shrinks the axes to make room for them
+    figure.legend(handles=model_handles, title="model", loc="outside right upper", fontsize=8)
+    figure.legend(handles=style_handles, title="subspace", loc="outside right lower", fontsize=8)
     axis.set(
         xlabel="layer", ylabel="subspace probe accuracy (validation)", title="Perception per layer, by model"
     )
+    axis.xaxis.get_major_locator().set_params(integer=True)
     axis.grid(alpha=0.3)
     return figure
 
@@ -277,6 +277,6 @@ def write_comparison(reports: Sequence[LoadedReport], output_dir: str | os.PathL
     files = {
         "report.md": functools.partial(write_text, text=comparison_markdown(reports)),
         "comparison.csv": functools.partial(write_text, text=comparison_csv(reports)),
-        "accuracy_per_layer.png": functools.partial(save_figure, comparison_figure(reports)),
+        "accuracy_per_layer.png": functools.partial(save_figure, comparison_figure(reports), tight=False),
     }
     return table_output_dir(output_dir).write(files)
