@@ -85,9 +85,11 @@ def test_three_saved_models_give_one_table_and_one_figure(compared):
     legends = figure.legends
     texts = sorted(text.get_text() for legend in legends for text in legend.get_texts())
     assert {"ours_ae (mean)", "vit (cls)", "timm_resnet (mean)", *SUBSPACES} <= set(texts), texts
-    figure.canvas.draw()  # the legends sit outside the axes, to the right
-    right = axis.get_window_extent().x1
-    assert all(legend.get_window_extent().x0 > right for legend in legends)
+    figure.draw_without_rendering()  # lays out: the legends sit right of the axes, inside the figure
+    right, width = axis.get_window_extent().x1, figure.bbox.width
+    assert all(
+        right < legend.get_window_extent().x0 < legend.get_window_extent().x1 <= width for legend in legends
+    )
 
 
 def test_the_table_command_takes_report_files_and_folders(compared, tmp_path, capsys):
