@@ -84,6 +84,7 @@ def test_second_report_reads_cached_features_without_the_model_and_equals_an_unc
     assert cached["settings"]["feature_cache"]["hit"] is True
     assert cached["metrics"] == uncached["metrics"]  # exactly, value for value
     assert cached["features"] == uncached["features"] and cached["finding"] == uncached["finding"]
+    assert cached["accuracy_curves"] == uncached["accuracy_curves"]
     assert cached["layers"] == uncached["layers"] == [1, 2, 3] and cached["poolings"] == ["cls", "mean"]
     assert cached["model"] == uncached["model"]  # the provenance comes from the entry
     read = [r.getMessage() for r in caplog.records if "read from cache" in r.getMessage()]
