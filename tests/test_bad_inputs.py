@@ -802,6 +802,96 @@ def test_bad_protocol_arguments_name_the_argument(case):
         call(*_protocol_data())
 
 
+# ---- feature cache and comparison table (issue 18: feature cache, several models) ----
+
+from hf_recperc.commands import report_table  # noqa: E402  (this block's own import)
+
+# The shared table above, extended (in place, before collection) with this area's commands and arguments.
+BAD_INPUTS.extend(
+    [
+        (report_table, ["{tmp}/no_report", "--output_dir", "{out}"], "reports: "),
+        (report_table, ["{out}", "--output_dir", "{tmp}/table"], "reports: "),  # a folder without report.json
+        (report_table, ["{out}/notes.txt", "--output_dir", "{tmp}/table"], "reports: "),  # not JSON
+        (
+            report,
+            ["--model_name_or_path", "{vit}", "--feature_cache", "{out}/notes.txt", "--output_dir", "{out}"],
+            "feature_cache: ",
+        ),
+        (
+            report,
+            ["--model_name_or_path", "{vit}", "{vit}", "--update_model_card", "--output_dir", "{out}"],
+            "update_model_card: ",
+        ),
+    ]
+)
+
+
+def _tiny_report() -> dict:
+    """The smallest report.json the table reads (the keys recperc-report writes)."""
+    return {
+        "features": {"layer_1/mean": {"accuracy": {"all": 0.5}}},
+        "layers": [1], "poolings": ["mean"], "subspaces": ["all"], "model": {"name_or_path": "m"},
+        "data": {"source": "digits", "num_labels": 10}, "settings": {"knn_k": 20},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ({"accuracy": 0.9}, "is not a report.json written by recperc-report (missing features, layers"),
+        ([1, 2], "is not a report.json written by recperc-report"),
+        ({**_tiny_report(), "features": {"acc": 1}}, "has an unknown 'features' layout"),
+    ],
+)
+def test_report_table_refuses_an_unknown_report_schema_before_writing(content, expected, tmp_path, capsys):
+    """Comparison: a JSON file that is not a report (or of an unknown layout) is one line naming ``reports`` and
+    the file, read before anything is written (a good report beside it changes nothing)."""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir(), bad.mkdir()
+    (good / "report.json").write_text(json.dumps(_tiny_report()))
+    (bad / "report.json").write_text(json.dumps(content))
+    assert report_table.main([str(good), str(bad), "--output_dir", str(tmp_path / "table")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: reports: '{bad / 'report.json'}' ") and expected in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "good"]
+
+
+def test_report_table_never_overwrites_a_users_report_md(tmp_path, capsys):
+    """Comparison: an output folder holding the user's report.md is refused, the file kept."""
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "report.json").write_text(json.dumps(_tiny_report()))
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "report.md").write_text("my notes\n")
+    assert report_table.main([str(tmp_path / "good"), "--output_dir", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: output_dir: ") and "report.md" in line, line
+    assert [p.name for p in out.iterdir()] == ["report.md"] and (
+        out / "report.md"
+    ).read_text() == "my notes\n"
+
+
+def test_several_models_are_all_checked_before_the_first_is_loaded(vit, tmp_path, capsys, monkeypatch):
+    """Comparison: with several models, a user's file in the second model's report folder is refused before the
+    first model is loaded (no report written, no model constructed)."""
+    import hf_recperc.report.run as report_run  # noqa: PLC0415
+
+    monkeypatch.setattr(report_run, "load_backbone", lambda *a, **k: pytest.fail("a model was loaded"))
+    second = tmp_path / "out" / "model-2"
+    second.mkdir(parents=True)
+    (second / "report.md").write_text("mine\n")
+    model = tmp_path / "model"
+    model.symlink_to(vit)  # the same model twice: report folders "model" and "model-2"
+    assert (
+        report.main(["--model_name_or_path", str(model), str(model), "--output_dir", str(tmp_path / "out")])
+        == 2
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: output_dir: ") and "model-2" in line and "report.md" in line, line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model-2"]
+    assert [p.name for p in second.iterdir()] == ["report.md"]
+
+
 # ---- protocols in the report (registered protocols, tokens pooling, --monitor_settings) ----
 
 

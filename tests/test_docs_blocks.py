@@ -289,7 +289,7 @@ def test_page_blocks_run(page, tmp_path, monkeypatch, no_hub):
     """README and docs: each page's code runs as written (shell commands with tiny budgets)."""
     ran = run_page(page, tmp_path, monkeypatch)
     if page == REPO / "README.md":
-        from hf_recperc.data import load_image_dataset
+        from hf_recperc.images import load_image_dataset
 
         # The Data section's layout is one we read: train.parquet / test.parquet with CIFAR-10's columns.
         data = load_image_dataset(str(tmp_path / "path" / "to" / "cifar10"))

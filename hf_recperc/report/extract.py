@@ -24,7 +24,14 @@ from ..monitors import layer_feature, pool_hidden_state
 from ..results import TOKENS
 from ..safe_loading import weights_only_loading
 
-__all__ = ["Backbone", "BackboneError", "load_backbone", "pooled_features", "PIXEL_PROCESSOR_HINT"]
+__all__ = [
+    "Backbone",
+    "BackboneError",
+    "load_backbone",
+    "pooled_features",
+    "resolve_poolings",
+    "PIXEL_PROCESSOR_HINT",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -388,6 +395,22 @@ def _transformers_prefix_tokens(model: nn.Module, config) -> int:
     if getattr(embeddings, "distillation_token", None) is not None:  # DeiT
         count += 1
     return count
+
+
+def resolve_poolings(
+    poolings: Sequence[str] | None,
+    default_poolings: Sequence[str],
+    pooler_by_default: bool,
+    num_layers: int,
+    layer_ids: Sequence[int],
+) -> list[str]:
+    """The poolings a report extracts: the ones asked for, else the model's defaults, plus ``pooler`` (the
+    embedding our models' cards report) for a model that has one (``pooler_by_default``) when its last layer is
+    probed."""
+    chosen = list(dict.fromkeys(poolings or default_poolings))
+    if not poolings and pooler_by_default and num_layers in layer_ids:
+        chosen = list(dict.fromkeys([*chosen, "pooler"]))
+    return chosen
 
 
 def pooled_features(

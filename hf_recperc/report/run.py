@@ -78,7 +78,8 @@ from ..results import (
 from ..spectral import parse_subspace
 from ..validation import check_finite_number, check_positive_int
 from ..versions import library_versions
-from .extract import Backbone, BackboneError, load_backbone, pooled_features
+from .cache import CachedFeatures, CacheEntry, FeatureCache, FeatureRecorder, RecordingSource
+from .extract import Backbone, BackboneError, load_backbone, pooled_features, resolve_poolings
 
 __all__ = [
     "perception_report",
@@ -527,6 +528,7 @@ def perception_report(
     data_kwargs: dict | None = None,
     progress: bool = False,
     monitor_settings: dict | None = None,
+    feature_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Probe a vision model's features layer by layer: subspace probes, kNN and spectrum per layer x pooling.
 
@@ -558,6 +560,9 @@ def perception_report(
         progress: show a progress bar per split during extraction (log lines above it).
         monitor_settings: more settings of registered monitors by name (what their ``MonitorContext.settings``
             and card rows read beside ``knn_k``, ``probe_subspaces`` ...); recorded in ``settings``.
+        feature_cache: a folder keeping the pooled features per model, data and extraction settings
+            (:mod:`hf_recperc.report.cache`); a report whose features are there never loads the model. One process
+            only (ignored, with a warning, under several).
 
     Returns:
         The content of ``report.json``: ``metrics`` (flat ``layers/<layer>/<pooling>/...`` keys, as the trainer's
@@ -578,26 +583,27 @@ def perception_report(
     check_monitor_settings(
         monitors, {**report_settings(subspaces, ridge, knn_k, knn_temperature), **monitor_settings}, given
     )
+    cache = FeatureCache(feature_cache) if feature_cache is not None else None  # a file there: refused now
     if output_dir is not None:
         report_output_dir(output_dir).check()  # a user's report.md or figure: refused before any work
     inputs = load_inputs(
         model, dataset, layers=layers, poolings=poolings, mixed_precision=mixed_precision,
         image_processor=image_processor, image_size=image_size, trust_remote_code=trust_remote_code, device=device,
         max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, data_kwargs=data_kwargs,
+        feature_cache=cache,
     )  # fmt: skip
-    source = BackboneFeatureSource(
-        inputs.backbone, inputs.data, inputs.plan.layers, inputs.plan.poolings, batch_size, num_workers,
-        mixed_precision, progress=progress,
-    )  # fmt: skip
+    source = feature_source(inputs, batch_size, num_workers, mixed_precision, progress)
     settings = {**report_settings(subspaces, ridge, knn_k, knn_temperature), **(monitor_settings or {})}
     built = build_feature_monitors(
-        inputs.plan.features, monitors, settings, _bank_dtype(inputs.backbone.device),
-        {"num_prefix_tokens": inputs.backbone.num_prefix_tokens},
+        inputs.plan.features, monitors, settings, _bank_dtype(inputs.device),
+        {"num_prefix_tokens": inputs.provenance()["num_prefix_tokens"]},
     )  # fmt: skip
     metrics, timings = evaluate(built, source, inputs.plan, curves)
+    store_features(inputs, source)
     options = {
         "batch_size": batch_size, "mixed_precision": mixed_precision, "ridge": ridge, "knn_k": knn_k,
         "knn_temperature": knn_temperature, "image_size": image_size, **(monitor_settings or {}),
+        "feature_cache": inputs.cache_settings(),
     }  # fmt: skip
     report = assemble_report(
         inputs, metrics, timings, built, settings, monitors, options, source.seen, started
@@ -609,30 +615,93 @@ def perception_report(
 
 @dataclass
 class ReportInputs:
-    """What a report measures: the model (:class:`~hf_recperc.report.extract.Backbone`), the data, how the model's
-    training run split that data (our checkpoints), and the features to extract."""
+    """What a report measures: the model (:class:`~hf_recperc.report.extract.Backbone`; ``None`` when the features
+    come from the feature cache, ``cached``), the data, how the model's training run split that data (our
+    checkpoints), the features to extract, and the feature-cache entry they are stored in (or ``None``)."""
 
-    backbone: Backbone
+    backbone: Backbone | None
     data: ImageData
     run_split: dict | None
     plan: FeaturePlan
+    device: torch.device
+    cache_entry: CacheEntry | None = None
+    cached: CachedFeatures | None = None
+
+    def provenance(self) -> dict:
+        """The model's provenance for ``report.json`` (a cache hit stored it with the features)."""
+        if self.cached is not None:
+            return self.cached.provenance
+        return _model_provenance(self.backbone, self.plan.hidden, len(self.plan.hidden) - 1)
+
+    def cache_settings(self) -> dict | None:
+        """``settings.feature_cache`` of ``report.json``: the entry and whether it was read (a hit)."""
+        if self.cache_entry is None:
+            return None
+        return {"entry": str(self.cache_entry.path), "hit": self.cached is not None}
 
 
 def load_inputs(
     model, dataset, *, layers, poolings, mixed_precision, image_processor, image_size, trust_remote_code, device,
-    max_train_samples, max_eval_samples, data_kwargs,
+    max_train_samples, max_eval_samples, data_kwargs, feature_cache: FeatureCache | None = None,
 ) -> ReportInputs:  # fmt: skip
-    """Load the model and the data, and plan the features (one dry run: layers, poolings, dimensions, resizing)."""
+    """Load the data, then the features from ``feature_cache`` (a hit: the model is never built), or the model
+    and the plan of its features (one dry run: layers, poolings, dimensions, resizing)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run_split = _run_split(model)
+    data = _load_data(dataset, run_split, max_train_samples, max_eval_samples, data_kwargs)
+    entry = _cache_entry(feature_cache, model, data, image_processor, image_size, mixed_precision, device)
+    cached = entry.lookup(layers, poolings, data) if entry is not None else None
+    if cached is not None:
+        plan = FeaturePlan((), cached.layer_ids, cached.poolings, cached.dims, cached.resized)
+        return ReportInputs(None, data, run_split, plan, device, entry, cached)
     backbone = load_backbone(
         model, image_processor=image_processor, trust_remote_code=trust_remote_code, image_size=image_size,
         device=device,
     )  # fmt: skip
-    run_split = _run_split(model)
-    data = _load_data(dataset, run_split, max_train_samples, max_eval_samples, data_kwargs)
-    return ReportInputs(
-        backbone, data, run_split, plan_features(backbone, data, layers, poolings, mixed_precision)
-    )
+    plan = plan_features(backbone, data, layers, poolings, mixed_precision)
+    return ReportInputs(backbone, data, run_split, plan, device, entry)
+
+
+def _cache_entry(
+    cache, model, data, image_processor, image_size, mixed_precision, device
+) -> CacheEntry | None:
+    """The feature-cache entry of this report: ``None`` without a cache, under several processes (each extracts its
+    own rows), or for a model that cannot be identified before loading (:meth:`FeatureCache.entry`)."""
+    if cache is None:
+        return None
+    world = _rank_and_world()[1]
+    if world > 1:
+        logger.warning("feature_cache: not used with %d processes (each extracts its own rows)", world)
+        return None
+    return cache.entry(
+        model, data, device=device, image_processor=image_processor, image_size=image_size,
+        mixed_precision=mixed_precision,
+    )  # fmt: skip
+
+
+def feature_source(
+    inputs: ReportInputs, batch_size: int, num_workers: int, mixed_precision: str, progress: bool
+):
+    """The report's :class:`~hf_recperc.monitors.FeatureSource`: the cached rows replayed in the extraction's blocks
+    (a hit), or the backbone's extraction, recorded for the cache when there is an entry to fill."""
+    if inputs.cached is not None:
+        return inputs.cached.source(batch_size, UPDATE_ROWS, inputs.device)
+    source = BackboneFeatureSource(
+        inputs.backbone, inputs.data, inputs.plan.layers, inputs.plan.poolings, batch_size, num_workers,
+        mixed_precision, progress=progress,
+    )  # fmt: skip
+    return source if inputs.cache_entry is None else RecordingSource(source, FeatureRecorder())
+
+
+def store_features(inputs: ReportInputs, source) -> None:
+    """Write what ``source`` recorded into the report's feature-cache entry (nothing for a hit or without one)."""
+    if not isinstance(source, RecordingSource):
+        return
+    plan = inputs.plan
+    inputs.cache_entry.store(
+        source.recorder, num_hidden_layers=len(plan.hidden) - 1, default_poolings=inputs.backbone.default_poolings,
+        pooler_by_default=plan.pooler_by_default, resized=plan.resized, provenance=inputs.provenance(),
+    )  # fmt: skip
 
 
 def assemble_report(
@@ -640,7 +709,7 @@ def assemble_report(
     seen: int, started: float,
 ) -> dict[str, Any]:  # fmt: skip
     """The content of ``report.json`` (see :func:`perception_report`)."""
-    plan, data, backbone = inputs.plan, inputs.data, inputs.backbone
+    plan, data = inputs.plan, inputs.data
     subspaces = settings["probe_subspaces"]
     findings = _findings(
         metrics, plan.layers, plan.poolings, subspaces, _probes(built), _evidence(data), plan.features
@@ -654,16 +723,18 @@ def assemble_report(
         "subspaces": subspaces,
         "monitors": monitors,
         "accuracy_curves": timings.pop("accuracy_curves"),
-        "model": _model_provenance(backbone, plan.hidden, len(plan.hidden) - 1),
+        "model": inputs.provenance(),
         "data": {**_data_provenance(data, inputs.run_split), "resized": plan.resized},
         "settings": options,
         "runtime": {
             "total_seconds": time.perf_counter() - started,
             **timings,
-            "images_per_second": _images_seen(seen, backbone.device)
-            / max(timings["extraction_seconds"], 1e-9),
+            # a cache hit replays stored rows: no image went through the model
+            "images_per_second": None
+            if inputs.cached is not None
+            else _images_seen(seen, inputs.device) / max(timings["extraction_seconds"], 1e-9),
             "num_processes": _rank_and_world()[1],
-            "device": str(backbone.device),
+            "device": str(inputs.device),
         },
         "versions": library_versions(),
     }
@@ -761,6 +832,7 @@ class FeaturePlan:
         layers: layer indices; poolings: pooling names.
         features: ``layer_<i>/<pooling>`` -> the feature's dimension.
         resized: ``{"from": [h, w], "to": [H, W]}`` when the image processor resized the (first) image, else ``None``.
+        pooler_by_default: whether ``pooler`` joins the default poolings (:func:`pooler_by_default`).
     """
 
     hidden: tuple
@@ -768,6 +840,7 @@ class FeaturePlan:
     poolings: list[str]
     features: dict[str, int]
     resized: dict | None = None
+    pooler_by_default: bool = False
 
 
 def plan_features(
@@ -779,16 +852,21 @@ def plan_features(
     hidden, pooled, resized = _dry_run(backbone, data, mixed_precision)
     num_layers = len(hidden) - 1
     layer_ids = parse_layers(layers, num_layers, argument="layers")
-    chosen = list(dict.fromkeys(poolings or backbone.default_poolings))
-    if not poolings and backbone.kind == "recperc" and pooled is not None and num_layers in layer_ids:
-        chosen = list(dict.fromkeys([*chosen, "pooler"]))
+    chosen = resolve_poolings(
+        poolings, backbone.default_poolings, pooler_by_default(backbone, pooled), num_layers, layer_ids
+    )
     if "pooler" in chosen and num_layers not in layer_ids:
         raise ValueError(
             f"pooling: 'pooler' is the model's pooled output of the last layer ({num_layers}); add it to --layers"
         )
     sample = pooled_features(hidden, pooled, layer_ids, chosen, backbone.num_prefix_tokens)  # pooling errors
     dims = {name: int(rows.shape[-1]) for name, rows in sample.items()}
-    return FeaturePlan(hidden, layer_ids, chosen, dims, resized)
+    return FeaturePlan(hidden, layer_ids, chosen, dims, resized, pooler_by_default(backbone, pooled))
+
+
+def pooler_by_default(backbone: Backbone, pooled: torch.Tensor | None) -> bool:
+    """Whether the report adds ``pooler`` to the default poolings: our models with a pooled output."""
+    return backbone.kind == "recperc" and pooled is not None
 
 
 def choose_features(backbone: Backbone, data: ImageData, layers, poolings, mixed_precision: str = "no"):
