@@ -38,6 +38,7 @@ import torch
 from ..images import ImageData
 from ..monitors import EVAL, TRAIN, MonitorBatch, layer_feature, parse_layers
 from ..publish import atomic_path, prepare_cache_dir, write_json
+from ..results import TOKENS
 from ..validation import hub_offline
 from .extract import TIMM_PREFIXES, WEIGHT_SUFFIXES, resolve_poolings
 
@@ -421,7 +422,7 @@ class CacheEntry:
                 if loaded is None:
                     return None
                 features[feature], labels = loaded
-                hit.dims[feature] = int(loaded[0].shape[1])
+                hit.dims[feature] = int(loaded[0].shape[-1])  # D, for pooled (N, D) and tokens (N, T, D)
             hit.splits[split] = (features, labels)
         for split in (TRAIN, EVAL):
             for feature in hit.splits[split][0]:
@@ -445,7 +446,8 @@ class CacheEntry:
         features, labels = tensors["features"], tensors["labels"]
         if (
             meta.get("key") != self.key_hash or meta.get("feature") != feature or meta.get("split") != split
-            or features.dtype != torch.float32 or features.ndim != 2 or features.shape[0] != rows
+            or features.dtype != torch.float32 or features.ndim != (3 if feature.endswith(f"/{TOKENS}") else 2)
+            or features.shape[0] != rows
             or labels.shape != (rows,)
         ):  # fmt: skip
             logger.warning("feature_cache: %s does not hold what its name says; extracting again", path)
