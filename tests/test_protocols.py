@@ -538,3 +538,29 @@ def test_protocol_card_rows_state_the_run_settings():
     assert any("k in 9," in label for label in labels)
     default = [row.label for row, _ in card_rows(metrics, {}, names=PROTOCOL_NAMES)]
     assert any("5-fold" in label for label in default)
+
+
+def test_knn_and_knn_grid_share_one_similarity_pass(data, monkeypatch):
+    """Speed (acceptance 5): with knn_grid on the same feature, the report's kNN monitor reads its neighbours from
+    the grid's test pass (no pass of its own) and reports what it reports alone; the grid's numbers are unchanged."""
+    from hf_recperc.monitors import MonitorContext, build_monitors, compute_monitors
+    from hf_recperc.monitors import knn as knn_module
+
+    X, y, Xt, yt = (t.float() if t.is_floating_point() else t for t in data)
+    settings = {"knn_k": 7, "knn_temperature": 0.1, "knn_grid_k": [3, 10]}
+
+    def run(names):
+        monitors = build_monitors(names, MonitorContext(settings))
+        for monitor in monitors:
+            monitor.reset()
+            monitor.update(MonitorBatch("train", labels=y, features={"embedding": X}))
+            monitor.update(MonitorBatch("eval", labels=yt, features={"embedding": Xt}))
+        return compute_monitors(monitors)
+
+    alone, grid_alone = run(["knn"]), run(["knn_grid"])
+    passes = []
+    real = knn_module.knn_predict
+    monkeypatch.setattr(knn_module, "knn_predict", lambda *a, **k: passes.append(1) or real(*a, **k))
+    both = run(["knn", "knn_grid"])
+    assert not passes  # the kNN monitor made no similarity pass of its own
+    assert both == {**alone, **grid_alone}

@@ -16,9 +16,9 @@ import torch
 
 from ..results import KNN_ACCURACY, KNN_WEIGHTED_ACCURACY
 from ..validation import check_finite_number, check_positive_int
-from .base import EVAL, TRAIN, MonitorBatch, distributed_sum, gather_rows
+from .base import EVAL, TRAIN, MonitorBatch, distributed_sum, gather_rows, is_distributed
 
-__all__ = ["KNNMonitor", "knn_predict"]
+__all__ = ["KNNMonitor", "knn_predict", "knn_votes"]
 
 
 def _normalised(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -74,16 +74,27 @@ def knn_predict(
         chunk = _normalised(queries[start : start + chunk_size].to(bank.device), bank_dtype)  # (C, D)
         similarity = (chunk @ bank.T).float()  # (C, N)
         top_similarity, top_index = similarity.topk(k, dim=1)  # (C, k), most similar first
-        neighbour_labels = bank_labels[top_index]  # (C, k)
-        votes = torch.zeros(chunk.shape[0], num_classes, device=bank.device)  # (C, classes)
-        votes.scatter_add_(1, neighbour_labels, torch.ones_like(top_similarity))
-        majority.append(votes.argmax(1))  # argmax returns the first maximum: the smallest class id on ties
-        votes.zero_().scatter_add_(1, neighbour_labels, (top_similarity / temperature).exp())
-        weighted.append(votes.argmax(1))
+        chunk_majority, chunk_weighted = knn_votes(
+            top_similarity, bank_labels[top_index], num_classes, temperature
+        )
+        majority.append(chunk_majority)
+        weighted.append(chunk_weighted)
     if not majority:  # no queries
         empty = torch.zeros(0, dtype=torch.long, device=bank.device)
         return empty, empty.clone()
     return torch.cat(majority), torch.cat(weighted)
+
+
+def knn_votes(
+    top_similarity: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(majority, weighted)`` `(M,)` predictions from each query's neighbours, most similar first: similarities
+    `(M, k)` float32 and class ids `(M, k)`."""
+    votes = torch.zeros(top_similarity.shape[0], num_classes, device=top_similarity.device)  # (M, classes)
+    votes.scatter_add_(1, neighbour_labels, torch.ones_like(top_similarity))
+    majority = votes.argmax(1)  # argmax returns the first maximum: the smallest class id on ties
+    votes.zero_().scatter_add_(1, neighbour_labels, (top_similarity / temperature).exp())
+    return majority, votes.argmax(1)
 
 
 class KNNMonitor:
@@ -96,6 +107,12 @@ class KNNMonitor:
         feature: which :attr:`MonitorBatch.features` entry to read.
         k, temperature, chunk_size, bank_dtype: see :func:`knn_predict`.
         prefix: key prefix (the per-layer monitor uses ``layers/<feature>/``).
+
+    Attributes:
+        neighbours: ``None``, or ``k -> (top_similarity (M, k), top_index (M, k))`` (or ``None``: not shareable):
+            the ``"eval"`` rows' nearest bank rows, most similar first, from another pass over the same rows (the kNN grid of the same feature
+            shares its test pass, :mod:`hf_recperc.monitors.protocols.knn_grid`). Used for a one-process float32
+            bank on the CPU, the case where that pass computes the same similarities as this monitor would.
     """
 
     name = "knn"
@@ -114,6 +131,7 @@ class KNNMonitor:
         self.feature, self.k, self.temperature = feature, k, temperature
         self.chunk_size, self.bank_dtype, self.prefix = chunk_size, bank_dtype, prefix
         self.features = (feature,)
+        self.neighbours = None
         self.reset()
 
     def reset(self) -> None:
@@ -139,16 +157,19 @@ class KNNMonitor:
             self.all_reduce()
         queries, labels = torch.cat(self._rows[EVAL]), torch.cat(self._labels[EVAL])
         num_classes = int(max(self._bank_labels.max(), labels.max())) + 1
-        majority, weighted = knn_predict(
-            self._bank,
-            self._bank_labels,
-            queries,
-            k=self.k,
-            temperature=self.temperature,
-            num_classes=num_classes,
-            chunk_size=self.chunk_size,
-            bank_dtype=self._bank.dtype,
+        shared = (
+            self._bank.device.type == "cpu" and self._bank.dtype == torch.float32 and not is_distributed()
         )
+        ranking = self.neighbours(min(self.k, self._bank.shape[0])) if self.neighbours and shared else None
+        if ranking is not None:
+            top_similarity, top_index = ranking  # (M, k) each
+            labels_of = self._bank_labels[top_index]  # (M, k)
+            majority, weighted = knn_votes(top_similarity, labels_of, num_classes, self.temperature)
+        else:
+            majority, weighted = knn_predict(
+                self._bank, self._bank_labels, queries, k=self.k, temperature=self.temperature,
+                num_classes=num_classes, chunk_size=self.chunk_size, bank_dtype=self._bank.dtype,
+            )  # fmt: skip
         labels = labels.to(majority.device)
         counts = torch.tensor(
             [(majority == labels).sum(), (weighted == labels).sum(), labels.numel()],

@@ -38,7 +38,8 @@ def registered_monitor_names() -> tuple[str, ...]:
     """The built-in monitors and those registered since (``hf_recperc.monitors.register_monitor``). A monitor can
     only be registered by code that imported the registry, so the built-in names answer without importing torch."""
     registry = sys.modules.get("hf_recperc.monitors.registry")
-    return MONITOR_NAMES if registry is None else registry.monitor_names()
+    # Token monitors read the report's tokens pooling; the trainer has no token features to give them.
+    return MONITOR_NAMES if registry is None else registry.monitor_names(tokens=False)
 
 
 @dataclass

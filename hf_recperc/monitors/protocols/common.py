@@ -247,12 +247,17 @@ class ProtocolMonitor:
         if self._gathered is None:
             self.all_reduce()
         (train_X, train_y), (test_X, test_y) = self._gathered[TRAIN], self._gathered[EVAL]
-        self.results_ = self.protocol(train_X, train_y, test_X, test_y, **self.options)
+        self.results_ = self.protocol(train_X, train_y, test_X, test_y, **self.protocol_options())
         return {
             f"{self.prefix}{key}": float(value)
             for key, value in self.results_.items()
             if isinstance(value, (int, float))
         }
+
+    def protocol_options(self) -> dict[str, Any]:
+        """The keyword arguments :meth:`compute` passes to the protocol (``options``; a subclass may add work it
+        shares with another monitor)."""
+        return self.options
 
     def settings(self) -> dict[str, Any]:
         """Card-worthy settings the numbers were measured with (subclasses add theirs)."""

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from ...results import KNN_GRID, knn_grid_key
+from ...spectral import parse_subspace
 from ...validation import check_positive_int
+from ..base import EVAL, TRAIN
 from .common import (
     SELECTED_ON_TRAIN,
     ProtocolMonitor,
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_TEMPERATURES",
     "knn_grid_key",
     "knn_grid_predict",
+    "knn_ranking",
     "knn_grid_protocol",
     "KNNGridMonitor",
 ]
@@ -55,6 +58,30 @@ def _unit_rows(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @torch.no_grad()
+def knn_ranking(
+    bank: torch.Tensor,
+    queries: torch.Tensor,
+    largest: int,
+    chunk_size: int = 1024,
+    exclude: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``largest`` most cosine-similar bank rows, most similar first: ``(top_similarity (M, largest)
+    float32, top_index (M, largest))``; one similarity pass in chunks of ``chunk_size`` queries (memory
+    ``chunk_size x N``), in float32 (float64 for float64 rows). ``exclude`` (`(N,)` bool): bank rows no query may use."""
+    dtype = torch.float64 if bank.dtype == torch.float64 else torch.float32
+    bank = _unit_rows(bank, dtype)  # (N, D)
+    similarities, indices = [], []
+    for start in range(0, queries.shape[0], chunk_size):
+        similarity = _unit_rows(queries[start : start + chunk_size], dtype) @ bank.T  # (c, N)
+        if exclude is not None:
+            similarity[:, exclude] = -torch.inf
+        top_similarity, top_index = similarity.float().topk(largest, dim=1)  # (c, largest)
+        similarities.append(top_similarity)
+        indices.append(top_index)
+    return torch.cat(similarities), torch.cat(indices)
+
+
+@torch.no_grad()
 def knn_grid_predict(
     bank: torch.Tensor,
     bank_labels: torch.Tensor,
@@ -64,6 +91,7 @@ def knn_grid_predict(
     num_classes: int,
     chunk_size: int = 1024,
     exclude: torch.Tensor | None = None,
+    ranking: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[dict[int, torch.Tensor], dict[tuple[int, float], torch.Tensor]]:
     """Majority predictions per ``k`` and weighted predictions per ``(k, temperature)``, from one ranking.
 
@@ -72,35 +100,27 @@ def knn_grid_predict(
         queries (`(M, D)`): rows to classify. ks: neighbour counts (each <= N); temperatures: > 0.
         exclude (`torch.BoolTensor` of shape `(N,)`, optional): bank rows no query may use (the held-out rows
             when selecting on training data).
+        ranking: :func:`knn_ranking` of these queries, at least ``max(ks)`` wide, when already made (shared
+            with the report's kNN monitor); otherwise it is made here.
 
     Returns:
         ``(majority {k: (M,)}, weighted {(k, T): (M,)})`` predicted class ids.
     """
-    dtype = torch.float64 if bank.dtype == torch.float64 else torch.float32
-    bank = _unit_rows(bank, dtype)  # (N, D)
     largest = max(ks)
-    majority: dict[int, list] = {k: [] for k in ks}
-    weighted: dict[tuple[int, float], list] = {(k, t): [] for k in ks for t in temperatures}
-    for start in range(0, queries.shape[0], chunk_size):
-        similarity = _unit_rows(queries[start : start + chunk_size], dtype) @ bank.T  # (c, N)
-        if exclude is not None:
-            similarity[:, exclude] = -torch.inf
-        top_similarity, top_index = similarity.float().topk(largest, dim=1)  # (c, k_max), most similar first
-        top_labels = bank_labels[top_index]  # (c, k_max)
-        for k in ks:
-            labels = top_labels[:, :k]
-            votes = torch.zeros(labels.shape[0], num_classes).scatter_add_(
-                1, labels, torch.ones(labels.shape)
+    if ranking is None or ranking[0].shape[1] < largest:
+        ranking = knn_ranking(bank, queries, largest, chunk_size, exclude)
+    top_similarity, top_labels = ranking[0], bank_labels[ranking[1][:, :largest]]  # (M, k_max)
+    majority, weighted = {}, {}
+    for k in ks:
+        labels = top_labels[:, :k]
+        votes = torch.zeros(labels.shape[0], num_classes).scatter_add_(1, labels, torch.ones(labels.shape))
+        majority[k] = votes.argmax(1)  # the first maximum: the smallest class id on ties
+        for t in temperatures:
+            weights = (top_similarity[:, :k] / t).exp()
+            weighted[(k, t)] = (
+                torch.zeros(labels.shape[0], num_classes).scatter_add_(1, labels, weights).argmax(1)
             )
-            majority[k].append(votes.argmax(1))  # the first maximum: the smallest class id on ties
-            for t in temperatures:
-                weights = (top_similarity[:, :k] / t).exp()
-                votes = torch.zeros(labels.shape[0], num_classes).scatter_add_(1, labels, weights)
-                weighted[(k, t)].append(votes.argmax(1))
-    return (
-        {k: torch.cat(v) for k, v in majority.items()},
-        {key: torch.cat(v) for key, v in weighted.items()},
-    )
+    return majority, weighted
 
 
 def _clipped(ks, bank_rows: int, what: str) -> tuple[tuple[int, ...], dict[int, int]]:
@@ -124,6 +144,7 @@ def knn_grid_protocol(
     seed: int = 0,
     chunk_size: int = 1024,
     subspace: str = "all",
+    test_ranking: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """kNN accuracy of every ``k`` (majority) and ``(k, temperature)`` (weighted), and of the weighted setting
     chosen on held-out training rows.
@@ -134,6 +155,8 @@ def knn_grid_protocol(
         temperatures: of the weighted vote (> 0).
         holdout, max_selection_queries, seed: the held-out training queries the weighted setting is chosen on.
         subspace: restrict to a PCA subspace of the training rows first.
+        test_ranking: :func:`knn_ranking` of ``test_X`` among ``train_X`` (``subspace="all"`` only), when made
+            already: the test pass is then not made again.
 
     Returns:
         ``knn_grid/accuracy/k=<k>``, ``knn_grid/weighted_accuracy/k=<k>,t=<T>`` (test), the chosen
@@ -162,8 +185,10 @@ def knn_grid_protocol(
     best_k, best_t = max(held_accuracy, key=held_accuracy.get)  # dicts keep grid order: the first maximum
     # Test: every setting, with the whole training set as the bank.
     test_ks, clipped = _clipped(ks, train_X.shape[0], "training bank")
+    if test_ranking is not None and str(parse_subspace(subspace)) != "all":
+        raise ValueError("test_ranking: a ranking of the unrestricted features cannot serve a subspace")
     majority, weighted = knn_grid_predict(
-        train_X, columns, test_X, test_ks, temperatures, num_classes, chunk_size
+        train_X, columns, test_X, test_ks, temperatures, num_classes, chunk_size, ranking=test_ranking
     )
     results: dict[str, Any] = {
         knn_grid_key("accuracy"): accuracy(classes[weighted[(best_k, best_t)]], test_y),
@@ -213,7 +238,32 @@ class KNNGridMonitor(ProtocolMonitor):
             max_selection_queries=max_selection_queries,
             seed=seed,
             subspace=subspace,
+            chunk_size=1024,
         )
+
+    def reset(self) -> None:
+        super().reset()
+        self._test_ranking: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def neighbours(self, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``"eval"`` rows' ``k`` nearest ``"train"`` rows, most similar first, ``(top_similarity (M, k),
+        top_index (M, k))``, from this monitor's test pass (:func:`knn_ranking`, made once, as wide as the grid's
+        largest ``k`` and ``k``): the report's kNN monitor of the same feature reads its neighbours here instead of
+        making a second similarity pass (:attr:`~hf_recperc.monitors.KNNMonitor.neighbours`). ``None`` for float64
+        rows, whose similarities this pass makes in float64 where the kNN monitor's are float32."""
+        if self._gathered is None:
+            self.all_reduce()
+        (train_X, _), (test_X, _) = self._gathered[TRAIN], self._gathered[EVAL]
+        if train_X.dtype == torch.float64:
+            return None
+        width = min(max(*self.options["ks"], k), train_X.shape[0])
+        if self._test_ranking is None or self._test_ranking[0].shape[1] < width:
+            self._test_ranking = knn_ranking(train_X, test_X, width, self.options["chunk_size"])
+        return self._test_ranking[0][:, :k], self._test_ranking[1][:, :k]
+
+    def protocol_options(self) -> dict[str, Any]:
+        shared = self._test_ranking is not None and str(parse_subspace(self.options["subspace"])) == "all"
+        return {**self.options, "test_ranking": self._test_ranking} if shared else self.options
 
     def settings(self) -> dict[str, Any]:
         options = self.options

@@ -93,9 +93,13 @@ def _linear_grid(context: MonitorContext) -> LinearGridMonitor:
 
 def _knn_grid(context: MonitorContext) -> KNNGridMonitor:
     s, shared = _common(context)
-    return KNNGridMonitor(
+    monitor = KNNGridMonitor(
         context.feature, ks=s["knn_grid_k"], temperatures=s["knn_grid_temperatures"], **shared
     )
+    knn = context.built.get("knn")  # the report's kNN of the same feature: one similarity pass for both
+    if knn is not None and s["protocol_subspace"] == "all":
+        knn.neighbours = monitor.neighbours
+    return monitor
 
 
 def _few_shot(context: MonitorContext) -> FewShotMonitor:
