@@ -176,11 +176,12 @@ def knn_grid_protocol(
     num_classes = classes.numel()
     # Selection: held-out training rows against the rest of the training rows.
     selection_ks, _ = _clipped(ks, len(fit_rows), "selection bank")
-    exclude = torch.zeros(train_X.shape[0], dtype=torch.bool)
-    exclude[held_rows] = True
+    bank_rows = torch.ones(train_X.shape[0], dtype=torch.bool)
+    bank_rows[held_rows] = False  # the selection bank: every training row but the held-out queries
     _, held_weighted = knn_grid_predict(
-        train_X, columns, train_X[held_rows], selection_ks, temperatures, num_classes, chunk_size, exclude
-    )
+        train_X[bank_rows], columns[bank_rows], train_X[held_rows], selection_ks, temperatures, num_classes,
+        chunk_size,
+    )  # fmt: skip
     held_accuracy = {key: accuracy(classes[p], train_y[held_rows]) for key, p in held_weighted.items()}
     best_k, best_t = max(held_accuracy, key=held_accuracy.get)  # dicts keep grid order: the first maximum
     # Test: every setting, with the whole training set as the bank.
