@@ -564,3 +564,15 @@ def test_knn_and_knn_grid_share_one_similarity_pass(data, monkeypatch):
     both = run(["knn", "knn_grid"])
     assert not passes  # the kNN monitor made no similarity pass of its own
     assert both == {**alone, **grid_alone}
+
+
+def test_the_few_shot_monitor_skips_shots_a_class_cannot_give(data, caplog):
+    """Protocols in a run: an n above the scarcest class's training rows is skipped with a warning by the monitor
+    (a report or a training run is not thrown away after its extraction), not measured on fewer rows."""
+    X, y, Xt, yt = data
+    monitor = FewShotMonitor(shots=(1, 500), num_draws=2)
+    monitor.update(MonitorBatch("train", labels=y, features={"embedding": X}))
+    monitor.update(MonitorBatch("eval", labels=yt, features={"embedding": Xt}))
+    metrics = monitor.compute()
+    assert few_shot_key("accuracy", 1) in metrics and few_shot_key("accuracy", 500) not in metrics
+    assert "[500]-shot skipped" in caplog.text

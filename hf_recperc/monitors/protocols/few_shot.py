@@ -9,12 +9,14 @@ deviation over draws (``ddof=1``; 0 with one draw). No hyperparameter is chosen:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from ...results import FEW_SHOT, few_shot_key
 from ...validation import check_finite_number, check_positive_int
+from ..base import TRAIN
 from .common import (
     SELECTED_ON_TRAIN,
     ProtocolMonitor,
@@ -32,6 +34,8 @@ __all__ = [
     "few_shot_protocol",
     "FewShotMonitor",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_DRAWS = 5
@@ -144,6 +148,22 @@ class FewShotMonitor(ProtocolMonitor):
             seed=seed,
             subspace=subspace,
         )
+
+    def protocol_options(self) -> dict[str, Any]:
+        """The options, without the ``shots`` the scarcest training class cannot give (logged): a monitor runs after
+        a whole extraction or training run, which one infeasible ``n`` should not throw away (the function, called
+        directly, refuses it)."""
+        train_y = self._gathered[TRAIN][1]
+        scarcest = int(torch.unique(train_y, return_counts=True)[1].min())
+        shots = tuple(n for n in self.options["shots"] if n <= scarcest)
+        if not shots:
+            raise ValueError(
+                f"shots: {list(self.options['shots'])} per class asked, but a class has only {scarcest} training rows"
+            )
+        if shots != self.options["shots"]:
+            dropped = [n for n in self.options["shots"] if n > scarcest]
+            logger.warning(f"few_shot: {dropped}-shot skipped, a class has only {scarcest} training rows")
+        return {**self.options, "shots": shots}
 
     def settings(self) -> dict[str, Any]:
         options = self.options
