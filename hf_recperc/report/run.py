@@ -543,8 +543,11 @@ def perception_report(
         layers: ``"last"``, ``"all"`` (every block) or indices (0 = the embedding/input stage, negative from the end).
         poolings: among ``cls``, ``mean``, ``pooler`` (the model's own pooled output, last layer only); default:
             the model's own (ours), else ``cls`` and ``mean`` for models with a CLS token and ``mean`` otherwise.
+            ``tokens`` keeps every token of a transformer layer, `(N, T, D)`, for the token monitors only.
         subspaces: probe subspaces (``top:p``, ``bottom:q``, ``first:k``, ``last:k``, ``all``).
-        monitors: among ``subspace``, ``knn``, ``spectrum``.
+        monitors: registered per-feature monitors (``monitor_names(per_feature=True)``): ``subspace``, ``knn``,
+            ``spectrum`` and the standard protocols ``ridge_cv``, ``linear_grid``, ``knn_grid``, ``few_shot``,
+            ``attentive_probe`` and ``pca_maps`` (the last two read the ``tokens`` pooling; docs/protocols.md).
         output_dir: where ``report.json``, ``report.md`` and the figures go (written through a temporary sibling and
             renamed, by the main process only); ``None`` writes nothing.
         batch_size: images per forward pass (per process).
