@@ -739,3 +739,37 @@ def test_decode_device_cuda_without_cuda_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"^decode_device: expected 'cpu' or 'cuda', got 'gpu'$"):
         check_decode_device("gpu")
     assert DataArguments().decode_device == "cpu"
+
+
+# ---- parallel data path: model size, loader workers, corrupt images in workers (issue 17) ----
+
+
+def test_a_model_too_large_for_its_image_size_is_one_line_before_allocation(tmp_path, capsys, monkeypatch):
+    """Issue 17, bad input: the MLP preset at 224 px (40 billion weights, ~600 GiB to train) used to start
+    allocating until the machine swapped or killed it; now a one-line error naming the option and the sizes, before
+    any weight or pixel is allocated, and nothing is written. A model that fits passes the same check."""
+    from hf_recperc.models import get_family
+    from hf_recperc.training.builders import check_model_memory
+
+    monkeypatch.setenv("RECPERC_MEMORY_LIMIT_GB", "16")
+    monkeypatch.delenv("RECPERC_TRACEBACK", raising=False)
+    out = tmp_path / "out"
+    argv = [
+        "--output_dir",
+        str(out),
+        "--preset",
+        "digits-mlp",
+        "--config_overrides",
+        "image_size=224",
+        *TINY_RUN,
+    ]
+    assert pretrain.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "error: preset / config_overrides: RecPercAEForPreTraining at image_size 224 has "
+    )
+    assert "weights" in err[-1] and "RECPERC_MEMORY_LIMIT_GB allows 16 GiB" in err[-1]
+    assert "Traceback" not in "\n".join(err) and not out.exists()
+    family = get_family("ae")
+    small = family.config_class.preset("cifar-conv-small", image_size=224, width=4, latent_dim=16)
+    check_model_memory(family.pretraining_class, small)  # 26 M weights: fits in 16 GiB

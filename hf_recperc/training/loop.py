@@ -180,7 +180,7 @@ class PretrainingRun:
         self.data = (
             load_stream(self.data_args) if self.data_args.streaming else self.data_args.load(seed=args.seed)
         )
-        self.model = build_model(self.model_args, self.data)
+        self.model = build_model(self.model_args, self.data, self.accelerator.device)
         self.image_processor = image_processor_for(self.model.config)
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)
