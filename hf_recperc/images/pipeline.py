@@ -33,6 +33,7 @@ from .datasets import (
     split_labels,
 )
 from .decode import cache_key
+from .shards import LaneStream, RaiseWorkerErrors, lane_stream
 from .sources import ImageData, StreamData
 from .store import decode_uint8
 
@@ -115,11 +116,15 @@ def build_datasets(
     return built[0], built[1], description
 
 
-def stream_datasets(data: StreamData, config, args, accelerator, buffer_size: int):
-    """``(train, probe, validation)`` of a streamed run: this process's :class:`StreamedImages` and the monitors'
-    materialised stores (the first rows of the unshuffled training stream and of the validation stream)."""
+def stream_datasets(data: StreamData, config, args, accelerator, buffer_size: int, lanes: int = 8):
+    """``(train, probe, validation)`` of a streamed run: this process's training stream (a
+    :class:`~hf_recperc.images.shards.LaneStream` over local parquet files, else :class:`StreamedImages`) and the
+    monitors' materialised stores (the first rows of the unshuffled training stream and of the validation stream)."""
     probe = materialise(data, "train", args.probe_max_train_samples, config)
     validation = materialise(data, "validation", args.monitor_max_eval_samples or None, config)
+    if data.files.get("train"):
+        batch = args.per_device_train_batch_size
+        return lane_stream(data, config, batch, args.seed, buffer_size, lanes, accelerator), probe, validation
     train = StreamedImages(
         data, config, args.per_device_train_batch_size, args.seed, buffer_size,
         accelerator.process_index, accelerator.num_processes,
@@ -142,18 +147,12 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
         naming the data path.
     """
     if data_args.streaming:
+        check_stream_workers(data, data_args)  # before the monitors' rows are decoded
         train, probe, validation = stream_datasets(
-            data, config, args, accelerator, data_args.shuffle_buffer_size
+            data, config, args, accelerator, data_args.shuffle_buffer_size, data_args.stream_lanes
         )
         check_monitor_rows(data, probe.labels, len(validation), args, accelerator.num_processes)
-        # One stream per process, iterated in the main process (its position is the trainer state's). Loader
-        # workers would each get a share of the stream's files from datasets (and their own shuffle): not the order.
-        loader = torch.utils.data.DataLoader(train, batch_size=None, pin_memory=options["pin_memory"])
-        if data_args.dataloader_num_workers and accelerator.is_main_process:
-            logger.warning(
-                f"dataloader_num_workers={data_args.dataloader_num_workers}: with --streaming the training stream is "
-                "read and decoded in the main process; the workers load the monitors' materialised rows only"
-            )
+        loader = stream_loader(train, data_args, options, accelerator.is_main_process)
         description = f"data path: stream of {data.source}, shuffle buffer {data_args.shuffle_buffer_size}"
         return train, probe, validation, loader, None, description
     # Before any decoding: the labels are one columnar read, the decoded store can take minutes.
@@ -169,6 +168,36 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
         train, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, **options
     )  # full batches only: BatchNorm
     return train, train, validation, loader, sampler, description
+
+
+def check_stream_workers(data, data_args) -> None:
+    """Refuse a worker count that cannot share the lanes of a local parquet stream.
+
+    Raises:
+        ValueError: naming ``dataloader_num_workers`` when it does not divide ``--stream_lanes``.
+    """
+    workers, lanes = data_args.dataloader_num_workers, data_args.stream_lanes
+    if data.files.get("train") and workers and lanes % workers:
+        raise ValueError(
+            f"dataloader_num_workers: {workers} workers cannot share the {lanes} lanes of a stream "
+            f"(--stream_lanes); use a divisor of {lanes}, or --stream_lanes a multiple of {workers} (the batches "
+            "depend on --stream_lanes, not on the workers)"
+        )
+
+
+def stream_loader(train, data_args, options: dict, main_process: bool):
+    """The loader of a training stream: ``--dataloader_num_workers`` workers over the lanes of a
+    :class:`~hf_recperc.images.shards.LaneStream` (a worker's error is one line in the main process); a Hub stream
+    is read in the main process, which the log says."""
+    workers = data_args.dataloader_num_workers
+    if isinstance(train, LaneStream):
+        return RaiseWorkerErrors(torch.utils.data.DataLoader(train, batch_size=None, **options))
+    if workers and main_process:
+        logger.warning(
+            f"dataloader_num_workers={workers}: a Hub stream (no local parquet files) is read and decoded in the "
+            "main process, every process keeping every W-th row; the workers load the monitors' rows only"
+        )
+    return torch.utils.data.DataLoader(train, batch_size=None, pin_memory=options["pin_memory"])
 
 
 def check_monitor_rows(data, probe_labels: np.ndarray, num_validation: int, args, num_processes: int) -> None:

@@ -73,12 +73,22 @@ class DataArguments(SharedDataArguments):
     shuffle_buffer_size: int = field(
         default=10000, metadata={"help": "Rows in the --streaming shuffle buffer."}
     )
+    stream_lanes: int = field(
+        default=8,
+        metadata={
+            "help": "--streaming over local parquet: each process's rows are cut into this many lanes, read by "
+            "its loader workers (--dataloader_num_workers must divide it); the batches depend on it, not on the "
+            "worker count (docs/data_path.md)."
+        },
+    )
 
     def __post_init__(self):
         if not isinstance(self.shuffle_buffer_size, int) or self.shuffle_buffer_size < 1:
             raise ValueError(
                 f"shuffle_buffer_size: expected an integer >= 1, got {self.shuffle_buffer_size!r}"
             )
+        if not isinstance(self.stream_lanes, int) or self.stream_lanes < 1:
+            raise ValueError(f"stream_lanes: expected an integer >= 1, got {self.stream_lanes!r}")
         if self.random_resized_crop is not None and not 0 < self.random_resized_crop <= 1:
             raise ValueError(
                 f"random_resized_crop: expected a fraction in (0, 1], got {self.random_resized_crop!r}"
