@@ -5,7 +5,7 @@
 
 The benchmark makes its own data set (no download): ``--images`` training images of mixed sizes around
 500 x 375 (JPEG quality 90, with a few PNG, grayscale and CMYK JPEG files, as ImageNet has), written twice: as
-parquet shards with the Hub's image schema (``img`` = ``{"bytes", "path"}``, ``label`` a ``ClassLabel``) for the
+parquet shards (row groups of ``--row_group`` rows) with the Hub's image schema (``img`` = ``{"bytes", "path"}``, ``label`` a ``ClassLabel``) for the
 job, and as a torchvision class folder (``train/<class>/<file>``) for the baseline.
 
 Part ``loaders``, interleaved in one run (each variant once per round, ``--repeats`` rounds, best round kept), at
@@ -78,7 +78,9 @@ def _encoded(rng: np.random.Generator, index: int) -> tuple[bytes, str]:
     return buffer.getvalue(), ".jpg"
 
 
-def make_set(root: Path, images: int, eval_images: int, shards: int, seed: int = 0) -> tuple[Path, Path]:
+def make_set(
+    root: Path, images: int, eval_images: int, shards: int, row_group: int, seed: int = 0
+) -> tuple[Path, Path]:
     """Write the ImageNet-like set: ``root/parquet`` (``train-0000i-of-N.parquet`` shards, ``test`` split) and
     ``root/folder/train/<class>/`` (the same training images as files). Returns both directories."""
     import datasets
@@ -104,7 +106,9 @@ def make_set(root: Path, images: int, eval_images: int, shards: int, seed: int =
             part = table[shard::count]
             columns = {"img": [image for image, _ in part], "label": [label for _, label in part]}
             name = f"{split}-{shard:05d}-of-{count:05d}.parquet"
-            datasets.Dataset.from_dict(columns, features=features).to_parquet(str(parquet / name))
+            datasets.Dataset.from_dict(columns, features=features).to_parquet(
+                str(parquet / name), batch_size=row_group
+            )
     return parquet, folder
 
 
@@ -317,6 +321,7 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=320, help="training images of the generated set")
     parser.add_argument("--eval_images", type=int, default=32)
     parser.add_argument("--shards", type=int, default=8, help="parquet files of the training split")
+    parser.add_argument("--row_group", type=int, default=16, help="rows per parquet row group")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (best kept)")
@@ -338,7 +343,7 @@ def main(argv=None) -> int:
         )  # the Arrow copy: not in the timings
         if not root.exists():
             start = time.perf_counter()
-            make_set(root, args.images, args.eval_images, args.shards)
+            make_set(root, args.images, args.eval_images, args.shards, args.row_group)
             print(
                 f"made {args.images} + {args.eval_images} images in {time.perf_counter() - start:.0f} s",
                 flush=True,
