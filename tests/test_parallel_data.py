@@ -105,3 +105,129 @@ def test_max_train_samples_cuts_the_last_row_group(grouped_parquet):
     stream = make_stream(grouped_parquet, max_rows=20)
     seen = sorted(row for batch in batches(stream, 2) for row in batch["rows"].tolist())
     assert seen == list(range(20))
+
+
+def _mixed_sizes_parquet(path, rows=150, corrupt_rows=()):
+    """``rows`` RGB PNGs of mixed sizes (20-40 px), labels 0/1; ``corrupt_rows`` hold bytes that are no image."""
+    rng = np.random.default_rng(1)
+    images = []
+    for row in range(rows):
+        buffer = io.BytesIO()
+        size = (int(rng.integers(20, 41)), int(rng.integers(20, 41)))
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buffer, "PNG")
+        images.append({"bytes": b"not an image" if row in corrupt_rows else buffer.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    table = {"image": images, "label": [row % 2 for row in range(rows)]}
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(path))
+    return datasets.load_dataset("parquet", data_files=str(path), split="train")
+
+
+def test_the_store_built_by_workers_equals_the_one_built_by_one_process(tmp_path, monkeypatch):
+    """Issue 17: the uint8 store is decoded by the loader workers (in chunks, each worker writing its own rows)
+    into the same bytes as one process decodes, cached in the same file (a later run reads it)."""
+    from hf_recperc.images import decode_uint8
+
+    split = _mixed_sizes_parquet(tmp_path / "train.parquet")
+    serial, where = decode_uint8(split, "image", 3, 24, cache=False)
+    assert where == "decoded in memory"
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "cache"))
+    parallel, where = decode_uint8(split, "image", 3, 24, workers=2)
+    assert where.startswith("decoded by 1 process(es) x 2 worker(s), cached at ")
+    np.testing.assert_array_equal(np.asarray(parallel), serial)
+    again, where = decode_uint8(split, "image", 3, 24)
+    assert where.startswith("cached at ") and np.array_equal(np.asarray(again), serial)
+    in_memory, _ = decode_uint8(split, "image", 3, 24, cache=False, workers=2)
+    np.testing.assert_array_equal(in_memory, serial)
+
+
+def test_a_corrupt_image_decoded_by_a_store_worker_is_one_line_and_nothing_is_cached(tmp_path, monkeypatch):
+    """Issue 17, bad input: a corrupt image met by a loader worker while the store is built raises the one-line
+    error naming its row and file (not torch's worker traceback), and leaves no store and no partial file."""
+    from hf_recperc.images import decode_uint8
+
+    split = _mixed_sizes_parquet(tmp_path / "train.parquet", corrupt_rows={97})
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(cache))
+    with pytest.raises(ValueError) as caught:
+        decode_uint8(split, "image", 3, 24, workers=2)
+    message = str(caught.value)
+    assert (
+        message.startswith("image: row 97 (embedded bytes) is not a readable image: ") and "\n" not in message
+    )
+    assert "worker" not in message
+    assert [p.name for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_a_store_kept_larger_than_the_model_crops_there_and_resizes():
+    """Issue 17: ``--store_image_size`` keeps the store larger than the model's size; the device pipeline draws
+    ``RandomResizedCrop`` on the stored pixels and hands the model its size, and evaluation resizes the whole image
+    (antialiased, as the store's own resize: within a grey level of a store at the model's size)."""
+    from hf_recperc.images.decode import resize_uint8
+    from hf_recperc.images.pipeline import DevicePipeline
+
+    config = RecPercAEConfig.preset("cifar-conv-small", image_size=16)
+    coarse = torch.randint(
+        0, 256, (16, 3, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+    photos = torch.nn.functional.interpolate(coarse.float(), size=(48, 48), mode="bicubic").clamp(0, 255)
+    photos = photos.round().to(torch.uint8)  # smooth 48 px images, as photos are at this scale
+    large, exact = resize_uint8(photos, 32).numpy(), resize_uint8(photos, 16).numpy()  # as the store resizes
+    batch = {"pixels": torch.from_numpy(large), "labels": torch.zeros(16, dtype=torch.long)}
+    pipeline = DevicePipeline(config, "cpu", flip=True, resized_crop_scale=(0.2, 1.0))
+    trained = pipeline.training(batch, torch.Generator().manual_seed(0))
+    assert trained.shape == (16, 3, 16, 16) and torch.isfinite(trained).all()
+    evaluated = pipeline.evaluation(batch)["pixel_values"]
+    reference = pipeline.evaluation({"pixels": torch.from_numpy(exact), "labels": batch["labels"]})[
+        "pixel_values"
+    ]
+    assert evaluated.shape == reference.shape
+    step = 1.0 / (255 * min(config.image_std))  # one grey level, normalised
+    assert (evaluated - reference).abs().mean() < 2 * step
+
+
+@pytest.mark.slow  # two processes under torchrun (about a minute on 2 cores): CI's second step
+def test_two_processes_build_one_store_and_split_the_stream(grouped_parquet, tmp_path, monkeypatch):
+    """Issue 17, on 2 real gloo processes x 2 loader workers: the store is built by both (each decoding its share
+    into one file) and equals one process's; an epoch of the stream gives every row once; each process reads about
+    half of the parquet bytes."""
+    import hashlib
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hf_recperc.images import decode_uint8, load_image_dataset
+
+    worker = Path(__file__).with_name("parallel_data_worker.py")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_RECPERC_CACHE": str(tmp_path / "c"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29571",
+    ]
+    command += [str(worker), str(tmp_path / "out"), str(grouped_parquet)]
+    done = subprocess.run(
+        command, cwd=worker.parents[1], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads((tmp_path / "out" / f"record-{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(r["num_processes"] == 2 for r in records)
+    assert records[0]["store"].startswith("decoded by 2 process(es) x 2 worker(s), cached at ")
+    assert records[1]["store"] == records[0]["store"]
+    data = load_image_dataset(str(grouped_parquet))
+    serial, _ = decode_uint8(data.train, data.image_column, 3, 24, cache=False)
+    assert {r["store_sha1"] for r in records} == {hashlib.sha1(serial.tobytes()).hexdigest()}
+    assert records[0]["batches"] == records[1]["batches"] == (ROWS // 2) // 4
+    assert sorted(records[0]["rows"] + records[1]["rows"]) == list(range(ROWS))
+    for record in records:
+        assert 0.45 <= record["bytes_read"] / record["bytes_total"] <= 0.7, record["bytes_read"]

@@ -84,10 +84,15 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
 
 def build_datasets(
-    data: ImageData, config, image_processor, use_store: bool, cache: bool = True, decode_device: str = "cpu"
-):
+    data: ImageData, config, image_processor, use_store: bool, cache: bool = True, decode_device: str = "cpu",
+    workers: int = 0, accelerator=None, store_image_size: int | None = None,
+):  # fmt: skip
     """The training and validation datasets of either path, and a log phrase saying which path is used
     (``decode_device``: where the store's JPEGs are decoded, :func:`hf_recperc.images.decode.decode_batch`).
+
+    The store is decoded by every process of ``accelerator`` and ``workers`` loader workers each
+    (:func:`~hf_recperc.images.store.decode_uint8`), at ``store_image_size`` (default: the model's size; larger keeps
+    pixels for ``RandomResizedCrop``, :class:`DevicePipeline` brings batches to the model's size).
 
     Returns:
         ``(train, validation, description)``; the datasets yield ``{"pixels", "labels"}`` (store) or
@@ -104,8 +109,11 @@ def build_datasets(
         return train, validation, description
     built, where = [], []
     for split in splits:
-        shape = (config.num_channels, config.image_size)
-        pixels, phrase = decode_uint8(split, data.image_column, *shape, cache, decode_device=decode_device)
+        shape = (config.num_channels, store_image_size or config.image_size)
+        pixels, phrase = decode_uint8(
+            split, data.image_column, *shape, cache, decode_device=decode_device, workers=workers,
+            accelerator=accelerator,
+        )  # fmt: skip
         key = cache_key(split, data.image_column, *shape, decode_device) if cache else None
         built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
         where.append(phrase)
@@ -159,15 +167,35 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
     probe_rows = min(len(data.train), args.probe_max_train_samples or len(data.train))
     probe_labels = split_labels(data.train.select(range(probe_rows)), data.label_column, data.label_names)
     check_monitor_rows(data, probe_labels, len(data.validation), args, accelerator.num_processes)
-    with accelerator.main_process_first():  # one process decodes and caches, the others read the cache
-        train, validation, description = build_datasets(
-            data, config, image_processor, data_args.pixel_store, decode_device=data_args.decode_device
-        )
+    check_store_image_size(data_args, config)
+    # Every process decodes its share of the store with its workers (the processor path decodes per batch).
+    train, validation, description = build_datasets(
+        data, config, image_processor, data_args.pixel_store, decode_device=data_args.decode_device,
+        workers=data_args.dataloader_num_workers, accelerator=accelerator, store_image_size=data_args.store_image_size,
+    )  # fmt: skip
     sampler = EpochShuffleSampler(len(train), args.seed)
     loader = torch.utils.data.DataLoader(
         train, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, **options
     )  # full batches only: BatchNorm
     return train, train, validation, loader, sampler, description
+
+
+def check_store_image_size(data_args, config) -> None:
+    """``--store_image_size`` must be at least the model's image size, and needs the store.
+
+    Raises:
+        ValueError: naming ``store_image_size``.
+    """
+    size = data_args.store_image_size
+    if size is None:
+        return
+    if size < config.image_size:
+        raise ValueError(
+            f"store_image_size: {size} is smaller than the model's image_size {config.image_size}; store at least "
+            "the size the model sees (larger keeps pixels for --random_resized_crop)"
+        )
+    if not data_args.pixel_store:
+        raise ValueError("store_image_size: needs the pixel store (--pixel_store true)")
 
 
 def check_stream_workers(data, data_args) -> None:
@@ -258,13 +286,26 @@ class DevicePipeline:
         self.crop_padding, self.flip = crop_padding, flip
         self.resized_crop_scale = resized_crop_scale
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.image_size = getattr(config, "image_size", None)  # the model's; a larger store is resized to it
 
-    def pixel_values(self, batch: dict) -> torch.Tensor:
-        """`(B, C, S, S)` float pixel values of a loader batch (either path), on the device, not augmented."""
-        if "pixels" in batch:
-            pixels = batch["pixels"].to(self.device, non_blocking=True)
-            return normalise_uint8(pixels, self.mean, self.std)
-        return batch["pixel_values"].to(self.device, non_blocking=True)
+    def pixel_values(self, batch: dict, model_size: bool = True) -> torch.Tensor:
+        """`(B, C, S, S)` float pixel values of a loader batch (either path), on the device, not augmented; a store
+        kept larger than the model's size (``--store_image_size``) is resized to it unless ``model_size=False``."""
+        if "pixels" not in batch:
+            return batch["pixel_values"].to(self.device, non_blocking=True)
+        pixels = batch["pixels"].to(self.device, non_blocking=True)
+        pixel_values = normalise_uint8(pixels, self.mean, self.std)
+        return self.to_model_size(pixel_values) if model_size else pixel_values
+
+    def to_model_size(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(B, C, H, W)` -> `(B, C, S, S)` at the model's ``image_size`` (antialiased bilinear, as the store's
+        resize), unchanged when already there."""
+        if self.image_size is None or pixel_values.shape[-2:] == (self.image_size, self.image_size):
+            return pixel_values
+        size = (self.image_size, self.image_size)
+        return torch.nn.functional.interpolate(
+            pixel_values, size=size, mode="bilinear", antialias=True, align_corners=False
+        )
 
     def evaluation(self, batch: dict) -> dict[str, torch.Tensor]:
         """``{"pixel_values", "labels"}`` for the monitors: normalised, never augmented."""
@@ -275,11 +316,13 @@ class DevicePipeline:
 
     def training(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """Normalised and augmented `(B, C, S, S)` pixel values; every draw comes from ``generator``."""
-        pixel_values = self.pixel_values(batch)
+        # RandomResizedCrop draws its box on the stored pixels (a larger store keeps detail), then the model's size.
+        pixel_values = self.pixel_values(batch, model_size=self.resized_crop_scale is None)
         if self.resized_crop_scale is not None:
             pixel_values = random_resized_crop_flip(
                 pixel_values, scale=self.resized_crop_scale, flip=self.flip, generator=generator
             )
+            pixel_values = self.to_model_size(pixel_values)
         elif self.crop_padding or self.flip:
             pixel_values = random_crop_flip(
                 pixel_values, padding=self.crop_padding, flip=self.flip, generator=generator

@@ -19,15 +19,19 @@ does the same arithmetic on the device
 from __future__ import annotations
 
 import logging
+import os
 
 import datasets
 import numpy as np
+import torch
 
+from ..publish.atomic import partial_path, prepare_cache_dir
 from .decode import (
     GRAY_MODES,
     cache_file,
     cache_key,
     decode_batch,
+    decode_pixels,
     decode_image,
     load_cached_array,
     undecoded,
@@ -70,6 +74,116 @@ def _decode(
     return array
 
 
+# Rows a loader worker decodes per task: large enough to amortise the hand-over, small enough to balance.
+_CHUNK_ROWS = 64
+
+
+def _identity(item):
+    return item
+
+
+class _RowChunks(torch.utils.data.Dataset):
+    """Chunks of rows of a split for loader workers to decode: item ``i`` is ``(start, (k, C, S, S) uint8, resized)``
+    or, for an unreadable image, ``(start, one-line message, 0)`` (never a worker traceback)."""
+
+    def __init__(self, dataset, image_column: str, num_channels: int, image_size: int, chunks: list[range]):
+        self.split, self.decoder = undecoded(dataset, image_column)
+        self.image_column, self.num_channels, self.image_size = image_column, num_channels, image_size
+        self.chunks = chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int):
+        rows = self.chunks[index]
+        values = self.split[rows.start : rows.stop][self.image_column]
+        pixels, resized = [], 0
+        try:
+            for row, value in zip(rows, values):
+                image, was_resized = decode_pixels(
+                    value, row, self.image_column, self.num_channels, self.image_size, self.decoder
+                )
+                pixels.append(image)
+                resized += was_resized
+        except ValueError as err:
+            return rows.start, str(err), 0
+        return rows.start, torch.from_numpy(np.stack(pixels)), resized
+
+
+def _decode_share(dataset, image_column, num_channels, image_size, out, workers, process, processes):
+    """Decode this process's chunks of rows (``_CHUNK_ROWS`` each, chunk ``c`` going to process ``c % processes``)
+    into ``out`` `(N, C, S, S)` with ``workers`` loader workers; returns the first error message, or ``None``."""
+    starts = range(process * _CHUNK_ROWS, len(dataset), processes * _CHUNK_ROWS)
+    chunks = [range(start, min(start + _CHUNK_ROWS, len(dataset))) for start in starts]
+    loader = torch.utils.data.DataLoader(
+        _RowChunks(dataset, image_column, num_channels, image_size, chunks),
+        batch_size=None, num_workers=workers, collate_fn=_identity,
+    )  # fmt: skip
+    resized = 0
+    for start, pixels, count in loader:
+        if isinstance(pixels, str):
+            return pixels
+        out[start : start + len(pixels)] = pixels.numpy()
+        resized += count
+    if resized:
+        logger.info(f"pixel store: resized {resized} of {len(dataset)} images to {image_size}x{image_size}")
+    return None
+
+
+def _build_cached(dataset, image_column, num_channels, image_size, path, workers, accelerator) -> str | None:
+    """Build the store at ``path`` with every process and its workers; returns the first error, or ``None``.
+
+    The main process creates a partial ``.npy`` beside ``path`` (``publish.atomic``'s name, so a killed run's
+    partial file is cleaned up by the next), every process decodes its share of the rows into it through a memory
+    map, and the main process renames it into place only when no process met an error (else removes it).
+    """
+    from accelerate.utils import broadcast_object_list, gather_object  # noqa: PLC0415
+
+    process, processes = accelerator.process_index, accelerator.num_processes
+    shape = (len(dataset), num_channels, image_size, image_size)
+    partial = [None]
+    if accelerator.is_main_process:
+        prepare_cache_dir(path.parent)
+        partial = [str(partial_path(path))]
+        np.lib.format.open_memmap(partial[0], mode="w+", dtype=np.uint8, shape=shape).flush()
+    if processes > 1:
+        broadcast_object_list(partial)
+    out = np.load(partial[0], mmap_mode="r+")
+    error = _decode_share(dataset, image_column, num_channels, image_size, out, workers, process, processes)
+    out.flush()
+    del out
+    errors = gather_object([error]) if processes > 1 else [error]
+    error = next((message for message in errors if message), None)
+    if accelerator.is_main_process:
+        if error is None:
+            os.replace(partial[0], path)
+        else:
+            os.unlink(partial[0])
+    accelerator.wait_for_everyone()
+    return error
+
+
+def _main_process_view(path, pixels, accelerator, shape):
+    """The cached store as the main process found it: every process then builds, or none does (a store written
+    meanwhile by another run must not leave one process waiting for the others)."""
+    from accelerate.utils import broadcast_object_list  # noqa: PLC0415
+
+    found = [pixels is not None]
+    broadcast_object_list(found)
+    if found[0] and pixels is None:
+        pixels = load_cached_array(path, np.uint8, shape)
+    return pixels if found[0] else None
+
+
+class _OneProcess:
+    """The accelerator of a build that no other process shares."""
+
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
 def decode_uint8(
     dataset: datasets.Dataset,
     image_column: str,
@@ -78,8 +192,13 @@ def decode_uint8(
     cache: bool = True,
     cache_dir: str | None = None,
     decode_device: str = "cpu",
+    workers: int = 0,
+    accelerator=None,
 ) -> tuple[np.ndarray, str]:
     """Decode every image of a split once, to the model's channel count and size.
+
+    With ``workers`` and an ``accelerator`` of several processes, every process decodes its share of the rows with
+    its loader workers, into one cached file (docs/data_path.md); every process must then call this together.
 
     Args:
         dataset: a split with a PIL image column (``datasets.Image`` feature).
@@ -90,6 +209,8 @@ def decode_uint8(
         cache: read and write the on-disk store (data sets loaded from files only).
         cache_dir: the cache's root (default: :func:`hf_recperc.images.decode.cache_root`).
         decode_device: ``"cuda"`` decodes the JPEGs with nvJPEG (:func:`hf_recperc.images.decode.decode_batch`).
+        workers: loader worker processes that decode (0: this process decodes).
+        accelerator: the run's ``Accelerator`` (processes that share the build of a cached store), or ``None``.
 
     Returns:
         ``(pixels, where)``: a `(N, C, S, S)` uint8 array (memory-mapped when cached) and a phrase for the log
@@ -103,13 +224,38 @@ def decode_uint8(
         raise ValueError(f"image_size: expected a positive integer or None, got {image_size!r}")
     key = cache_key(dataset, image_column, num_channels, image_size, decode_device) if cache else None
     path = cache_file(key, cache_dir)
+    # GPU decoding (nvJPEG) stays in this process: CUDA does not survive the fork of a loader worker.
+    parallel = (
+        image_size is not None
+        and decode_device == "cpu"
+        and (workers > 0 or (accelerator is not None and accelerator.num_processes > 1))
+    )
     if path is None:
-        return _decode(dataset, image_column, num_channels, image_size, decode_device), "decoded in memory"
+        if not parallel:
+            return _decode(
+                dataset, image_column, num_channels, image_size, decode_device
+            ), "decoded in memory"
+        pixels = np.empty((len(dataset), num_channels, image_size, image_size), dtype=np.uint8)
+        error = _decode_share(dataset, image_column, num_channels, image_size, pixels, workers, 0, 1)
+        if error is not None:
+            raise ValueError(error)
+        return pixels, f"decoded in memory by {workers} worker(s)"
     pixels = load_cached_array(path, np.uint8, (len(dataset), num_channels, image_size, image_size))
+    if accelerator is not None and accelerator.num_processes > 1 and image_size is not None:
+        pixels = _main_process_view(
+            path, pixels, accelerator, (len(dataset), num_channels, image_size, image_size)
+        )
     if pixels is not None:
         return pixels, f"cached at {path}"
-    write_cached_array(path, _decode(dataset, image_column, num_channels, image_size, decode_device))
-    return np.load(path, mmap_mode="r"), f"decoded, cached at {path}"
+    if not parallel:
+        write_cached_array(path, _decode(dataset, image_column, num_channels, image_size, decode_device))
+        return np.load(path, mmap_mode="r"), f"decoded, cached at {path}"
+    group = accelerator or _OneProcess()
+    error = _build_cached(dataset, image_column, num_channels, image_size, path, workers, group)
+    if error is not None:
+        raise ValueError(error)
+    by = f"{group.num_processes} process(es) x {max(workers, 1)} worker(s)"
+    return np.load(path, mmap_mode="r"), f"decoded by {by}, cached at {path}"
 
 
 def images_to_array(

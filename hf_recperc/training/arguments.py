@@ -73,6 +73,14 @@ class DataArguments(SharedDataArguments):
     shuffle_buffer_size: int = field(
         default=10000, metadata={"help": "Rows in the --streaming shuffle buffer."}
     )
+    store_image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Side of the images in the uint8 store (default: the model's image_size). Larger keeps pixels "
+            "for --random_resized_crop (crops are drawn on the stored images, then resized to the model's size); "
+            "the store's size on disk is N x C x side^2 bytes (docs/data_path.md)."
+        },
+    )
     stream_lanes: int = field(
         default=8,
         metadata={
@@ -87,6 +95,10 @@ class DataArguments(SharedDataArguments):
             raise ValueError(
                 f"shuffle_buffer_size: expected an integer >= 1, got {self.shuffle_buffer_size!r}"
             )
+        if self.store_image_size is not None and (
+            not isinstance(self.store_image_size, int) or self.store_image_size < 1
+        ):
+            raise ValueError(f"store_image_size: expected a positive integer, got {self.store_image_size!r}")
         if not isinstance(self.stream_lanes, int) or self.stream_lanes < 1:
             raise ValueError(f"stream_lanes: expected an integer >= 1, got {self.stream_lanes!r}")
         if self.random_resized_crop is not None and not 0 < self.random_resized_crop <= 1:
