@@ -231,3 +231,98 @@ def test_two_processes_build_one_store_and_split_the_stream(grouped_parquet, tmp
     assert sorted(records[0]["rows"] + records[1]["rows"]) == list(range(ROWS))
     for record in records:
         assert 0.45 <= record["bytes_read"] / record["bytes_total"] <= 0.7, record["bytes_read"]
+
+
+@pytest.fixture(scope="module")
+def cifar_row_groups(tmp_path_factory):
+    """512 + 128 CIFAR-10 rows as local parquet with row groups of 32 rows (16 units to share out)."""
+    from conftest import CIFAR10
+
+    if not CIFAR10.is_dir():
+        pytest.skip(f"CIFAR-10 parquet copy not found at {CIFAR10}")
+    root = tmp_path_factory.mktemp("cifar_groups")
+    for split, rows in (("train", 512), ("test", 128)):
+        part = datasets.load_dataset("parquet", data_files=str(CIFAR10 / f"{split}.parquet"), split="train")
+        part.select(range(rows)).to_parquet(str(root / f"{split}.parquet"), batch_size=32)
+    return root
+
+
+def _pretrain(data, output_dir, workers, streaming, env):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        "scripts/pretrain.py",
+        "--output_dir",
+        str(output_dir),
+        "--dataset_name",
+        str(data),
+    ]
+    command += ["--preset", "cifar-conv-small", "--per_device_train_batch_size", "32", "--max_steps", "24"]
+    command += [
+        "--checkpointing_steps",
+        "4",
+        "--eval_steps",
+        "12",
+        "--random_flip",
+        "--random_resized_crop",
+        "0.3",
+    ]
+    command += [
+        "--probe_max_train_samples",
+        "128",
+        "--monitor_max_eval_samples",
+        "128",
+        "--report_to",
+        "none",
+    ]
+    command += ["--monitors", "reconstruction", "online_probe", "--resume_from_checkpoint", "latest"]
+    command += ["--dataloader_num_workers", str(workers), "--shuffle_buffer_size", "128"]
+    command += ["--streaming"] if streaming else []
+    return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+
+
+@pytest.mark.slow  # three short training runs per path (about a minute each on 2 cores): CI's second step
+@pytest.mark.parametrize("streaming", [False, True], ids=["store", "stream"])
+def test_a_run_killed_with_workers_resumes_to_the_run_without_workers(cifar_row_groups, tmp_path, streaming):
+    """Issue 17, exactness: a run with 2 loader workers (store built by the workers, or a stream read by them),
+    SIGKILLed mid-epoch and resumed, ends with the weights (to 1e-6) of an uninterrupted run with 0 workers."""
+    import os
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    from hf_recperc.training import find_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    reference = _pretrain(cifar_row_groups, tmp_path / "reference", 0, streaming,
+                          {**env, "HF_RECPERC_CACHE": str(tmp_path / "c0")})  # fmt: skip
+    assert reference.wait(timeout=600) == 0, reference.stdout.read()[-3000:]
+    interrupted, env = tmp_path / "interrupted", {**env, "HF_RECPERC_CACHE": str(tmp_path / "c2")}
+    process = _pretrain(cifar_row_groups, interrupted, 2, streaming, env)
+    deadline = time.time() + 600
+    while (
+        process.poll() is None and time.time() < deadline
+    ):  # killed after the checkpoint of step 4 (of 16/epoch)
+        checkpoint = find_checkpoint(interrupted)
+        if checkpoint is not None and int(checkpoint.name.split("-")[1]) >= 4:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "model.safetensors").exists(), "the run finished before it could be killed"
+    resumed = _pretrain(cifar_row_groups, interrupted, 2, streaming, env)
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0 and "resumed from" in log, log[-3000:]
+    weights, resumed_weights = (
+        load_file(tmp_path / "reference" / "model.safetensors"),
+        load_file(interrupted / "model.safetensors"),
+    )
+    for name in weights:
+        diff = (weights[name].double() - resumed_weights[name].double()).abs().max().item()
+        assert diff <= 1e-6, f"{name}: max abs diff {diff}"
