@@ -2,6 +2,7 @@
 same batches whatever the worker count, exact resume positions, and each process reading its share of the bytes."""
 
 import io
+import os
 from types import SimpleNamespace
 
 import datasets
@@ -326,3 +327,45 @@ def test_a_run_killed_with_workers_resumes_to_the_run_without_workers(cifar_row_
     for name in weights:
         diff = (weights[name].double() - resumed_weights[name].double()).abs().max().item()
         assert diff <= 1e-6, f"{name}: max abs diff {diff}"
+
+
+def test_the_compact_store_holds_the_uint8_store_as_jpeg(tmp_path, monkeypatch):
+    """Issue 17: ``--store_format jpeg`` keeps the store's images (decoded and resized exactly as the uint8 store)
+    re-encoded as JPEG quality 90: each read equals libjpeg-turbo's round trip of the uint8 image, loader workers
+    serve it, the file is several times smaller than the uint8 store on photo-like images, and it is cached."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    from hf_recperc.images import decode_uint8
+    from hf_recperc.images.datasets import StoredImages, collate_stored
+    from hf_recperc.images.store import JPEG_QUALITY, jpeg_store
+
+    rng = np.random.default_rng(2)
+    images = []
+    for _ in range(40):  # smooth 60-80 px pictures with a little texture, as photos are at this scale
+        coarse = Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+        side = int(rng.integers(60, 81))
+        picture = np.asarray(coarse.resize((side, side), Image.BICUBIC), dtype=np.float64)
+        picture = np.clip(picture + rng.normal(0, 3, picture.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, "PNG")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    table = {"image": images, "label": [row % 2 for row in range(40)]}
+    datasets.Dataset.from_dict(table, features=features).to_parquet(str(tmp_path / "train.parquet"))
+    split = datasets.load_dataset("parquet", data_files=str(tmp_path / "train.parquet"), split="train")
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "cache"))
+
+    raw, _ = decode_uint8(split, "image", 3, 48)
+    compact, where = jpeg_store(split, "image", 3, 48, workers=2)
+    assert where.startswith("encoded by 2 worker(s), cached at ") and compact.shape == raw.shape
+    for row in (0, 17, 39):
+        expected = decode_jpeg(encode_jpeg(torch.from_numpy(np.array(raw[row])), quality=JPEG_QUALITY))
+        np.testing.assert_array_equal(compact[[row]][0], expected.numpy())
+    assert np.abs(compact[np.arange(40)].astype(int) - raw.astype(int)).mean() < 3  # grey levels
+    assert os.path.getsize(compact.path) * 4 < raw.nbytes
+    stored = StoredImages(compact, np.zeros(40, dtype=np.int64))
+    loader = torch.utils.data.DataLoader(stored, batch_size=8, num_workers=2, collate_fn=collate_stored)
+    assert torch.equal(
+        torch.cat([batch["pixels"] for batch in loader]), torch.from_numpy(compact[np.arange(40)])
+    )
+    assert jpeg_store(split, "image", 3, 48)[1] == f"cached at {compact.path}"

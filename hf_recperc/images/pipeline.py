@@ -35,7 +35,7 @@ from .datasets import (
 from .decode import cache_key
 from .shards import LaneStream, RaiseWorkerErrors, lane_stream
 from .sources import ImageData, StreamData
-from .store import decode_uint8
+from .store import decode_uint8, jpeg_store
 
 __all__ = [
     "derived_seed",
@@ -85,7 +85,7 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
 def build_datasets(
     data: ImageData, config, image_processor, use_store: bool, cache: bool = True, decode_device: str = "cpu",
-    workers: int = 0, accelerator=None, store_image_size: int | None = None,
+    workers: int = 0, accelerator=None, store_image_size: int | None = None, store_format: str = "uint8",
 ):  # fmt: skip
     """The training and validation datasets of either path, and a log phrase saying which path is used
     (``decode_device``: where the store's JPEGs are decoded, :func:`hf_recperc.images.decode.decode_batch`).
@@ -110,6 +110,12 @@ def build_datasets(
     built, where = [], []
     for split in splits:
         shape = (config.num_channels, store_image_size or config.image_size)
+        if store_format == "jpeg":  # the compact store (docs/data_path.md)
+            pixels, phrase = jpeg_store(split, data.image_column, *shape, cache, workers, accelerator)
+            key = cache_key(split, data.image_column, *shape) + "-jpeg" if cache else None
+            built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
+            where.append(phrase)
+            continue
         pixels, phrase = decode_uint8(
             split, data.image_column, *shape, cache, decode_device=decode_device, workers=workers,
             accelerator=accelerator,
@@ -118,7 +124,7 @@ def build_datasets(
         built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
         where.append(phrase)
     description = (
-        f"data path: uint8 pixel store (train {where[0]}; validation {where[1]}), normalised and augmented "
+        f"data path: {store_format} pixel store (train {where[0]}; validation {where[1]}), normalised and augmented "
         "batched on the training device"
     )
     return built[0], built[1], description
@@ -172,6 +178,7 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
     train, validation, description = build_datasets(
         data, config, image_processor, data_args.pixel_store, decode_device=data_args.decode_device,
         workers=data_args.dataloader_num_workers, accelerator=accelerator, store_image_size=data_args.store_image_size,
+        store_format=data_args.store_format,
     )  # fmt: skip
     sampler = EpochShuffleSampler(len(train), args.seed)
     loader = torch.utils.data.DataLoader(
@@ -181,11 +188,15 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
 
 
 def check_store_image_size(data_args, config) -> None:
-    """``--store_image_size`` must be at least the model's image size, and needs the store.
+    """``--store_image_size`` must be at least the model's image size; it and ``--store_format`` need the store.
 
     Raises:
-        ValueError: naming ``store_image_size``.
+        ValueError: naming ``store_image_size`` or ``store_format``.
     """
+    if data_args.store_format != "uint8" and not data_args.pixel_store:
+        raise ValueError(
+            f"store_format: {data_args.store_format!r} needs the pixel store (--pixel_store true)"
+        )
     size = data_args.store_image_size
     if size is None:
         return

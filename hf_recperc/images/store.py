@@ -38,7 +38,7 @@ from .decode import (
     write_cached_array,
 )
 
-__all__ = ["decode_uint8", "images_to_array"]
+__all__ = ["decode_uint8", "images_to_array", "jpeg_store", "JPEGPixels", "JPEG_QUALITY"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ class _RowChunks(torch.utils.data.Dataset):
     """Chunks of rows of a split for loader workers to decode: item ``i`` is ``(start, (k, C, S, S) uint8, resized)``
     or, for an unreadable image, ``(start, one-line message, 0)`` (never a worker traceback)."""
 
-    def __init__(self, dataset, image_column: str, num_channels: int, image_size: int, chunks: list[range]):
+    def __init__(self, dataset, image_column, num_channels, image_size, chunks: list[range], quality=None):
         self.split, self.decoder = undecoded(dataset, image_column)
         self.image_column, self.num_channels, self.image_size = image_column, num_channels, image_size
-        self.chunks = chunks
+        self.chunks, self.quality = chunks, quality  # quality: re-encode as JPEG (a list of byte tensors)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -107,6 +107,14 @@ class _RowChunks(torch.utils.data.Dataset):
                 resized += was_resized
         except ValueError as err:
             return rows.start, str(err), 0
+        if self.quality is not None:
+            from torchvision.io import encode_jpeg  # noqa: PLC0415
+
+            return (
+                rows.start,
+                [encode_jpeg(torch.from_numpy(p), quality=self.quality) for p in pixels],
+                resized,
+            )
         return rows.start, torch.from_numpy(np.stack(pixels)), resized
 
 
@@ -182,6 +190,127 @@ class _OneProcess:
 
     def wait_for_everyone(self) -> None:
         pass
+
+
+# The compact store's JPEG quality: FFCV's default, a few grey levels from the uint8 store (docs/data_path.md).
+JPEG_QUALITY = 90
+
+
+class JPEGPixels:
+    """A compact store: `(N, C, S, S)` images kept as JPEG bytes, decoded when read (libjpeg-turbo through
+    ``torchvision.io.decode_jpeg``, in the loader's workers). It reads like the uint8 array it replaces
+    (``len``, ``shape``, ``pixels[rows]``), so :class:`~hf_recperc.images.datasets.StoredImages` serves either.
+
+    The file is one ``.npy`` of bytes: ``N + 1`` int64 offsets, then the JPEG files back to back.
+    """
+
+    def __init__(self, path, num_channels: int, image_size: int):
+        self.path, self.num_channels, self.image_size = str(path), num_channels, image_size
+        self._blob = None
+        self.shape = (self._count(), num_channels, image_size, image_size)
+
+    def _count(self) -> int:
+        return int(np.frombuffer(self.blob[:8].tobytes(), dtype=np.int64)[0])
+
+    @property
+    def blob(self) -> np.ndarray:
+        if self._blob is None:
+            self._blob = np.load(self.path, mmap_mode="r")
+        return self._blob
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        from torchvision.io import ImageReadMode, decode_jpeg  # noqa: PLC0415
+
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        header = 8 * (len(self) + 2)
+        offsets = np.frombuffer(self.blob[8:header].tobytes(), dtype=np.int64)
+        mode = ImageReadMode.GRAY if self.num_channels == 1 else ImageReadMode.RGB
+        images = [
+            decode_jpeg(
+                torch.from_numpy(np.array(self.blob[header + offsets[r] : header + offsets[r + 1]])),
+                mode=mode,
+            )
+            for r in rows.tolist()
+        ]
+        return torch.stack(images).numpy()
+
+    def __getstate__(self):  # workers re-open the memory map
+        return {**self.__dict__, "_blob": None}
+
+
+def _write_jpeg_store(dataset, image_column, num_channels, image_size, path, workers) -> str | None:
+    """Encode every image (decoded and resized as the uint8 store) as JPEG with ``workers`` loader workers and write
+    :class:`JPEGPixels`' file atomically; returns the first error message, or ``None`` (nothing written)."""
+    from ..publish.atomic import atomic_path  # noqa: PLC0415
+
+    starts = range(0, len(dataset), _CHUNK_ROWS)
+    chunks = [range(start, min(start + _CHUNK_ROWS, len(dataset))) for start in starts]
+    loader = torch.utils.data.DataLoader(
+        _RowChunks(dataset, image_column, num_channels, image_size, chunks, JPEG_QUALITY),
+        batch_size=None, num_workers=workers, collate_fn=_identity,
+    )  # fmt: skip
+    prepare_cache_dir(path.parent)
+    scratch = partial_path(path.with_suffix(".bytes"))  # the JPEGs as they come; a dead run's is cleaned up
+    try:
+        sizes = []
+        with open(scratch, "wb") as data:
+            for _, encoded, _ in loader:
+                if isinstance(encoded, str):
+                    return encoded
+                for jpeg in encoded:
+                    data.write(jpeg.numpy().tobytes())
+                    sizes.append(len(jpeg))
+        header = np.concatenate([[len(sizes)], np.cumsum([0, *sizes])]).astype(np.int64).view(np.uint8)
+        with atomic_path(path) as partial, open(scratch, "rb") as source:
+            blob = np.lib.format.open_memmap(
+                partial, mode="w+", dtype=np.uint8, shape=(len(header) + sum(sizes),)
+            )
+            blob[: len(header)], offset = header, len(header)
+            while block := source.read(1 << 24):
+                blob[offset : offset + len(block)] = np.frombuffer(block, dtype=np.uint8)
+                offset += len(block)
+            blob.flush()
+            del blob
+    finally:
+        scratch.unlink(missing_ok=True)
+    return None
+
+
+def jpeg_store(
+    dataset: datasets.Dataset, image_column: str, num_channels: int, image_size: int, cache: bool = True,
+    workers: int = 0, accelerator=None,
+) -> tuple[JPEGPixels, str]:  # fmt: skip
+    """The compact store of a split (``--store_format jpeg``): :func:`decode_uint8`'s images re-encoded as JPEG
+    (quality :data:`JPEG_QUALITY`), cached beside the uint8 stores under ``jpeg/``; the main process builds it with
+    its ``workers``, the other processes wait for it. Returns ``(pixels, phrase for the log)``.
+
+    Raises:
+        ValueError: ``store_format``: an in-memory data set (nothing to cache); an unreadable image, naming its row.
+    """
+    key = cache_key(dataset, image_column, num_channels, image_size) if cache else None
+    if key is None:
+        raise ValueError(
+            "store_format: 'jpeg' needs a data set loaded from files (a cached store); use 'uint8'"
+        )
+    path = cache_file(key).parent.parent / "jpeg" / f"{key}-q{JPEG_QUALITY}.npy"
+    group = accelerator or _OneProcess()
+    error, where = None, f"cached at {path}"
+    if group.is_main_process and not path.is_file():
+        error = _write_jpeg_store(dataset, image_column, num_channels, image_size, path, workers)
+        where = f"encoded by {max(workers, 1)} worker(s), cached at {path}"
+    if group.num_processes > 1:
+        from accelerate.utils import broadcast_object_list  # noqa: PLC0415
+
+        message = [error]
+        broadcast_object_list(message)
+        error = message[0]
+    group.wait_for_everyone()
+    if error is not None:
+        raise ValueError(error)
+    return JPEGPixels(path, num_channels, image_size), where
 
 
 def decode_uint8(
