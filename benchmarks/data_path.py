@@ -22,7 +22,7 @@ Part ``train``: the tiny 224 px conv AE (``--preset cifar-conv-small --config_ov
 image_size=224,width=4,latent_dim=16``, batch 32, RandomResizedCrop + flip) trained by the job from the warm store
 and streamed with 2 workers, blocks of steps alternating between the two (best block kept).
 
-Only :func:`job_data` and :func:`job_run` know the package's data modules; the rest is plain torch/torchvision.
+Only :func:`job_data`, :func:`job_store_build` and :func:`job_run` know the package's data modules; the rest is plain torch/torchvision.
 The ratios against the issue's targets are printed last.
 """
 
@@ -191,6 +191,17 @@ def job_data(parquet: Path, workers: int, batch_size: int, streaming: bool):
     return epoch, to_model
 
 
+def job_store_build(parquet: Path, workers: int) -> float:
+    """Images/s of the job's cold build of the training split's uint8 store at 224 px (an empty cache: the
+    caller's ``HF_RECPERC_CACHE``) with ``workers`` loader workers."""
+    from hf_recperc.images import decode_uint8, load_image_dataset
+
+    data = load_image_dataset(str(parquet))
+    start = time.perf_counter()
+    decode_uint8(data.train, data.image_column, 3, IMAGE_SIZE, workers=workers)
+    return len(data.train) / (time.perf_counter() - start)
+
+
 def job_run(parquet: Path, output_dir: str, workers: int, batch_size: int, streaming: bool):
     """A training run of the job (``PretrainingRun``, set up) and its endless optimiser steps."""
     from hf_recperc.training import PretrainingRun, parse_args
@@ -236,7 +247,6 @@ def images_per_second(batches, to_model=None) -> float:
 
 def measure_loaders(parquet: Path, folder: Path, cache_root: Path, args) -> dict[str, float]:
     """Best images/s over ``--repeats`` interleaved rounds of every loader variant."""
-    images = sum(1 for file in folder.rglob("*") if file.is_file())
     warm_cache = cache_root / "warm"
     with pixel_cache(warm_cache):  # the warm store, built once before the rounds
         job_data(parquet, 0, args.batch_size, streaming=False)
@@ -248,9 +258,7 @@ def measure_loaders(parquet: Path, folder: Path, cache_root: Path, args) -> dict
             }
             cold = cache_root / f"cold-{repeat}-{workers}"
             with pixel_cache(cold):
-                start = time.perf_counter()
-                epoch, _ = job_data(parquet, workers, args.batch_size, streaming=False)
-                rates[f"store cold build W={workers}"] = images / (time.perf_counter() - start)
+                rates[f"store cold build W={workers}"] = job_store_build(parquet, workers)
             with pixel_cache(warm_cache):
                 epoch, to_model = job_data(parquet, workers, args.batch_size, streaming=False)
                 rates[f"store warm W={workers}"] = images_per_second(epoch(), to_model)
@@ -318,7 +326,7 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--part", choices=("loaders", "train", "all"), default="all")
-    parser.add_argument("--images", type=int, default=320, help="training images of the generated set")
+    parser.add_argument("--images", type=int, default=640, help="training images of the generated set")
     parser.add_argument("--eval_images", type=int, default=32)
     parser.add_argument("--shards", type=int, default=8, help="parquet files of the training split")
     parser.add_argument("--row_group", type=int, default=16, help="rows per parquet row group")

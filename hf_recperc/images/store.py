@@ -86,10 +86,12 @@ class _RowChunks(torch.utils.data.Dataset):
     """Chunks of rows of a split for loader workers to decode: item ``i`` is ``(start, (k, C, S, S) uint8, resized)``
     or, for an unreadable image, ``(start, one-line message, 0)`` (never a worker traceback)."""
 
-    def __init__(self, dataset, image_column, num_channels, image_size, chunks: list[range], quality=None):
+    def __init__(self, dataset, image_column, num_channels, image_size, chunks, quality=None, target=None):
         self.split, self.decoder = undecoded(dataset, image_column)
         self.image_column, self.num_channels, self.image_size = image_column, num_channels, image_size
         self.chunks, self.quality = chunks, quality  # quality: re-encode as JPEG (a list of byte tensors)
+        # target: the partial .npy the rows go to, written by the worker itself (no pixels through the queue)
+        self.target, self._out = target, None
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -115,23 +117,34 @@ class _RowChunks(torch.utils.data.Dataset):
                 [encode_jpeg(torch.from_numpy(p), quality=self.quality) for p in pixels],
                 resized,
             )
+        if self.target is not None:
+            if self._out is None:
+                self._out = np.load(self.target, mmap_mode="r+")
+            self._out[rows.start : rows.stop] = np.stack(pixels)
+            self._out.flush()
+            return rows.start, None, resized
         return rows.start, torch.from_numpy(np.stack(pixels)), resized
 
 
-def _decode_share(dataset, image_column, num_channels, image_size, out, workers, process, processes):
+def _decode_share(
+    dataset, image_column, num_channels, image_size, out, workers, process, processes, target=None
+):
     """Decode this process's chunks of rows (``_CHUNK_ROWS`` each, chunk ``c`` going to process ``c % processes``)
-    into ``out`` `(N, C, S, S)` with ``workers`` loader workers; returns the first error message, or ``None``."""
+    into ``out`` `(N, C, S, S)` with ``workers`` loader workers (each writing its rows into the ``.npy`` file
+    ``target`` itself, when given); returns the first error message, or ``None``."""
     starts = range(process * _CHUNK_ROWS, len(dataset), processes * _CHUNK_ROWS)
     chunks = [range(start, min(start + _CHUNK_ROWS, len(dataset))) for start in starts]
+    target = target if workers > 0 else None  # without workers this process writes through ``out``
     loader = torch.utils.data.DataLoader(
-        _RowChunks(dataset, image_column, num_channels, image_size, chunks),
+        _RowChunks(dataset, image_column, num_channels, image_size, chunks, target=target),
         batch_size=None, num_workers=workers, collate_fn=_identity,
     )  # fmt: skip
     resized = 0
     for start, pixels, count in loader:
         if isinstance(pixels, str):
             return pixels
-        out[start : start + len(pixels)] = pixels.numpy()
+        if pixels is not None:
+            out[start : start + len(pixels)] = pixels.numpy()
         resized += count
     if resized:
         logger.info(f"pixel store: resized {resized} of {len(dataset)} images to {image_size}x{image_size}")
@@ -157,7 +170,9 @@ def _build_cached(dataset, image_column, num_channels, image_size, path, workers
     if processes > 1:
         broadcast_object_list(partial)
     out = np.load(partial[0], mmap_mode="r+")
-    error = _decode_share(dataset, image_column, num_channels, image_size, out, workers, process, processes)
+    error = _decode_share(
+        dataset, image_column, num_channels, image_size, out, workers, process, processes, target=partial[0]
+    )
     out.flush()
     del out
     errors = gather_object([error]) if processes > 1 else [error]
