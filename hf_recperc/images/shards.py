@@ -142,7 +142,7 @@ class LanePlan:
                 break
         return pieces
 
-    def lanes_of_worker(self, worker: int, num_workers: int, first_batch: int) -> list[int]:
+    def batches_of_worker(self, worker: int, num_workers: int, first_batch: int) -> list[int]:
         """The batch indices ``first_batch + worker + k * num_workers`` (``< T``) that worker ``worker`` makes."""
         return list(range(first_batch + worker, self.batches_per_epoch, max(num_workers, 1)))
 
@@ -233,7 +233,7 @@ class LaneStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         reader, lanes = UnitReader(self.columns), {}
-        for batch in self.plan.lanes_of_worker(worker, workers, self.skip):
+        for batch in self.plan.batches_of_worker(worker, workers, self.skip):
             records = self._batches(lanes, reader, batch % self.plan.num_lanes)
             rows = [next(records) for _ in range(self.plan.batch_size)]
             try:
