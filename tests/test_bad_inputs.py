@@ -892,6 +892,84 @@ def test_several_models_are_all_checked_before_the_first_is_loaded(vit, tmp_path
     assert [p.name for p in second.iterdir()] == ["report.md"]
 
 
+# ---- parallel data path: model size, loader workers, corrupt images in workers (issue 17) ----
+
+
+def test_a_model_too_large_for_its_image_size_is_one_line_before_allocation(tmp_path, capsys, monkeypatch):
+    """Issue 17, bad input: the MLP preset at 224 px (40 billion weights, ~600 GiB to train) used to start
+    allocating until the machine swapped or killed it; now a one-line error naming the option and the sizes, before
+    any weight or pixel is allocated, and nothing is written. A model that fits passes the same check."""
+    from hf_recperc.models import get_family
+    from hf_recperc.training.builders import check_model_memory
+
+    monkeypatch.setenv("RECPERC_MEMORY_LIMIT_GB", "16")
+    monkeypatch.delenv("RECPERC_TRACEBACK", raising=False)
+    out = tmp_path / "out"
+    argv = [
+        "--output_dir",
+        str(out),
+        "--preset",
+        "digits-mlp",
+        "--config_overrides",
+        "image_size=224",
+        *TINY_RUN,
+    ]
+    assert pretrain.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "error: preset / config_overrides: RecPercAEForPreTraining at image_size 224 has "
+    )
+    assert "weights" in err[-1] and "RECPERC_MEMORY_LIMIT_GB allows 16 GiB" in err[-1]
+    assert "Traceback" not in "\n".join(err) and not out.exists()
+    family = get_family("ae")
+    small = family.config_class.preset("cifar-conv-small", image_size=224, width=4, latent_dim=16)
+    check_model_memory(family.pretraining_class, small)  # 26 M weights: fits in 16 GiB
+
+
+def test_a_corrupt_image_read_in_a_stream_worker_is_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 17, bad input: a corrupt image decoded inside a loader worker (``--streaming`` with 2 workers) is the
+    same one-line error naming its row and parquet file as without workers, not torch's worker traceback, and no
+    model is written."""
+    monkeypatch.delenv("RECPERC_TRACEBACK", raising=False)
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    _write_image_parquet(data / "train-00000.parquet", [0, 1, 2] * 20)
+    _write_image_parquet(data / "train-00001.parquet", [0, 1, 2] * 20, corrupt_rows={13})
+    _write_image_parquet(data / "test.parquet", [0, 1, 2] * 4)
+    argv = ["--output_dir", str(out), "--dataset_name", str(data), "--streaming", *TINY_RUN]
+    argv += ["--probe_max_train_samples", "20", "--dataloader_num_workers", "2"]
+    assert pretrain.main(argv) == 2
+    shard = data / "train-00001.parquet"
+    expected = (
+        f"error: image: row 13 of {str(shard)!r} (embedded bytes) is not a readable image: Unidentified"
+    )
+    line = _assert_one_line_error_and_no_model(capsys, tmp_path, out, expected)
+    assert "worker" not in line
+
+
+def test_loader_workers_a_stream_cannot_use_are_refused_before_decoding(tmp_path, capsys, monkeypatch):
+    """Issue 17, bad input: ``--dataloader_num_workers`` that cannot share a stream's lanes (3 workers, 8 lanes)
+    is a one-line error naming the option, before any image is decoded; it is never silently ignored."""
+    from hf_recperc.images import pipeline
+
+    monkeypatch.delenv("RECPERC_TRACEBACK", raising=False)
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    _write_image_parquet(data / "train.parquet", [0, 1, 2] * 10)
+    _write_image_parquet(data / "test.parquet", [0, 1, 2] * 4)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("images were decoded before the worker count was checked")
+
+    monkeypatch.setattr(pipeline, "materialise", no_decoding)
+    argv = ["--output_dir", str(out), "--dataset_name", str(data), "--streaming", *TINY_RUN]
+    assert pretrain.main([*argv, "--dataloader_num_workers", "3"]) == 2
+    expected = (
+        "error: dataloader_num_workers: 3 workers cannot share the 8 lanes of a stream (--stream_lanes)"
+    )
+    _assert_one_line_error_and_no_model(capsys, tmp_path, out, expected)
+
+
 # ---- protocols in the report (registered protocols, tokens pooling, --monitor_settings) ----
 
 

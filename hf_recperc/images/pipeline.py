@@ -33,8 +33,9 @@ from .datasets import (
     split_labels,
 )
 from .decode import cache_key
+from .shards import LaneStream, RaiseWorkerErrors, lane_stream
 from .sources import ImageData, StreamData
-from .store import decode_uint8
+from .store import decode_uint8, jpeg_store
 
 __all__ = [
     "derived_seed",
@@ -83,10 +84,15 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
 
 def build_datasets(
-    data: ImageData, config, image_processor, use_store: bool, cache: bool = True, decode_device: str = "cpu"
-):
+    data: ImageData, config, image_processor, use_store: bool, cache: bool = True, decode_device: str = "cpu",
+    workers: int = 0, accelerator=None, store_image_size: int | None = None, store_format: str = "uint8",
+):  # fmt: skip
     """The training and validation datasets of either path, and a log phrase saying which path is used
     (``decode_device``: where the store's JPEGs are decoded, :func:`hf_recperc.images.decode.decode_batch`).
+
+    The store is decoded by every process of ``accelerator`` and ``workers`` loader workers each
+    (:func:`~hf_recperc.images.store.decode_uint8`), at ``store_image_size`` (default: the model's size; larger keeps
+    pixels for ``RandomResizedCrop``, :class:`DevicePipeline` brings batches to the model's size).
 
     Returns:
         ``(train, validation, description)``; the datasets yield ``{"pixels", "labels"}`` (store) or
@@ -103,23 +109,36 @@ def build_datasets(
         return train, validation, description
     built, where = [], []
     for split in splits:
-        shape = (config.num_channels, config.image_size)
-        pixels, phrase = decode_uint8(split, data.image_column, *shape, cache, decode_device=decode_device)
+        shape = (config.num_channels, store_image_size or config.image_size)
+        if store_format == "jpeg":  # the compact store (docs/data_path.md)
+            pixels, phrase = jpeg_store(split, data.image_column, *shape, cache, workers, accelerator)
+            key = cache_key(split, data.image_column, *shape) + "-jpeg" if cache else None
+            built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
+            where.append(phrase)
+            continue
+        pixels, phrase = decode_uint8(
+            split, data.image_column, *shape, cache, decode_device=decode_device, workers=workers,
+            accelerator=accelerator,
+        )  # fmt: skip
         key = cache_key(split, data.image_column, *shape, decode_device) if cache else None
         built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
         where.append(phrase)
     description = (
-        f"data path: uint8 pixel store (train {where[0]}; validation {where[1]}), normalised and augmented "
+        f"data path: {store_format} pixel store (train {where[0]}; validation {where[1]}), normalised and augmented "
         "batched on the training device"
     )
     return built[0], built[1], description
 
 
-def stream_datasets(data: StreamData, config, args, accelerator, buffer_size: int):
-    """``(train, probe, validation)`` of a streamed run: this process's :class:`StreamedImages` and the monitors'
-    materialised stores (the first rows of the unshuffled training stream and of the validation stream)."""
+def stream_datasets(data: StreamData, config, args, accelerator, buffer_size: int, lanes: int = 8):
+    """``(train, probe, validation)`` of a streamed run: this process's training stream (a
+    :class:`~hf_recperc.images.shards.LaneStream` over local parquet files, else :class:`StreamedImages`) and the
+    monitors' materialised stores (the first rows of the unshuffled training stream and of the validation stream)."""
     probe = materialise(data, "train", args.probe_max_train_samples, config)
     validation = materialise(data, "validation", args.monitor_max_eval_samples or None, config)
+    if data.files.get("train"):
+        batch = args.per_device_train_batch_size
+        return lane_stream(data, config, batch, args.seed, buffer_size, lanes, accelerator), probe, validation
     train = StreamedImages(
         data, config, args.per_device_train_batch_size, args.seed, buffer_size,
         accelerator.process_index, accelerator.num_processes,
@@ -142,33 +161,82 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
         naming the data path.
     """
     if data_args.streaming:
+        check_stream_workers(data, data_args)  # before the monitors' rows are decoded
         train, probe, validation = stream_datasets(
-            data, config, args, accelerator, data_args.shuffle_buffer_size
+            data, config, args, accelerator, data_args.shuffle_buffer_size, data_args.stream_lanes
         )
         check_monitor_rows(data, probe.labels, len(validation), args, accelerator.num_processes)
-        # One stream per process, iterated in the main process (its position is the trainer state's). Loader
-        # workers would each get a share of the stream's files from datasets (and their own shuffle): not the order.
-        loader = torch.utils.data.DataLoader(train, batch_size=None, pin_memory=options["pin_memory"])
-        if data_args.dataloader_num_workers and accelerator.is_main_process:
-            logger.warning(
-                f"dataloader_num_workers={data_args.dataloader_num_workers}: with --streaming the training stream is "
-                "read and decoded in the main process; the workers load the monitors' materialised rows only"
-            )
+        loader = stream_loader(train, data_args, options, accelerator.is_main_process)
         description = f"data path: stream of {data.source}, shuffle buffer {data_args.shuffle_buffer_size}"
         return train, probe, validation, loader, None, description
     # Before any decoding: the labels are one columnar read, the decoded store can take minutes.
     probe_rows = min(len(data.train), args.probe_max_train_samples or len(data.train))
     probe_labels = split_labels(data.train.select(range(probe_rows)), data.label_column, data.label_names)
     check_monitor_rows(data, probe_labels, len(data.validation), args, accelerator.num_processes)
-    with accelerator.main_process_first():  # one process decodes and caches, the others read the cache
-        train, validation, description = build_datasets(
-            data, config, image_processor, data_args.pixel_store, decode_device=data_args.decode_device
-        )
+    check_store_image_size(data_args, config)
+    # Every process decodes its share of the store with its workers (the processor path decodes per batch).
+    train, validation, description = build_datasets(
+        data, config, image_processor, data_args.pixel_store, decode_device=data_args.decode_device,
+        workers=data_args.dataloader_num_workers, accelerator=accelerator, store_image_size=data_args.store_image_size,
+        store_format=data_args.store_format,
+    )  # fmt: skip
     sampler = EpochShuffleSampler(len(train), args.seed)
     loader = torch.utils.data.DataLoader(
         train, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, **options
     )  # full batches only: BatchNorm
     return train, train, validation, loader, sampler, description
+
+
+def check_store_image_size(data_args, config) -> None:
+    """``--store_image_size`` must be at least the model's image size; it and ``--store_format`` need the store.
+
+    Raises:
+        ValueError: naming ``store_image_size`` or ``store_format``.
+    """
+    if data_args.store_format != "uint8" and not data_args.pixel_store:
+        raise ValueError(
+            f"store_format: {data_args.store_format!r} needs the pixel store (--pixel_store true)"
+        )
+    size = data_args.store_image_size
+    if size is None:
+        return
+    if size < config.image_size:
+        raise ValueError(
+            f"store_image_size: {size} is smaller than the model's image_size {config.image_size}; store at least "
+            "the size the model sees (larger keeps pixels for --random_resized_crop)"
+        )
+    if not data_args.pixel_store:
+        raise ValueError("store_image_size: needs the pixel store (--pixel_store true)")
+
+
+def check_stream_workers(data, data_args) -> None:
+    """Refuse a worker count that cannot share the lanes of a local parquet stream.
+
+    Raises:
+        ValueError: naming ``dataloader_num_workers`` when it does not divide ``--stream_lanes``.
+    """
+    workers, lanes = data_args.dataloader_num_workers, data_args.stream_lanes
+    if data.files.get("train") and workers and lanes % workers:
+        raise ValueError(
+            f"dataloader_num_workers: {workers} workers cannot share the {lanes} lanes of a stream "
+            f"(--stream_lanes); use a divisor of {lanes}, or --stream_lanes a multiple of {workers} (the batches "
+            "depend on --stream_lanes, not on the workers)"
+        )
+
+
+def stream_loader(train, data_args, options: dict, main_process: bool):
+    """The loader of a training stream: ``--dataloader_num_workers`` workers over the lanes of a
+    :class:`~hf_recperc.images.shards.LaneStream` (a worker's error is one line in the main process); a Hub stream
+    is read in the main process, which the log says."""
+    workers = data_args.dataloader_num_workers
+    if isinstance(train, LaneStream):
+        return RaiseWorkerErrors(torch.utils.data.DataLoader(train, batch_size=None, **options))
+    if workers and main_process:
+        logger.warning(
+            f"dataloader_num_workers={workers}: a Hub stream (no local parquet files) is read and decoded in the "
+            "main process, every process keeping every W-th row; the workers load the monitors' rows only"
+        )
+    return torch.utils.data.DataLoader(train, batch_size=None, pin_memory=options["pin_memory"])
 
 
 def check_monitor_rows(data, probe_labels: np.ndarray, num_validation: int, args, num_processes: int) -> None:
@@ -229,13 +297,26 @@ class DevicePipeline:
         self.crop_padding, self.flip = crop_padding, flip
         self.resized_crop_scale = resized_crop_scale
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.image_size = getattr(config, "image_size", None)  # the model's; a larger store is resized to it
 
-    def pixel_values(self, batch: dict) -> torch.Tensor:
-        """`(B, C, S, S)` float pixel values of a loader batch (either path), on the device, not augmented."""
-        if "pixels" in batch:
-            pixels = batch["pixels"].to(self.device, non_blocking=True)
-            return normalise_uint8(pixels, self.mean, self.std)
-        return batch["pixel_values"].to(self.device, non_blocking=True)
+    def pixel_values(self, batch: dict, model_size: bool = True) -> torch.Tensor:
+        """`(B, C, S, S)` float pixel values of a loader batch (either path), on the device, not augmented; a store
+        kept larger than the model's size (``--store_image_size``) is resized to it unless ``model_size=False``."""
+        if "pixels" not in batch:
+            return batch["pixel_values"].to(self.device, non_blocking=True)
+        pixels = batch["pixels"].to(self.device, non_blocking=True)
+        pixel_values = normalise_uint8(pixels, self.mean, self.std)
+        return self.to_model_size(pixel_values) if model_size else pixel_values
+
+    def to_model_size(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(B, C, H, W)` -> `(B, C, S, S)` at the model's ``image_size`` (antialiased bilinear, as the store's
+        resize), unchanged when already there."""
+        if self.image_size is None or pixel_values.shape[-2:] == (self.image_size, self.image_size):
+            return pixel_values
+        size = (self.image_size, self.image_size)
+        return torch.nn.functional.interpolate(
+            pixel_values, size=size, mode="bilinear", antialias=True, align_corners=False
+        )
 
     def evaluation(self, batch: dict) -> dict[str, torch.Tensor]:
         """``{"pixel_values", "labels"}`` for the monitors: normalised, never augmented."""
@@ -246,11 +327,13 @@ class DevicePipeline:
 
     def training(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """Normalised and augmented `(B, C, S, S)` pixel values; every draw comes from ``generator``."""
-        pixel_values = self.pixel_values(batch)
+        # RandomResizedCrop draws its box on the stored pixels (a larger store keeps detail), then the model's size.
+        pixel_values = self.pixel_values(batch, model_size=self.resized_crop_scale is None)
         if self.resized_crop_scale is not None:
             pixel_values = random_resized_crop_flip(
                 pixel_values, scale=self.resized_crop_scale, flip=self.flip, generator=generator
             )
+            pixel_values = self.to_model_size(pixel_values)
         elif self.crop_padding or self.flip:
             pixel_values = random_crop_flip(
                 pixel_values, padding=self.crop_padding, flip=self.flip, generator=generator

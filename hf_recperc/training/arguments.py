@@ -83,12 +83,44 @@ class DataArguments(SharedDataArguments):
     shuffle_buffer_size: int = field(
         default=10000, metadata={"help": "Rows in the --streaming shuffle buffer."}
     )
+    store_image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Side of the images in the uint8 store (default: the model's image_size). Larger keeps pixels "
+            "for --random_resized_crop (crops are drawn on the stored images, then resized to the model's size); "
+            "the store's size on disk is N x C x side^2 bytes (docs/data_path.md)."
+        },
+    )
+    store_format: str = field(
+        default="uint8",
+        metadata={
+            "help": "'uint8' (raw pixels, memory-mapped: N x C x side^2 bytes) or 'jpeg' (the compact store: the same "
+            "images re-encoded as JPEG quality 90, decoded in the loader workers; ~5-8x smaller, "
+            "docs/data_path.md)."
+        },
+    )
+    stream_lanes: int = field(
+        default=8,
+        metadata={
+            "help": "--streaming over local parquet: each process's rows are cut into this many lanes, read by "
+            "its loader workers (--dataloader_num_workers must divide it); the batches depend on it, not on the "
+            "worker count (docs/data_path.md)."
+        },
+    )
 
     def __post_init__(self):
         if not isinstance(self.shuffle_buffer_size, int) or self.shuffle_buffer_size < 1:
             raise ValueError(
                 f"shuffle_buffer_size: expected an integer >= 1, got {self.shuffle_buffer_size!r}"
             )
+        if self.store_image_size is not None and (
+            not isinstance(self.store_image_size, int) or self.store_image_size < 1
+        ):
+            raise ValueError(f"store_image_size: expected a positive integer, got {self.store_image_size!r}")
+        if self.store_format not in ("uint8", "jpeg"):
+            raise ValueError(f"store_format: expected 'uint8' or 'jpeg', got {self.store_format!r}")
+        if not isinstance(self.stream_lanes, int) or self.stream_lanes < 1:
+            raise ValueError(f"stream_lanes: expected an integer >= 1, got {self.stream_lanes!r}")
         if self.random_resized_crop is not None and not 0 < self.random_resized_crop <= 1:
             raise ValueError(
                 f"random_resized_crop: expected a fraction in (0, 1], got {self.random_resized_crop!r}"

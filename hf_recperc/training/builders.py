@@ -16,10 +16,12 @@ from ..models.ae.configuration_recperc import check_config_overrides
 from ..monitors import Monitor, MonitorContext, SpectralBands
 from ..monitors import build_monitors as build_registered_monitors
 from ..safe_loading import weights_only_loading
+from ..validation import check_memory
 from .arguments import ModelArguments, PretrainingArguments, model_family, parse_config_overrides
 
 __all__ = [
     "build_model",
+    "check_model_memory",
     "resolve_preset",
     "step_seed",
     "seed_global_generators",
@@ -32,8 +34,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def build_model(model_args: ModelArguments, data: ImageData, preset: str | None = None):
+def build_model(model_args: ModelArguments, data: ImageData, preset: str | None = None, device=None):
     """The pre-training model: a preset, or a saved model; with the data's labels, guidance and corruption.
+
+    A configuration too large for ``device``'s memory (e.g. the MLP preset at 224 px: 40 billion weights) is a
+    one-line error before any weight is allocated (:func:`check_model_memory`).
 
     A ViTMAE checkpoint (``model_type="vit_mae"``, e.g. a local copy of ``facebook/vit-mae-base``) loads into the
     MAE family; its guidance probe starts fresh. So does the probe of one of our models trained on other labels.
@@ -59,6 +64,7 @@ def build_model(model_args: ModelArguments, data: ImageData, preset: str | None 
             f"config_overrides / guidance / corruption: invalid model configuration: {err}"
         ) from err
     if model_args.model_name_or_path is None:
+        check_model_memory(model_class, config, device)
         return model_class(config)
     # The probe's shape follows the data's labels; a checkpoint trained on other labels (or a plain ViTMAE)
     # has another or no probe, which starts fresh.
@@ -66,6 +72,31 @@ def build_model(model_args: ModelArguments, data: ImageData, preset: str | None 
         return model_class.from_pretrained(
             model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True
         )
+
+
+# Bytes per weight of an fp32 AdamW run: the weight, its gradient and AdamW's two moments.
+_TRAINING_BYTES_PER_WEIGHT = 16
+
+
+def check_model_memory(model_class, config, device=None) -> None:
+    """Refuse a configuration whose weights, gradients and AdamW state alone exceed the memory of ``device``.
+
+    The model is built on PyTorch's ``meta`` device (shapes only, no storage: milliseconds), so the count holds
+    for any family. Activations are not counted: this catches only the absurd (a preset's dense layers scaled
+    to an image size they were not meant for), not a batch size that is a little too large.
+
+    Raises:
+        ValueError: naming ``config_overrides`` / ``preset``, the weight count and the memory needed and available
+            (``RECPERC_MEMORY_LIMIT_GB`` overrides the available memory).
+    """
+    with torch.device("meta"):
+        weights = sum(parameter.numel() for parameter in model_class(config).parameters())
+    what = (
+        f"{model_class.__name__} at image_size {getattr(config, 'image_size', '?')} has {weights:,} weights "
+        f"(weights, gradients and AdamW state: {_TRAINING_BYTES_PER_WEIGHT} bytes each)"
+    )
+    hint = "choose a preset made for this image size (a conv or ViT preset), or a smaller width / latent_dim"
+    check_memory("preset / config_overrides", what, weights * _TRAINING_BYTES_PER_WEIGHT, device, hint)
 
 
 def resolve_preset(model_args: ModelArguments, data: ImageData) -> str | None:

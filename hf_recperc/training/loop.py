@@ -183,7 +183,7 @@ class PretrainingRun:
         )
         # Resolved once (it decodes the first image): results.json and publishing read the recorded value.
         self.preset = resolve_preset(self.model_args, self.data)
-        self.model = build_model(self.model_args, self.data, self.preset)
+        self.model = build_model(self.model_args, self.data, self.preset, self.accelerator.device)
         self.image_processor = image_processor_for(self.model.config)
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)
