@@ -1021,3 +1021,66 @@ def test_report_refuses_bad_protocol_requests_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()  # progress bars of the model load may come first
     assert code == 2 and err[-1].startswith("error: ") and expected in err[-1], err
     assert "Traceback" not in "\n".join(err) and not out.exists()
+
+
+# ---- lead: settings a card would misstate (review of the engine and protocols) ----
+
+
+def test_knn_k_above_the_training_rows_is_refused_by_the_report(vit, tmp_path, capsys):
+    """A kNN card row said k=1000 while the bank held 240 rows (k was clipped silently)."""
+    out = tmp_path / "report"
+    argv = ["--model_name_or_path", vit, "--max_train_samples", "240",
+            "--max_eval_samples", "60", "--knn_k", "1000", "--output_dir", str(out)]  # fmt: skip
+    assert report.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "error: knn_k: 1000 neighbours asked, but the kNN bank holds the 240 training rows"
+    )
+    assert not out.exists()
+
+
+def test_knn_k_above_the_probe_rows_is_refused_by_the_trainer(tmp_path, capsys):
+    """The trainer's kNN bank is the first --probe_max_train_samples rows: a larger k would be clipped silently."""
+    out = tmp_path / "run"
+    argv = [
+        "--output_dir",
+        str(out),
+        "--probe_max_train_samples",
+        "100",
+        "--knn_k",
+        "101",
+        "--max_steps",
+        "1",
+    ]
+    assert pretrain.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "error: knn_k: 101 neighbours asked, but the kNN bank holds the 100 training rows"
+    )
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ("ridge_cv_folds=1", "error: monitor_settings: ridge_cv: num_folds: expected an integer >= 2"),
+        (
+            "few_shot_draws=3",
+            "error: monitor_settings: 'few_shot_draws' is a setting of a monitor not selected",
+        ),
+    ],
+)
+def test_protocol_settings_are_checked_before_the_model_loads(
+    tmp_path, capsys, monkeypatch, settings, expected
+):
+    """A one-fold CV failed after the extraction under another name; a setting of a monitor not run was recorded
+    in report.json as if used."""
+    import hf_recperc.report.run as report_run  # noqa: PLC0415  (this block's own import)
+
+    monkeypatch.setattr(report_run, "load_backbone", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "report"
+    argv = ["--model_name_or_path", str(tmp_path / "any"), "--monitors", "subspace", "ridge_cv",
+            "--monitor_settings", settings, "--output_dir", str(out)]  # fmt: skip
+    assert report.main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(expected)
+    assert not out.exists()

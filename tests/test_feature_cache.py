@@ -202,3 +202,38 @@ def test_a_built_module_is_identified_by_its_weights(vit, tmp_path):
         module.embeddings.patch_embeddings.projection.weight.mul_(2.0)  # hidden states skip the final norm
     changed = perception_report(module, **DIGITS, **settings)
     assert not changed["settings"]["feature_cache"]["hit"] and changed["metrics"] != first["metrics"]
+
+
+def test_a_built_module_without_a_processor_is_keyed_by_the_processor_it_loads(vit, tmp_path):
+    """Feature cache (review): a built module given without ``image_processor`` takes the processor of its
+    ``name_or_path`` folder; changing that processor's settings served the first run's features before."""
+    from transformers import ViTModel
+
+    settings = dict(FIRST, layers="last", device="cpu", feature_cache=tmp_path / "cache")
+    first = perception_report(ViTModel.from_pretrained(vit), **DIGITS, **settings)
+    assert perception_report(ViTModel.from_pretrained(vit), **DIGITS, **settings)["settings"][
+        "feature_cache"
+    ]["hit"]
+    config = Path(vit) / "preprocessor_config.json"
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "image_mean": [0.2] * 3, "image_std": [0.3] * 3})
+    )
+    changed = perception_report(ViTModel.from_pretrained(vit), **DIGITS, **settings)
+    uncached = perception_report(
+        ViTModel.from_pretrained(vit), **DIGITS, **{**settings, "feature_cache": None}
+    )
+    assert not changed["settings"]["feature_cache"]["hit"]
+    assert changed["metrics"] == uncached["metrics"] != first["metrics"]
+
+
+def test_an_entry_folder_left_without_its_key_is_filled(vit, tmp_path):
+    """Feature cache (review): a writer killed before ``key.json`` left a folder that no later report filled."""
+    settings = dict(FIRST, layers="last", device="cpu", feature_cache=tmp_path / "cache")
+    entry = Path(perception_report(vit, **DIGITS, **settings)["settings"]["feature_cache"]["entry"])
+    for file in entry.iterdir():
+        file.unlink()
+    (entry / ".train.layer_3.cls.tmp-host-1.safetensors").write_bytes(
+        b"half"
+    )  # the dead writer's partial file
+    assert not perception_report(vit, **DIGITS, **settings)["settings"]["feature_cache"]["hit"]
+    assert perception_report(vit, **DIGITS, **settings)["settings"]["feature_cache"]["hit"]

@@ -251,8 +251,9 @@ def check_monitor_rows(data, probe_labels: np.ndarray, num_validation: int, args
         num_processes: every process fits and scores its own shard, so each needs one row at least.
 
     Raises:
-        ValueError: naming ``label_column`` when a probe monitor would fit on fewer than two classes, or
-            ``monitor_max_eval_samples`` / ``probe_max_train_samples`` when a process would get no row.
+        ValueError: naming ``label_column`` when a probe monitor would fit on fewer than two classes,
+            ``knn_k`` when it is more than the kNN bank's rows, or ``monitor_max_eval_samples`` /
+            ``probe_max_train_samples`` when a process would get no row.
     """
     probes = [name for name in args.monitors if name in PROBE_MONITORS]
     classes = np.unique(probe_labels)
@@ -264,6 +265,11 @@ def check_monitor_rows(data, probe_labels: np.ndarray, num_validation: int, args
             f"the {' and '.join(probes)} monitors fit a linear probe, which needs at least 2 classes: use data "
             "with two classes or more, raise --probe_max_train_samples if the rows are sorted by class, or leave "
             f"{' and '.join(probes)} out of --monitors"
+        )
+    if "knn" in args.monitors and args.knn_k > len(probe_labels):  # the card would state a k never used
+        raise ValueError(
+            f"knn_k: {args.knn_k} neighbours asked, but the kNN bank holds the {len(probe_labels)} training rows "
+            "the monitors fit on (the first --probe_max_train_samples); pass a smaller --knn_k"
         )
     num_eval = min(num_validation, args.monitor_max_eval_samples or num_validation)
     for argument, rows, split in (

@@ -192,11 +192,19 @@ def check_monitor_settings(
     """Fail early, in one line naming ``argument``, on a setting in ``given`` that no registered monitor declares,
     and on a value a monitor of ``names`` refuses (each is built once on a stand-in feature: constructors only
     store and check, so this costs nothing)."""
-    declared = monitor_defaults(monitor_names())
+    names = list(dict.fromkeys(names))
+    declared, used = monitor_defaults(monitor_names()), monitor_defaults(names)
     for key in given:
         if key not in declared:
             raise ValueError(f"{argument}: unknown setting {key!r}; expected names among {sorted(declared)}")
-    for name in dict.fromkeys(names):
+        if (
+            key not in used
+        ):  # recorded in the report's settings, it would name a setting nothing measured with
+            raise ValueError(
+                f"{argument}: {key!r} is a setting of a monitor not selected ({', '.join(names)}); add that "
+                "monitor to --monitors or drop the setting"
+            )
+    for name in names:
         try:
             get_monitor_spec(name).build(MonitorContext(settings, feature="check", prefix=""))
         except (ValueError, TypeError) as err:

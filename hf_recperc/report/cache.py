@@ -9,12 +9,14 @@ exactly (docs/report.md, "Feature cache").
 An entry is named by the SHA-256 of its key (:func:`cache_key`), which holds
 
 * the model's identity: a Hub model's commit (its ``revision``), a local folder's content hash (weights, configs,
-  image-processor config, remote code), a built module's weights and config;
+  image-processor config, remote code), a built module's weights and config (and, with no ``image_processor`` given,
+  where its processor is loaded from);
 * the image processor given as an argument (its settings) and ``image_size``;
 * the data's fingerprint: source, columns, label names, how validation was made (``ImageData.split``: carve, seed,
   fraction) and, per split, the row count and a content hash of the exact rows read (image bytes, or the image
   file's bytes, and labels);
-* how features were extracted: ``mixed_precision``, the device type and the stored dtype (float32).
+* how features were extracted: the torch / transformers / timm versions, ``mixed_precision``, the device type and the
+  stored dtype (float32).
 
 Changing any of them gives another entry, so a stale entry is never read. Layer, pooling and split name the files
 inside the entry. Every file is written atomically (:mod:`hf_recperc.publish.atomic`): safetensors for tensors
@@ -56,7 +58,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when the layout or the meaning of a key field changes
+CACHE_FORMAT = 3  # bump when the layout or the meaning of a key field changes
 ENTRY_PREFIX = "features-"
 KEY_FILE = "key.json"
 MODEL_FILE = "model.json"
@@ -126,6 +128,20 @@ def _module_identity(module: torch.nn.Module) -> dict:
         "config": to_json(use_diff=False) if callable(to_json) else None,
         "state_sha256": digest.hexdigest(),
     }
+
+
+def _module_processor_source(module: torch.nn.Module) -> dict | None:
+    """Where :func:`~hf_recperc.report.extract.load_backbone` takes a built module's image processor from when none
+    is given: a timm model's ``pretrained_cfg``, or the folder / Hub repository of its ``name_or_path`` (hashed like
+    a model folder, or its revision); ``None`` when that cannot be told."""
+    pretrained_cfg = getattr(module, "pretrained_cfg", None)
+    if pretrained_cfg is not None and hasattr(module, "forward_intermediates"):
+        return {"kind": "timm_cfg", "cfg": json.dumps(pretrained_cfg, sort_keys=True, default=str)}
+    source = str(getattr(module, "name_or_path", "") or "")
+    if not source:
+        return {"kind": "none"}  # load_backbone refuses such a module without a processor
+    identity = model_identity(source)
+    return None if identity is None else {"kind": "name_or_path", **identity}
 
 
 def model_identity(model) -> dict | None:
@@ -218,11 +234,25 @@ def cache_key(
         "image_size": image_size,
         "data": data_fingerprint(data),
         "extraction": {
+            "versions": _extraction_versions(),
             "mixed_precision": mixed_precision,
             "device": torch.device(device).type,
             "dtype": "float32",  # pooled_features casts every feature to float32
         },
     }
+
+
+def _extraction_versions() -> dict[str, str | None]:
+    """The libraries whose kernels and model code compute the features: an upgrade may change them."""
+    from importlib import metadata  # noqa: PLC0415
+
+    versions = {}
+    for package in ("torch", "transformers", "timm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def _key_hash(key: dict) -> str:
@@ -365,6 +395,13 @@ class FeatureCache:
         """The entry of ``model`` on ``data`` with the extraction ``settings`` (:func:`cache_key`), or ``None``
         (logged) when the model or its processor cannot be identified before loading: then nothing is cached."""
         model_id = model_identity(model)
+        if (
+            model_id is not None
+            and isinstance(model, torch.nn.Module)
+            and settings.get("image_processor") is None
+        ):
+            source = _module_processor_source(model)  # the processor decides the pixels, hence the features
+            model_id = None if source is None else {**model_id, "processor_source": source}
         key = None if model_id is None else cache_key(model_id, data, **settings)
         if key is None:
             logger.warning(
@@ -394,6 +431,13 @@ class CacheEntry:
             return False
         return json.dumps(stored, sort_keys=True, default=str) == json.dumps(
             self.key, sort_keys=True, default=str
+        )
+
+    def _unclaimed(self) -> bool:
+        """An entry folder without ``key.json`` holding nothing but dead writers' partial files (a writer killed
+        before its key was written): this key may take it."""
+        return not (self.path / KEY_FILE).exists() and all(
+            p.name.startswith(".") for p in self.path.iterdir()
         )
 
     def lookup(self, layers, poolings: Sequence[str] | None, data: ImageData) -> CachedFeatures | None:
@@ -466,7 +510,7 @@ class CacheEntry:
     ) -> None:
         """Write the recorded features (one atomic file each), then ``model.json``; an entry folder holding another
         key (or a file in its place) is left alone."""
-        if self.path.exists() and not (self.path.is_dir() and self._ours()):
+        if self.path.exists() and not (self.path.is_dir() and (self._ours() or self._unclaimed())):
             logger.warning("feature_cache: %s is not this report's entry; features not stored", self.path)
             return
         from safetensors.torch import save_file  # noqa: PLC0415

@@ -595,6 +595,7 @@ def perception_report(
         max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, data_kwargs=data_kwargs,
         feature_cache=cache,
     )  # fmt: skip
+    _check_bank_rows(monitors, knn_k, inputs.data)
     source = feature_source(inputs, batch_size, num_workers, mixed_precision, progress)
     settings = {**report_settings(subspaces, ridge, knn_k, knn_temperature), **(monitor_settings or {})}
     built = build_feature_monitors(
@@ -614,6 +615,15 @@ def perception_report(
     if output_dir is not None and _rank_and_world()[0] == 0:
         write_report(report, report_figures(report, built) if figures else {}, output_dir)
     return report
+
+
+def _check_bank_rows(monitors: Sequence[str], knn_k: int, data: ImageData) -> None:
+    """``knn_k`` above the training rows would run with fewer neighbours than ``report.json`` and the card state."""
+    if "knn" in monitors and knn_k > len(data.train):
+        raise ValueError(
+            f"knn_k: {knn_k} neighbours asked, but the kNN bank holds the {len(data.train)} training rows; pass "
+            f"--knn_k {len(data.train)} or fewer"
+        )
 
 
 @dataclass

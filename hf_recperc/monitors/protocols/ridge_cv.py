@@ -154,7 +154,10 @@ class RidgeCVMonitor(ProtocolMonitor):
         prefix: str = "",
     ):
         check_grid("ridges", ridges)
-        check_positive_int("num_folds", num_folds)
+        if check_positive_int("num_folds", num_folds) < 2:  # the rows' bound is checked when they are known
+            raise ValueError(
+                f"num_folds: expected an integer >= 2 (folds of the training rows), got {num_folds}"
+            )
         super().__init__(
             feature, prefix, ridges=tuple(ridges), num_folds=num_folds, seed=seed, subspace=subspace
         )
