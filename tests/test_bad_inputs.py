@@ -1026,17 +1026,16 @@ def test_report_refuses_bad_protocol_requests_in_one_line(
 # ---- lead: settings a card would misstate (review of the engine and protocols) ----
 
 
-def test_knn_k_above_the_training_rows_is_refused_by_the_report(vit, tmp_path, capsys):
-    """A kNN card row said k=1000 while the bank held 240 rows (k was clipped silently)."""
-    out = tmp_path / "report"
-    argv = ["--model_name_or_path", vit, "--max_train_samples", "240",
-            "--max_eval_samples", "60", "--knn_k", "1000", "--output_dir", str(out)]  # fmt: skip
-    assert report.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(
-        "error: knn_k: 1000 neighbours asked, but the kNN bank holds the 240 training rows"
-    )
-    assert not out.exists()
+def test_knn_k_above_the_training_rows_is_stated_as_used_by_the_report(vit, tmp_path, caplog):
+    """A kNN card row said k=1000 while the bank held 240 rows (k was clipped silently): the report now uses, logs
+    and records the k it ran with."""
+    from hf_recperc.report import perception_report  # noqa: PLC0415  (this block's own import)
+
+    common = dict(dataset="digits", max_train_samples=240, max_eval_samples=60, device="cpu", curves=False)
+    asked = perception_report(vit, knn_k=1000, **common)
+    assert asked["settings"]["knn_k"] == 240
+    assert "knn_k: 1000 neighbours asked, but the kNN bank holds 240 training rows; k = 240" in caplog.text
+    assert asked["metrics"] == perception_report(vit, knn_k=240, **common)["metrics"]
 
 
 def test_knn_k_above_the_probe_rows_is_refused_by_the_trainer(tmp_path, capsys):

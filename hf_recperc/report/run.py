@@ -595,7 +595,7 @@ def perception_report(
         max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, data_kwargs=data_kwargs,
         feature_cache=cache,
     )  # fmt: skip
-    _check_bank_rows(monitors, knn_k, inputs.data)
+    knn_k = _bank_k(monitors, knn_k, inputs.data)
     source = feature_source(inputs, batch_size, num_workers, mixed_precision, progress)
     settings = {**report_settings(subspaces, ridge, knn_k, knn_temperature), **(monitor_settings or {})}
     built = build_feature_monitors(
@@ -617,13 +617,16 @@ def perception_report(
     return report
 
 
-def _check_bank_rows(monitors: Sequence[str], knn_k: int, data: ImageData) -> None:
-    """``knn_k`` above the training rows would run with fewer neighbours than ``report.json`` and the card state."""
-    if "knn" in monitors and knn_k > len(data.train):
-        raise ValueError(
-            f"knn_k: {knn_k} neighbours asked, but the kNN bank holds the {len(data.train)} training rows; pass "
-            f"--knn_k {len(data.train)} or fewer"
+def _bank_k(monitors: Sequence[str], knn_k: int, data: ImageData) -> int:
+    """The k the kNN monitor uses: ``knn_k``, or the training rows when there are fewer (said in the log); the
+    settings, ``report.json`` and the card state this one, never a k that was not used."""
+    rows = len(data.train)
+    if "knn" in monitors and knn_k > rows:
+        logger.warning(
+            "knn_k: %d neighbours asked, but the kNN bank holds %d training rows; k = %d", knn_k, rows, rows
         )
+        return rows
+    return knn_k
 
 
 @dataclass
