@@ -404,16 +404,21 @@ def _short_run(data, output_dir, workers, streaming=False, extra=()):
 
 @pytest.mark.parametrize(
     "streaming, extra",
-    [(False, ()), (True, ()), (False, ("--gradient_accumulation_steps", "2"))],
-    ids=["store", "stream", "store-accumulation"],
+    [
+        (False, ()),
+        (True, ()),
+        (False, ("--gradient_accumulation_steps", "2")),
+        (False, ("--pixel_store", "false")),
+    ],
+    ids=["store", "stream", "store-accumulation", "processor"],
 )
 def test_augmenting_in_the_workers_trains_exactly_as_in_the_main_process(
     grouped_parquet, tmp_path, monkeypatch, streaming, extra
 ):
     """Issue 17, speed with exactness: on a CPU run with loader workers, the workers run the training augmentation
     (RandomResizedCrop + flip) with the training step's own seeded generator, so 2 workers give the weights and
-    losses of 0 workers bit for bit, on the store path (also accumulating micro-batches) and on a local parquet
-    stream."""
+    losses of 0 workers bit for bit, on the store path (also accumulating micro-batches), the image processor's path
+    and a local parquet stream."""
     from hf_recperc.results import TRAIN_LOSSES, train_key
 
     monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "cache"))
