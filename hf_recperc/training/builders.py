@@ -8,7 +8,6 @@ import math
 import torch
 
 from ..images.datasets import LabelEncoder
-from ..images.pipeline import step_seed  # the seed of a micro-batch's draws, also used by loader workers
 from ..images.sources import ImageData
 from ..models import preset_for_data
 from ..models.ae.configuration_recperc import check_config_overrides
@@ -22,7 +21,6 @@ __all__ = [
     "build_model",
     "check_model_memory",
     "resolve_preset",
-    "step_seed",
     "seed_global_generators",
     "build_optimizer",
     "build_schedule",

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import run_on_main_process
 from ..images.datasets import collate_stored
-from ..images.pipeline import derived_seed, training_data, training_pipeline
+from ..images.pipeline import derived_seed, step_seed, training_data, training_pipeline
 from ..images.sources import load_stream
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
@@ -49,7 +49,6 @@ from .builders import (
     resolve_preset,
     seed_global_generators,
     shard_loader,
-    step_seed,
 )
 from .checkpoint_files import Trainables
 from .checkpointing import (
