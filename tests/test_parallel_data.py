@@ -424,7 +424,7 @@ def test_augmenting_in_the_workers_trains_exactly_as_in_the_main_process(
     monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "cache"))
     without, results0, path0 = _short_run(grouped_parquet, tmp_path / "w0", 0, streaming, extra)
     with_workers, results2, path2 = _short_run(grouped_parquet, tmp_path / "w2", 2, streaming, extra)
-    assert "augmented in the loader workers" in path2 and "augmented in the loader workers" not in path0
+    assert "augmentation in the loader workers" in path2 and "augmentation in the loader workers" not in path0
     losses = [train_key(name) for name in TRAIN_LOSSES]
     assert [results0[key] for key in losses] == [results2[key] for key in losses]
     for name, value in without.items():

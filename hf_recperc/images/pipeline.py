@@ -147,10 +147,7 @@ def build_datasets(
         key = cache_key(split, data.image_column, *shape, decode_device) if cache else None
         built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
         where.append(phrase)
-    description = (
-        f"data path: {store_format} pixel store (train {where[0]}; validation {where[1]}), normalised and augmented "
-        "batched on the training device"
-    )
+    description = f"data path: {store_format} pixel store (train {where[0]}; validation {where[1]})"
     return built[0], built[1], description
 
 
@@ -240,10 +237,10 @@ def worker_augmentation(pipeline, workers: int, seed: int, accelerator, batches_
 
 
 def augmented_where(train) -> str:
-    """The end of the data-path log line: where the training augmentation runs."""
+    """The end of the data-path log line: where the training batches are normalised (uint8 paths) and augmented."""
     if isinstance(train, AugmentedRows) or getattr(train, "augment", None) is not None:
-        return "; normalised and augmented in the loader workers (CPU training device)"
-    return ""
+        return "; normalisation and augmentation in the loader workers (CPU training device), with the step's generator"
+    return "; normalisation and augmentation batched on the training device"
 
 
 def check_store_image_size(data_args, config) -> None:
