@@ -1,6 +1,6 @@
 """The training data path at paper scale: ImageNet-like JPEGs trained at 224 px, against the MAE reference loader.
 
-    OMP_NUM_THREADS=1 python benchmarks/data_path.py                      # ~5 minutes on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/data_path.py                      # ~6 minutes on 2 cores
     python benchmarks/data_path.py --images 200 --repeats 1 --part loaders  # quicker, loaders only
 
 The benchmark makes its own data set (no download): ``--images`` training images of mixed sizes around
@@ -15,8 +15,10 @@ Part ``loaders``, interleaved in one run (each variant once per round, ``--repea
   ``RandomResizedCrop(224, scale=(0.2, 1.0), interpolation=bicubic)`` + ``RandomHorizontalFlip`` + ``ToTensor`` +
   ``Normalize``, ``DataLoader(num_workers=W, pin_memory=True, drop_last=True)`` (pinned only where CUDA is);
 * the job's training loader (``--random_resized_crop 0.2 --random_flip``), batches as the model receives them
-  (normalised and augmented by the job's device pipeline): from the uint8 store, built cold (an empty cache; the
-  build's images/s) and read warm, and streamed (``--streaming``).
+  (normalised and augmented where the job does it: by the loader workers on a CPU training device with workers,
+  else by the device pipeline in the main process): from the uint8 store read warm, and streamed (``--streaming``);
+* the store's cold build (an empty cache; images/s, the workers' start-up included) on ``--build_images`` rows (the
+  training images repeated, written once), so that the start-up is a small share of the time.
 
 Part ``train``: the tiny 224 px conv AE (``--preset cifar-conv-small --config_overrides
 image_size=224,width=4,latent_dim=16``, batch 32, RandomResizedCrop + flip) trained by the job from the warm store
@@ -112,6 +114,27 @@ def make_set(
     return parquet, folder
 
 
+def make_build_set(root: Path, parquet: Path, rows: int, row_group: int) -> Path:
+    """``root`` (written once): the training images repeated up to ``rows`` rows, one parquet file (row groups of
+    ``row_group`` rows) and the test split, for timing the store's cold build on enough images that the workers'
+    start-up is a small share of it (the per-image decode cost is that of the training set)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if root.exists():
+        return root
+    tables = [pq.read_table(path) for path in sorted(parquet.glob("train-*.parquet"))]
+    train = pa.concat_tables(tables)
+    repeated = pa.concat_tables([train] * math.ceil(rows / train.num_rows)).slice(0, rows)
+    staging = root.with_name(root.name + ".partial")
+    staging.mkdir(parents=True)
+    pq.write_table(repeated, staging / "train-00000-of-00001.parquet", row_group_size=row_group)
+    for test in parquet.glob("test-*.parquet"):
+        (staging / test.name).write_bytes(test.read_bytes())
+    staging.rename(root)
+    return root
+
+
 # ------------------------------------------------------------------------------------------------ the baseline
 
 
@@ -153,14 +176,15 @@ def job_data(parquet: Path, workers: int, batch_size: int, streaming: bool):
     """The job's training loader as the trainer builds it, and a function giving the model's input batch.
 
     Returns:
-        ``(loader, to_model)``: iterating ``loader`` gives one epoch of loader batches; ``to_model(batch, step)``
-        normalises and augments one (``RandomResizedCrop`` + flip) on the device, as a training step does.
+        ``(epoch, to_model)``: iterating ``epoch()`` gives one epoch of loader batches; ``to_model(batch, step)``
+        gives the model's input of one as a training step does: normalised and augmented (``RandomResizedCrop`` +
+        flip) on the device, or taken as the loader workers augmented it (CPU training device with workers).
     """
     from accelerate import Accelerator
 
     from hf_recperc.images import load_stream
     from hf_recperc.images.datasets import collate_stored
-    from hf_recperc.images.pipeline import DevicePipeline, training_data
+    from hf_recperc.images.pipeline import step_seed, training_data, training_pipeline
     from hf_recperc.processing import image_processor_for
     from hf_recperc.training.arguments import parse_args
     from hf_recperc.training.builders import build_model
@@ -174,9 +198,12 @@ def job_data(parquet: Path, workers: int, batch_size: int, streaming: bool):
     config = build_model(model_args, data).config
     options = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
     options["collate_fn"] = collate_stored
-    built = training_data(data, config, image_processor_for(config), data_args, args, accelerator, options)
+    # As the trainer: on a CPU with workers, the workers augment (the pipeline's draws from the step's generator).
+    pipeline = training_pipeline(config, accelerator.device, data_args)
+    built = training_data(
+        data, config, image_processor_for(config), data_args, args, accelerator, options, pipeline
+    )
     loader, sampler = built[3], built[4]
-    pipeline = DevicePipeline(config, accelerator.device, flip=True, resized_crop_scale=(0.2, 1.0))
 
     def epoch():
         if sampler is not None:
@@ -185,15 +212,16 @@ def job_data(parquet: Path, workers: int, batch_size: int, streaming: bool):
             built[0].set_position(0, 0)
         return loader
 
-    def to_model(batch, step: int) -> torch.Tensor:
-        return pipeline.training(batch, torch.Generator().manual_seed(step))
+    def to_model(batch, step: int) -> torch.Tensor:  # the training step's: the seed of micro-batch `step`
+        return pipeline.training(batch, torch.Generator().manual_seed(step_seed(args.seed, step, 0)))
 
     return epoch, to_model
 
 
 def job_store_build(parquet: Path, workers: int) -> float:
     """Images/s of the job's cold build of the training split's uint8 store at 224 px (an empty cache: the
-    caller's ``HF_RECPERC_CACHE``) with ``workers`` loader workers."""
+    caller's ``HF_RECPERC_CACHE``) with ``workers`` loader workers, start-up of the workers included (the data set
+    is loaded before the clock starts)."""
     from hf_recperc.images import decode_uint8, load_image_dataset
 
     data = load_image_dataset(str(parquet))
@@ -245,8 +273,8 @@ def images_per_second(batches, to_model=None) -> float:
     return images / (time.perf_counter() - start)
 
 
-def measure_loaders(parquet: Path, folder: Path, cache_root: Path, args) -> dict[str, float]:
-    """Best images/s over ``--repeats`` interleaved rounds of every loader variant."""
+def measure_loaders(parquet: Path, folder: Path, build: Path, cache_root: Path, args) -> dict[str, float]:
+    """Best images/s over ``--repeats`` interleaved rounds of every loader variant (the cold build on ``build``)."""
     warm_cache = cache_root / "warm"
     with pixel_cache(warm_cache):  # the warm store, built once before the rounds
         job_data(parquet, 0, args.batch_size, streaming=False)
@@ -258,7 +286,7 @@ def measure_loaders(parquet: Path, folder: Path, cache_root: Path, args) -> dict
             }
             cold = cache_root / f"cold-{repeat}-{workers}"
             with pixel_cache(cold):
-                rates[f"store cold build W={workers}"] = job_store_build(parquet, workers)
+                rates[f"store cold build W={workers}"] = job_store_build(build, workers)
             with pixel_cache(warm_cache):
                 epoch, to_model = job_data(parquet, workers, args.batch_size, streaming=False)
                 rates[f"store warm W={workers}"] = images_per_second(epoch(), to_model)
@@ -326,8 +354,15 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--part", choices=("loaders", "train", "all"), default="all")
-    parser.add_argument("--images", type=int, default=640, help="training images of the generated set")
+    parser.add_argument(
+        "--images", type=int, default=2000,
+        help="training images of the generated set (enough that starting the workers is a small share of an epoch)",
+    )  # fmt: skip
     parser.add_argument("--eval_images", type=int, default=32)
+    parser.add_argument(
+        "--build_images", type=int, default=2000,
+        help="rows of the set the store's cold build is timed on (the training images repeated)",
+    )  # fmt: skip
     parser.add_argument("--shards", type=int, default=8, help="parquet files of the training split")
     parser.add_argument("--row_group", type=int, default=16, help="rows per parquet row group")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
@@ -363,7 +398,13 @@ def main(argv=None) -> int:
         )
         rates: dict[str, float] = {}
         if args.part in ("loaders", "all"):
-            rates.update(measure_loaders(parquet, folder, Path(scratch) / "cache", args))
+            build = parquet  # the training set itself, or its images repeated (or cut) to --build_images rows
+            if args.build_images != args.images:
+                build = make_build_set(
+                    root / f"build-{args.build_images}", parquet, args.build_images, args.row_group
+                )
+            print(f"store cold build timed on {args.build_images} images ({build})", flush=True)
+            rates.update(measure_loaders(parquet, folder, build, Path(scratch) / "cache", args))
         if args.part in ("train", "all"):
             rates.update(measure_training(parquet, Path(scratch) / "cache", args))
     for name, rate in rates.items():

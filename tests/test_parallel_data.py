@@ -369,3 +369,87 @@ def test_the_compact_store_holds_the_uint8_store_as_jpeg(tmp_path, monkeypatch):
         torch.cat([batch["pixels"] for batch in loader]), torch.from_numpy(compact[np.arange(40)])
     )
     assert jpeg_store(split, "image", 3, 48)[1] == f"cached at {compact.path}"
+
+
+def _short_run(data, output_dir, workers, streaming=False, extra=()):
+    """Four training steps of the tiny conv AE (RandomResizedCrop + flip), in this process; returns the final
+    weights and the data-path log line."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    from hf_recperc.training import parse_args, train
+
+    argv = [
+        "--output_dir", str(output_dir), "--dataset_name", str(data), "--preset", "cifar-conv-small",
+        "--config_overrides", "image_size=8,width=4,latent_dim=8", "--per_device_train_batch_size", "8",
+        "--max_steps", "4", "--eval_steps", "4", "--random_flip", "--random_resized_crop", "0.3",
+        "--probe_max_train_samples", "16", "--monitor_max_eval_samples", "8", "--monitors", "reconstruction",
+        "--report_to", "none", "--dataloader_num_workers", str(workers), "--stream_lanes", "4", *extra,
+        *(["--streaming"] if streaming else []),
+    ]  # fmt: skip
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("hf_recperc.training")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        results = train(*parse_args(argv))
+    finally:
+        logger.removeHandler(handler)
+    path = next(line for line in records if line.startswith("data path"))
+    return load_file(output_dir / "model.safetensors"), results, path
+
+
+@pytest.mark.parametrize(
+    "streaming, extra",
+    [
+        (False, ()),
+        (True, ()),
+        (False, ("--gradient_accumulation_steps", "2")),
+        (False, ("--pixel_store", "false")),
+    ],
+    ids=["store", "stream", "store-accumulation", "processor"],
+)
+def test_augmenting_in_the_workers_trains_exactly_as_in_the_main_process(
+    grouped_parquet, tmp_path, monkeypatch, streaming, extra
+):
+    """Issue 17, speed with exactness: on a CPU run with loader workers, the workers run the training augmentation
+    (RandomResizedCrop + flip) with the training step's own seeded generator, so 2 workers give the weights and
+    losses of 0 workers bit for bit, on the store path (also accumulating micro-batches), the image processor's path
+    and a local parquet stream."""
+    from hf_recperc.results import TRAIN_LOSSES, train_key
+
+    monkeypatch.setenv("HF_RECPERC_CACHE", str(tmp_path / "cache"))
+    without, results0, path0 = _short_run(grouped_parquet, tmp_path / "w0", 0, streaming, extra)
+    with_workers, results2, path2 = _short_run(grouped_parquet, tmp_path / "w2", 2, streaming, extra)
+    assert "augmentation in the loader workers" in path2 and "augmentation in the loader workers" not in path0
+    losses = [train_key(name) for name in TRAIN_LOSSES]
+    assert [results0[key] for key in losses] == [results2[key] for key in losses]
+    for name, value in without.items():
+        assert torch.equal(value, with_workers[name]), name
+
+
+def test_a_worker_augments_with_the_training_steps_draws():
+    """Issue 17: :class:`WorkerAugmentation` gives the pixels of the main process's augmentation with the step's
+    generator, leaves that generator where the main process would (so the model's noise and masks follow the same
+    draws), and a batch augmented for another micro-batch is refused, not trained on."""
+    from hf_recperc.images.pipeline import DevicePipeline, WorkerAugmentation, step_seed
+
+    config = RecPercAEConfig.preset("cifar-conv-small", image_size=16)
+    pixels = torch.randint(
+        0, 256, (6, 3, 20, 20), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+    batch = {"pixels": pixels, "labels": torch.arange(6)}
+    pipeline = DevicePipeline(config, "cpu", flip=True, resized_crop_scale=(0.2, 1.0))
+    augment = WorkerAugmentation(pipeline, seed=7, process_index=1, batches_per_epoch=10)
+    made = augment(batch, epoch=2, batch_in_epoch=3)  # micro-batch 23 of process 1
+    main = torch.Generator().manual_seed(step_seed(7, 23, 1))
+    expected = pipeline.training(batch, main)
+    continued = torch.Generator().manual_seed(step_seed(7, 23, 1))
+    assert torch.equal(pipeline.training(made, continued), expected)
+    assert torch.equal(torch.rand(4, generator=continued), torch.rand(4, generator=main))
+    assert torch.equal(made["labels"], batch["labels"]) and "pixels" not in made
+    with pytest.raises(RuntimeError, match="another micro-batch"):
+        pipeline.training(made, torch.Generator().manual_seed(step_seed(7, 24, 1)))

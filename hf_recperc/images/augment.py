@@ -1,8 +1,9 @@
 """Normalisation and random augmentation of image batches, batched on the batch's device.
 
-Random augmentation never runs per image in a loader worker: it runs on the batch tensor with an explicit
-generator, so that a run resumed from a checkpoint replays exactly the same crops and flips whatever the number of
-data-loader workers (docs/design.md, "Data flow").
+Random augmentation never runs per image: it runs on the batch tensor with an explicit generator (the training
+step's, seeded by micro-batch; on a CPU training device the loader worker making the batch seeds the same one), so
+that a run resumed from a checkpoint replays exactly the same crops and flips whatever the number of data-loader
+workers (docs/design.md, "Data flow"; docs/data_path.md).
 
 * :func:`normalise_uint8`: the image processor's rescale + normalise of stored uint8 batches;
 * :func:`random_crop_flip`: the CIFAR recipe (pad, crop, flip);

@@ -11,13 +11,19 @@ Two paths, one interface (:class:`DevicePipeline`):
 * ``--streaming``: this process's batches of a shuffled stream
   (:class:`~hf_recperc.images.datasets.StreamedImages`), uint8 like the store.
 
-Random augmentation always runs on the batch tensor with the step's generator (never in a loader worker), so a
-resumed run replays exactly the same crops and flips (:mod:`hf_recperc.images.augment`).
+Random augmentation always runs on the batch tensor with the step's generator, seeded by
+``(seed, micro-batch, process)`` (:func:`step_seed`), so a resumed run replays exactly the same crops and flips
+(:mod:`hf_recperc.images.augment`). On a CPU-only run with loader workers, the workers run it
+(:class:`WorkerAugmentation`): a worker knows the micro-batch it makes, so it seeds the step's generator itself and
+hands its state on with the batch; the training step continues from that state. Same batches, same draws, whatever
+the worker count (docs/data_path.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,6 +34,7 @@ from .datasets import (
     ProcessedImages,
     StoredImages,
     StreamedImages,
+    collate_stored,
     materialise,
     processor_transform,
     split_labels,
@@ -39,6 +46,7 @@ from .store import decode_uint8, jpeg_store
 
 __all__ = [
     "derived_seed",
+    "step_seed",
     "EpochShuffleSampler",
     "build_datasets",
     "stream_datasets",
@@ -46,6 +54,9 @@ __all__ = [
     "check_monitor_rows",
     "PROBE_MONITORS",
     "DevicePipeline",
+    "training_pipeline",
+    "WorkerAugmentation",
+    "AugmentedRows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,17 +71,27 @@ def derived_seed(*keys: int) -> int:
     )
 
 
+def step_seed(seed: int, micro_batch: int, process: int) -> int:
+    """The 63-bit seed of one training micro-batch on one process: a hash of the three keys (collision-free in
+    practice like :func:`derived_seed`, and 100x cheaper: it runs every step)."""
+    digest = hashlib.blake2b(struct.pack("<3q", seed, micro_batch, process), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """A random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
 
     Every process draws the same permutation (accelerate then shards the batches), and a resumed run draws the
-    epoch's permutation again from scratch: no generator state has to survive a restart.
+    epoch's permutation again from scratch: no generator state has to survive a restart. With ``positions``, it
+    yields ``(epoch, position, index)`` instead of ``index``: where each row stands in the epoch, from which
+    :class:`AugmentedRows` knows the batch a loader worker makes.
     """
 
-    def __init__(self, num_samples: int, seed: int):
+    def __init__(self, num_samples: int, seed: int, positions: bool = False):
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
+        self.positions = positions
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -80,7 +101,10 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        if self.positions:
+            return ((self.epoch, position, index) for position, index in enumerate(order))
+        return iter(order)
 
 
 def build_datasets(
@@ -123,10 +147,7 @@ def build_datasets(
         key = cache_key(split, data.image_column, *shape, decode_device) if cache else None
         built.append(StoredImages(pixels, split_labels(split, data.label_column, data.label_names), key))
         where.append(phrase)
-    description = (
-        f"data path: {store_format} pixel store (train {where[0]}; validation {where[1]}), normalised and augmented "
-        "batched on the training device"
-    )
+    description = f"data path: {store_format} pixel store (train {where[0]}; validation {where[1]})"
     return built[0], built[1], description
 
 
@@ -146,13 +167,15 @@ def stream_datasets(data: StreamData, config, args, accelerator, buffer_size: in
     return train, probe, validation
 
 
-def training_data(data, config, image_processor, data_args, args, accelerator, options: dict):
+def training_data(data, config, image_processor, data_args, args, accelerator, options: dict, pipeline=None):
     """The datasets and the training loader of a run.
 
     Args:
         data: :class:`~hf_recperc.images.sources.ImageData`, or :class:`~hf_recperc.images.sources.StreamData` with
             ``--streaming``.
         options: ``DataLoader`` keyword arguments (workers, pinned memory, ``collate_fn``).
+        pipeline: the run's :class:`DevicePipeline`; on a CPU training device with loader workers, the workers run
+            its training augmentation (:class:`WorkerAugmentation`) and the batches hold model-ready pixel values.
 
     Returns:
         ``(train, probe, validation, train_loader, sampler, description)``: the datasets the training loader and
@@ -166,9 +189,16 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
             data, config, args, accelerator, data_args.shuffle_buffer_size, data_args.stream_lanes
         )
         check_monitor_rows(data, probe.labels, len(validation), args, accelerator.num_processes)
+        augment = worker_augmentation(
+            pipeline, data_args.dataloader_num_workers, args.seed, accelerator, len(train)
+        )
+        if augment is not None and isinstance(train, LaneStream):
+            train.augment = augment
+        elif augment is not None and accelerator.is_main_process:
+            logger.info("a Hub stream is augmented in the main process (its rows are read there)")
         loader = stream_loader(train, data_args, options, accelerator.is_main_process)
         description = f"data path: stream of {data.source}, shuffle buffer {data_args.shuffle_buffer_size}"
-        return train, probe, validation, loader, None, description
+        return train, probe, validation, loader, None, description + augmented_where(train)
     # Before any decoding: the labels are one columnar read, the decoded store can take minutes.
     probe_rows = min(len(data.train), args.probe_max_train_samples or len(data.train))
     probe_labels = split_labels(data.train.select(range(probe_rows)), data.label_column, data.label_names)
@@ -180,11 +210,37 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
         workers=data_args.dataloader_num_workers, accelerator=accelerator, store_image_size=data_args.store_image_size,
         store_format=data_args.store_format,
     )  # fmt: skip
-    sampler = EpochShuffleSampler(len(train), args.seed)
+    batch_size, processes = args.per_device_train_batch_size, accelerator.num_processes
+    # The batches of this process per epoch, as accelerate shards them (full batches only).
+    augment = worker_augmentation(
+        pipeline,
+        data_args.dataloader_num_workers,
+        args.seed,
+        accelerator,
+        len(train) // batch_size // processes,
+    )
+    sampler = EpochShuffleSampler(len(train), args.seed, positions=augment is not None)
+    rows = train if augment is None else AugmentedRows(train, augment, batch_size, processes)
     loader = torch.utils.data.DataLoader(
-        train, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, **options
+        rows, batch_size=batch_size, sampler=sampler, drop_last=True, **options
     )  # full batches only: BatchNorm
-    return train, train, validation, loader, sampler, description
+    return train, train, validation, loader, sampler, description + augmented_where(rows)
+
+
+def worker_augmentation(pipeline, workers: int, seed: int, accelerator, batches_per_epoch: int):
+    """The :class:`WorkerAugmentation` of a run whose training device is the CPU and that has loader workers (the
+    workers then run the augmentation in parallel, instead of the main process after them), else ``None``: on an
+    accelerator the augmentation stays batched on the device."""
+    if pipeline is None or pipeline.device.type != "cpu" or not workers:
+        return None
+    return WorkerAugmentation(pipeline, seed, accelerator.process_index, batches_per_epoch)
+
+
+def augmented_where(train) -> str:
+    """The end of the data-path log line: where the training batches are normalised (uint8 paths) and augmented."""
+    if isinstance(train, AugmentedRows) or getattr(train, "augment", None) is not None:
+        return "; normalisation and augmentation in the loader workers (CPU training device), with the step's generator"
+    return "; normalisation and augmentation batched on the training device"
 
 
 def check_store_image_size(data_args, config) -> None:
@@ -332,7 +388,13 @@ class DevicePipeline:
         }
 
     def training(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """Normalised and augmented `(B, C, S, S)` pixel values; every draw comes from ``generator``."""
+        """Normalised and augmented `(B, C, S, S)` pixel values; every draw comes from ``generator``.
+
+        A batch a loader worker augmented already (:class:`WorkerAugmentation`) is checked to be this step's (its
+        seed is ``generator``'s), and ``generator`` continues from the worker's state after its draws.
+        """
+        if "generator_state" in batch:
+            return self.from_worker(batch, generator)
         # RandomResizedCrop draws its box on the stored pixels (a larger store keeps detail), then the model's size.
         pixel_values = self.pixel_values(batch, model_size=self.resized_crop_scale is None)
         if self.resized_crop_scale is not None:
@@ -345,3 +407,86 @@ class DevicePipeline:
                 pixel_values, padding=self.crop_padding, flip=self.flip, generator=generator
             )
         return pixel_values.contiguous(memory_format=self.memory_format)
+
+    def from_worker(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """The pixel values of a batch augmented in a loader worker; ``generator`` takes the worker's state."""
+        if generator.initial_seed() != int(batch["step_seed"]):
+            raise RuntimeError(
+                f"a loader worker augmented this batch with seed {int(batch['step_seed'])}, the training step's "
+                f"generator has {generator.initial_seed()}: the worker computed another micro-batch index"
+            )
+        generator.set_state(batch["generator_state"])
+        return batch["pixel_values"].to(self.device).contiguous(memory_format=self.memory_format)
+
+
+def training_pipeline(config, device, data_args, channels_last: bool = False) -> DevicePipeline:
+    """The :class:`DevicePipeline` of a run's arguments (``--random_crop_padding``, ``--random_flip``,
+    ``--random_resized_crop``)."""
+    crop_scale = (data_args.random_resized_crop, 1.0) if data_args.random_resized_crop else None
+    return DevicePipeline(
+        config, device, data_args.random_crop_padding, data_args.random_flip, crop_scale,
+        channels_last=channels_last,
+    )  # fmt: skip
+
+
+class WorkerAugmentation:
+    """The training step's augmentation of one batch, run in the loader worker that makes it (CPU training device).
+
+    The training step of micro-batch ``m`` on process ``p`` draws everything from a generator seeded by
+    ``step_seed(seed, m, p)``, augmentation first (:meth:`DevicePipeline.training`), then the model's noise and
+    masks. A worker knows ``m = epoch * batches_per_epoch + batch_in_epoch`` of the batch it makes, so it seeds the
+    same CPU generator, augments, and returns the generator's state after those draws: the step checks the seed
+    and continues from that state. The draws and pixels are those of augmenting in the main process.
+
+    Args:
+        pipeline: the run's :class:`DevicePipeline` (on the CPU).
+        seed, process_index: the run's seed and this process.
+        batches_per_epoch: this process's batches per epoch (the trainer's count).
+    """
+
+    def __init__(self, pipeline: DevicePipeline, seed: int, process_index: int, batches_per_epoch: int):
+        self.pipeline, self.seed = pipeline, seed
+        self.process_index, self.batches_per_epoch = process_index, batches_per_epoch
+
+    def __call__(self, batch: dict, epoch: int, batch_in_epoch: int) -> dict:
+        """``batch`` (``pixels`` or ``pixel_values``, ``labels``, ...) -> the same keys with ``pixel_values``
+        `(B, C, S, S)` float, augmented at the model's size, ``step_seed`` and ``generator_state``."""
+        seed = step_seed(self.seed, epoch * self.batches_per_epoch + batch_in_epoch, self.process_index)
+        generator = torch.Generator().manual_seed(seed)
+        pixel_values = self.pipeline.training(batch, generator)
+        rest = {key: value for key, value in batch.items() if key not in ("pixels", "pixel_values")}
+        return rest | {
+            "pixel_values": pixel_values,
+            "step_seed": torch.tensor(seed, dtype=torch.int64),
+            "generator_state": generator.get_state(),
+        }
+
+
+class AugmentedRows(torch.utils.data.Dataset):
+    """A map-style training split (:class:`~hf_recperc.images.datasets.StoredImages` or
+    :class:`~hf_recperc.images.datasets.ProcessedImages`) read through an ``EpochShuffleSampler(positions=True)``:
+    a batch per read, augmented in the worker that reads it (:class:`WorkerAugmentation`).
+
+    The rows' positions in the epoch give the batch: accelerate's ``BatchSamplerShard`` (``drop_last``) hands the
+    epoch's batch ``g`` to process ``g % P`` as its batch ``g // P``.
+    """
+
+    def __init__(self, rows, augment: WorkerAugmentation, batch_size: int, num_processes: int):
+        self.rows, self.augment = rows, augment
+        self.batch_size, self.num_processes = batch_size, num_processes
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, tagged) -> dict:
+        """``tagged``: the batch's ``(epoch, position, index)`` triples, in order."""
+        epoch, first, _ = tagged[0]
+        batch_of_epoch = first // self.batch_size
+        batch_in_epoch, process = divmod(batch_of_epoch, self.num_processes)
+        if process != self.augment.process_index or tagged[-1][1] // self.batch_size != batch_of_epoch:
+            raise RuntimeError(
+                f"a loader worker of process {self.augment.process_index} got rows {first}..{tagged[-1][1]} of "
+                f"epoch {epoch}, not one batch of its own: the batches are not sharded as the augmentation expects"
+            )
+        batch = collate_stored(self.rows.__getitems__([index for _, _, index in tagged]))
+        return self.augment(batch, epoch, batch_in_epoch)

@@ -202,6 +202,10 @@ class LaneStream(torch.utils.data.IterableDataset):
         decode: ``(value, unit, row) -> (C, S, S) uint8`` array; raises a one-line ``ValueError`` naming the row and
             file of an unreadable image.
         buffer_size: rows of each lane's shuffle buffer.
+
+    Attributes:
+        augment: ``None``, or ``(batch, epoch, batch_in_epoch) -> batch`` run on each batch in the worker that
+            makes it (:class:`hf_recperc.images.pipeline.WorkerAugmentation`: the training step's augmentation).
     """
 
     def __init__(
@@ -211,6 +215,7 @@ class LaneStream(torch.utils.data.IterableDataset):
         self.columns, self.decode = [image_column, label_column], decode
         self.buffer_size = max(1, buffer_size)
         self.epoch, self.skip = 0, 0
+        self.augment = None
 
     def __len__(self) -> int:
         return self.plan.batches_per_epoch
@@ -242,11 +247,12 @@ class LaneStream(torch.utils.data.IterableDataset):
                 yield {"error": str(err)}
                 return
             ids = [self.plan.units[unit].first_row + position for _, _, unit, position in rows]
-            yield {
+            made = {
                 "pixels": torch.from_numpy(pixels),
                 "labels": torch.from_numpy(self.decode.labels([label for _, label, _, _ in rows])),
                 "rows": torch.as_tensor(ids, dtype=torch.long),
             }
+            yield made if self.augment is None else self.augment(made, self.epoch, batch)
 
 
 class RaiseWorkerErrors:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import struct
 
 import torch
 
@@ -23,7 +21,6 @@ __all__ = [
     "build_model",
     "check_model_memory",
     "resolve_preset",
-    "step_seed",
     "seed_global_generators",
     "build_optimizer",
     "build_schedule",
@@ -107,13 +104,6 @@ def resolve_preset(model_args: ModelArguments, data: ImageData) -> str | None:
     num_channels, height, width = data.first_image_shape()
     image_size = parse_config_overrides(model_args.config_overrides).get("image_size", max(height, width))
     return preset_for_data(model_args.model_family, image_size, num_channels)
-
-
-def step_seed(seed: int, micro_batch: int, process: int) -> int:
-    """The 63-bit seed of one training micro-batch on one process: a hash of the three keys (collision-free in
-    practice like :func:`derived_seed`, and 100x cheaper: it runs every step)."""
-    digest = hashlib.blake2b(struct.pack("<3q", seed, micro_batch, process), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def seed_global_generators(seed: int, device: torch.device) -> None:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import run_on_main_process
 from ..images.datasets import collate_stored
-from ..images.pipeline import DevicePipeline, derived_seed, training_data
+from ..images.pipeline import derived_seed, step_seed, training_data, training_pipeline
 from ..images.sources import load_stream
 from ..monitors import EVAL, TRAIN, Monitor, SpectralBands
 from ..processing import image_processor_for
@@ -49,7 +49,6 @@ from .builders import (
     resolve_preset,
     seed_global_generators,
     shard_loader,
-    step_seed,
 )
 from .checkpoint_files import Trainables
 from .checkpointing import (
@@ -219,7 +218,13 @@ class PretrainingRun:
         args, accelerator, config, data_args = self.args, self.accelerator, self.model.config, self.data_args
         options = {"num_workers": data_args.dataloader_num_workers, "pin_memory": torch.cuda.is_available()}
         options["collate_fn"] = collate_stored
-        built = training_data(self.data, config, self.image_processor, data_args, args, accelerator, options)
+        # Before the loaders: on a CPU with loader workers, the workers run its training augmentation.
+        self.pipeline = training_pipeline(
+            config, accelerator.device, data_args, channels_last=args.channels_last
+        )
+        built = training_data(
+            self.data, config, self.image_processor, data_args, args, accelerator, options, self.pipeline
+        )
         self.train_set, self.probe_set, self.eval_set, self.train_loader, self.sampler, description = built
         self.num_train = self.data.num_train_rows if data_args.streaming else len(self.train_set)
         self.info(description)
@@ -228,11 +233,6 @@ class PretrainingRun:
                 f"per_device_train_batch_size: {args.per_device_train_batch_size} x {accelerator.num_processes} "
                 f"process(es) is more than the {self.num_train} training images"
             )
-        crop_scale = (data_args.random_resized_crop, 1.0) if data_args.random_resized_crop else None
-        self.pipeline = DevicePipeline(
-            config, accelerator.device, data_args.random_crop_padding, data_args.random_flip, crop_scale,
-            channels_last=args.channels_last,
-        )  # fmt: skip
         # The monitors read capped subsets (the first rows): their cost stays a small share of the run.
         self.probe_rows = range(min(len(self.probe_set), args.probe_max_train_samples or len(self.probe_set)))
         self.eval_rows = range(min(len(self.eval_set), args.monitor_max_eval_samples or len(self.eval_set)))
