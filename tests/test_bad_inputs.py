@@ -183,7 +183,9 @@ def test_monitor_rows_every_process_needs_one_row():
     with pytest.raises(ValueError, match=r"^probe_max_train_samples: .* 4 training row\(s\) over 8 process"):
         check_monitor_rows(data, labels, 100, args, num_processes=8)
     # Without a probe monitor one class is fine (the spectrum of its own moments, reconstruction, kNN).
-    one_class = SimpleNamespace(monitors=["reconstruction", "spectrum", "knn"], monitor_max_eval_samples=0)
+    one_class = SimpleNamespace(
+        monitors=["reconstruction", "spectrum", "knn"], monitor_max_eval_samples=0, knn_k=1
+    )
     check_monitor_rows(data, np.zeros(4, dtype=np.int64), 4, one_class, num_processes=1)
 
 
