@@ -15,8 +15,8 @@ Part ``loaders``, interleaved in one run (each variant once per round, ``--repea
   ``RandomResizedCrop(224, scale=(0.2, 1.0), interpolation=bicubic)`` + ``RandomHorizontalFlip`` + ``ToTensor`` +
   ``Normalize``, ``DataLoader(num_workers=W, pin_memory=True, drop_last=True)`` (pinned only where CUDA is);
 * the job's training loader (``--random_resized_crop 0.2 --random_flip``), batches as the model receives them
-  (normalised and augmented where the job does it: by the loader workers on a CPU training device with workers,
-  else by the device pipeline in the main process): from the uint8 store read warm, and streamed (``--streaming``);
+  (augmented where the job does it: by the loader workers on a CPU training device with workers, handing over uint8,
+  else by the device pipeline in the main process; normalised in the main process): from the uint8 store read warm, and streamed (``--streaming``);
 * the store's cold build (an empty cache; images/s, the workers' start-up included) on ``--build_images`` rows (the
   training images repeated, written once), so that the start-up is a small share of the time.
 
@@ -177,8 +177,9 @@ def job_data(parquet: Path, workers: int, batch_size: int, streaming: bool):
 
     Returns:
         ``(epoch, to_model)``: iterating ``epoch()`` gives one epoch of loader batches; ``to_model(batch, step)``
-        gives the model's input of one as a training step does: normalised and augmented (``RandomResizedCrop`` +
-        flip) on the device, or taken as the loader workers augmented it (CPU training device with workers).
+        gives the model's input of one as a training step does: augmented (``RandomResizedCrop`` + flip) and
+        normalised on the device, or normalised as the loader workers augmented it (CPU training device with
+        workers).
     """
     from accelerate import Accelerator
 

@@ -451,5 +451,33 @@ def test_a_worker_augments_with_the_training_steps_draws():
     assert torch.equal(pipeline.training(made, continued), expected)
     assert torch.equal(torch.rand(4, generator=continued), torch.rand(4, generator=main))
     assert torch.equal(made["labels"], batch["labels"]) and "pixels" not in made
+    assert made["augmented"].dtype == torch.uint8 and made["augmented"].shape == (
+        6,
+        3,
+        16,
+        16,
+    )  # 1/4 the bytes
     with pytest.raises(RuntimeError, match="another micro-batch"):
         pipeline.training(made, torch.Generator().manual_seed(step_seed(7, 24, 1)))
+
+
+@pytest.mark.parametrize(
+    "options", [{"resized_crop_scale": (0.2, 1.0)}, {"crop_padding": 2}], ids=["rrc", "crop"]
+)
+def test_training_augmentation_is_uint8_at_the_model_size_then_normalised(options):
+    """Issue 17: the training augmentation of a uint8 batch gives uint8 pixels at the model's size (resampled and
+    rounded, as PIL-based reference pipelines), then the normalisation makes the model's input without a draw:
+    what a loader worker hands over is a quarter of the float32 bytes, and every path trains on the same pixels."""
+    from hf_recperc.images.augment import normalise_uint8
+    from hf_recperc.images.pipeline import DevicePipeline
+
+    config = RecPercAEConfig.preset("cifar-conv-small", image_size=16)
+    pixels = torch.randint(
+        0, 256, (5, 3, 24, 24), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
+    batch = {"pixels": pixels, "labels": torch.arange(5)}
+    pipeline = DevicePipeline(config, "cpu", flip=True, **options)
+    augmented = pipeline.augment(batch, torch.Generator().manual_seed(3))
+    assert augmented.dtype == torch.uint8 and augmented.shape == (5, 3, 16, 16)
+    trained = pipeline.training(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(trained, normalise_uint8(augmented, pipeline.mean, pipeline.std))

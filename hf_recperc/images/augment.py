@@ -6,6 +6,7 @@ that a run resumed from a checkpoint replays exactly the same crops and flips wh
 workers (docs/design.md, "Data flow"; docs/data_path.md).
 
 * :func:`normalise_uint8`: the image processor's rescale + normalise of stored uint8 batches;
+* :func:`round_to_uint8`: resampled pixels back to uint8 (the training augmentation's output on uint8 paths);
 * :func:`random_crop_flip`: the CIFAR recipe (pad, crop, flip);
 * :func:`random_resized_crop_flip`: MAE's ``RandomResizedCrop`` + flip;
 * :func:`paper_preprocessing`: docs/science.md section 2's per-image normalisation of pixel arrays.
@@ -16,7 +17,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["normalise_uint8", "random_crop_flip", "random_resized_crop_flip", "paper_preprocessing"]
+__all__ = [
+    "normalise_uint8",
+    "round_to_uint8",
+    "random_crop_flip",
+    "random_resized_crop_flip",
+    "paper_preprocessing",
+]
 
 
 def normalise_uint8(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -32,6 +39,21 @@ def normalise_uint8(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
     """
     # In place on the one float copy: the same arithmetic as (x - mean) / std, without two more temporaries.
     return pixels.float().sub_(mean[:, None, None]).div_(std[:, None, None])
+
+
+def round_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Resampled grey levels (float, in ``[0, 255]`` up to resampling overshoot) -> the nearest uint8, clamped.
+
+    The reference pipelines resample uint8 images with PIL (``RandomResizedCrop``, ``Resize``), which rounds to
+    uint8 before ``ToTensor``/``Normalize``; the training augmentation does the same on uint8 batches.
+
+    Args:
+        pixels (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`).
+
+    Returns:
+        `torch.ByteTensor` of the same shape.
+    """
+    return pixels.round().clamp_(0, 255).to(torch.uint8)
 
 
 def random_resized_crop_flip(
@@ -104,14 +126,15 @@ def random_crop_flip(
     run reproducible on any device.
 
     Args:
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): images.
+        pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): images, float or
+            uint8 (crops and flips only move pixels).
         padding: pixels of padding per side; 0 disables cropping.
         flip: whether to flip half of the images horizontally.
         generator: source of randomness (default: torch's global generator).
         padding_mode: ``"reflect"`` or ``"zeros"``.
 
     Returns:
-        `torch.FloatTensor` of the same shape, on the batch's device.
+        A tensor of the same shape and dtype, on the batch's device.
     """
     if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
         raise ValueError(f"padding: expected an integer >= 0, got {padding!r}")

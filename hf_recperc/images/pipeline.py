@@ -13,10 +13,12 @@ Two paths, one interface (:class:`DevicePipeline`):
 
 Random augmentation always runs on the batch tensor with the step's generator, seeded by
 ``(seed, micro-batch, process)`` (:func:`step_seed`), so a resumed run replays exactly the same crops and flips
-(:mod:`hf_recperc.images.augment`). On a CPU-only run with loader workers, the workers run it
+(:mod:`hf_recperc.images.augment`). It is two steps (:class:`DevicePipeline`): the augmentation, uint8 -> uint8 at
+the model's size on the store and stream paths (rounded, as PIL-based reference pipelines do), then the
+normalisation to float, without randomness. On a CPU-only run with loader workers, the workers run the first
 (:class:`WorkerAugmentation`): a worker knows the micro-batch it makes, so it seeds the step's generator itself and
-hands its state on with the batch; the training step continues from that state. Same batches, same draws, whatever
-the worker count (docs/data_path.md).
+hands its state on with the uint8 batch; the training step continues from that state and normalises. Same batches,
+same draws, whatever the worker count (docs/data_path.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .augment import normalise_uint8, random_crop_flip, random_resized_crop_flip
+from .augment import normalise_uint8, random_crop_flip, random_resized_crop_flip, round_to_uint8
 from .datasets import (
     ProcessedImages,
     StoredImages,
@@ -175,7 +177,8 @@ def training_data(data, config, image_processor, data_args, args, accelerator, o
             ``--streaming``.
         options: ``DataLoader`` keyword arguments (workers, pinned memory, ``collate_fn``).
         pipeline: the run's :class:`DevicePipeline`; on a CPU training device with loader workers, the workers run
-            its training augmentation (:class:`WorkerAugmentation`) and the batches hold model-ready pixel values.
+            its training augmentation (:class:`WorkerAugmentation`) and the batches hold augmented pixels at the
+            model's size (uint8 on the store and stream paths), which the training step normalises.
 
     Returns:
         ``(train, probe, validation, train_loader, sampler, description)``: the datasets the training loader and
@@ -237,10 +240,13 @@ def worker_augmentation(pipeline, workers: int, seed: int, accelerator, batches_
 
 
 def augmented_where(train) -> str:
-    """The end of the data-path log line: where the training batches are normalised (uint8 paths) and augmented."""
+    """The end of the data-path log line: where the training batches are augmented (and normalised, uint8 paths)."""
     if isinstance(train, AugmentedRows) or getattr(train, "augment", None) is not None:
-        return "; normalisation and augmentation in the loader workers (CPU training device), with the step's generator"
-    return "; normalisation and augmentation batched on the training device"
+        return (
+            "; augmentation in the loader workers (CPU training device), with the step's generator, to uint8; "
+            "normalisation in the training step"
+        )
+    return "; augmentation (to uint8) and normalisation batched on the training device"
 
 
 def check_store_image_size(data_args, config) -> None:
@@ -373,12 +379,16 @@ class DevicePipeline:
     def to_model_size(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(B, C, H, W)` -> `(B, C, S, S)` at the model's ``image_size`` (antialiased bilinear, as the store's
         resize), unchanged when already there."""
-        if self.image_size is None or pixel_values.shape[-2:] == (self.image_size, self.image_size):
+        if self.at_model_size(pixel_values):
             return pixel_values
         size = (self.image_size, self.image_size)
         return torch.nn.functional.interpolate(
             pixel_values, size=size, mode="bilinear", antialias=True, align_corners=False
         )
+
+    def at_model_size(self, pixels: torch.Tensor) -> bool:
+        """Whether `(B, C, H, W)` ``pixels`` are at the model's size (any size when the configuration has none)."""
+        return self.image_size is None or pixels.shape[-2:] == (self.image_size, self.image_size)
 
     def evaluation(self, batch: dict) -> dict[str, torch.Tensor]:
         """``{"pixel_values", "labels"}`` for the monitors: normalised, never augmented."""
@@ -388,35 +398,64 @@ class DevicePipeline:
         }
 
     def training(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """Normalised and augmented `(B, C, S, S)` pixel values; every draw comes from ``generator``.
+        """Augmented and normalised `(B, C, S, S)` pixel values: :meth:`augment` (every draw from ``generator``),
+        then :meth:`normalise` (no randomness).
 
         A batch a loader worker augmented already (:class:`WorkerAugmentation`) is checked to be this step's (its
-        seed is ``generator``'s), and ``generator`` continues from the worker's state after its draws.
+        seed is ``generator``'s), ``generator`` continues from the worker's state after its draws, and only the
+        normalisation runs here.
         """
         if "generator_state" in batch:
-            return self.from_worker(batch, generator)
-        # RandomResizedCrop draws its box on the stored pixels (a larger store keeps detail), then the model's size.
-        pixel_values = self.pixel_values(batch, model_size=self.resized_crop_scale is None)
+            return self.normalise(self.from_worker(batch, generator))
+        return self.normalise(self.augment(batch, generator))
+
+    def augment(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """The training augmentation of a loader batch on the device, at the model's size; every draw comes from
+        ``generator``.
+
+        Store and stream batches stay uint8, as in the reference pipelines (PIL's ``RandomResizedCrop`` gives uint8
+        images before ``ToTensor``/``Normalize``): ``pixels`` `(B, C, H, W)` uint8 -> `(B, C, S, S)` uint8, a resampled
+        crop or resize rounded to the nearest grey level (docs/data_path.md). The processor path's ``pixel_values``
+        (normalised already) are augmented as floats.
+        """
+        if "pixels" not in batch:
+            return self.crop_flip_resize(batch["pixel_values"].to(self.device, non_blocking=True), generator)
+        pixels = batch["pixels"].to(self.device, non_blocking=True)
+        if self.resized_crop_scale is None and self.at_model_size(pixels):
+            return self.crop_flip_resize(pixels, generator)  # crops and flips move pixels: exact on uint8
+        return round_to_uint8(self.crop_flip_resize(pixels.float(), generator))
+
+    def crop_flip_resize(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """`(B, C, H, W)` -> `(B, C, S, S)`: ``RandomResizedCrop`` (+ flip) drawn on the stored pixels (a larger store
+        keeps detail) then the model's size, or the model's size then crop and flip."""
         if self.resized_crop_scale is not None:
             pixel_values = random_resized_crop_flip(
                 pixel_values, scale=self.resized_crop_scale, flip=self.flip, generator=generator
             )
-            pixel_values = self.to_model_size(pixel_values)
-        elif self.crop_padding or self.flip:
+            return self.to_model_size(pixel_values)
+        pixel_values = self.to_model_size(pixel_values)
+        if self.crop_padding or self.flip:
             pixel_values = random_crop_flip(
                 pixel_values, padding=self.crop_padding, flip=self.flip, generator=generator
             )
+        return pixel_values
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Augmented pixels (:meth:`augment`) -> the model's input: uint8 `(B, C, S, S)` rescaled and normalised to
+        float (floats, the processor path's, pass as they are), in the model's memory format. No randomness."""
+        pixel_values = normalise_uint8(pixels, self.mean, self.std) if pixels.dtype == torch.uint8 else pixels
         return pixel_values.contiguous(memory_format=self.memory_format)
 
     def from_worker(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """The pixel values of a batch augmented in a loader worker; ``generator`` takes the worker's state."""
+        """The augmented pixels of a batch a loader worker made (:meth:`augment`'s output, uint8 on the uint8
+        paths), on the device; ``generator`` takes the worker's state."""
         if generator.initial_seed() != int(batch["step_seed"]):
             raise RuntimeError(
                 f"a loader worker augmented this batch with seed {int(batch['step_seed'])}, the training step's "
                 f"generator has {generator.initial_seed()}: the worker computed another micro-batch index"
             )
         generator.set_state(batch["generator_state"])
-        return batch["pixel_values"].to(self.device).contiguous(memory_format=self.memory_format)
+        return batch["augmented"].to(self.device, non_blocking=True)
 
 
 def training_pipeline(config, device, data_args, channels_last: bool = False) -> DevicePipeline:
@@ -435,8 +474,9 @@ class WorkerAugmentation:
     The training step of micro-batch ``m`` on process ``p`` draws everything from a generator seeded by
     ``step_seed(seed, m, p)``, augmentation first (:meth:`DevicePipeline.training`), then the model's noise and
     masks. A worker knows ``m = epoch * batches_per_epoch + batch_in_epoch`` of the batch it makes, so it seeds the
-    same CPU generator, augments, and returns the generator's state after those draws: the step checks the seed
-    and continues from that state. The draws and pixels are those of augmenting in the main process.
+    same CPU generator, augments (:meth:`DevicePipeline.augment`: uint8 at the model's size, a quarter of the
+    float32 bytes to hand over) and returns the generator's state after those draws: the step checks the seed,
+    continues from that state and normalises. The draws and pixels are those of augmenting in the main process.
 
     Args:
         pipeline: the run's :class:`DevicePipeline` (on the CPU).
@@ -449,14 +489,15 @@ class WorkerAugmentation:
         self.process_index, self.batches_per_epoch = process_index, batches_per_epoch
 
     def __call__(self, batch: dict, epoch: int, batch_in_epoch: int) -> dict:
-        """``batch`` (``pixels`` or ``pixel_values``, ``labels``, ...) -> the same keys with ``pixel_values``
-        `(B, C, S, S)` float, augmented at the model's size, ``step_seed`` and ``generator_state``."""
+        """``batch`` (``pixels`` or ``pixel_values``, ``labels``, ...) -> its other keys with ``augmented``
+        `(B, C, S, S)` at the model's size (uint8 from ``pixels``, float from ``pixel_values``), ``step_seed`` and
+        ``generator_state``."""
         seed = step_seed(self.seed, epoch * self.batches_per_epoch + batch_in_epoch, self.process_index)
         generator = torch.Generator().manual_seed(seed)
-        pixel_values = self.pipeline.training(batch, generator)
+        augmented = self.pipeline.augment(batch, generator)
         rest = {key: value for key, value in batch.items() if key not in ("pixels", "pixel_values")}
         return rest | {
-            "pixel_values": pixel_values,
+            "augmented": augmented,
             "step_seed": torch.tensor(seed, dtype=torch.int64),
             "generator_state": generator.get_state(),
         }
