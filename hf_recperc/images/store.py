@@ -19,13 +19,12 @@ does the same arithmetic on the device
 from __future__ import annotations
 
 import logging
-import os
 
 import datasets
 import numpy as np
 import torch
 
-from ..publish.atomic import partial_path, prepare_cache_dir
+from ..publish.atomic import finish_partial, partial_path, prepare_cache_dir
 from .decode import (
     GRAY_MODES,
     cache_file,
@@ -178,10 +177,7 @@ def _build_cached(dataset, image_column, num_channels, image_size, path, workers
     errors = gather_object([error]) if processes > 1 else [error]
     error = next((message for message in errors if message), None)
     if accelerator.is_main_process:
-        if error is None:
-            os.replace(partial[0], path)
-        else:
-            os.unlink(partial[0])
+        finish_partial(partial[0], path, keep=error is None)
     accelerator.wait_for_everyone()
     return error
 

@@ -32,6 +32,7 @@ __all__ = [
     "copy_file",
     "owner_alive",
     "partial_path",
+    "finish_partial",
     "prepare_cache_dir",
     "process_alive",
     "save_npy",
@@ -76,6 +77,15 @@ def partial_path(path: str | os.PathLike) -> Path:
     """The partial file of ``path`` for this process: ``dir/.STEM.tmp-HOST-PID.SUFFIX``."""
     path = Path(path)
     return path.with_name(f".{path.stem}.tmp-{HOST}-{os.getpid()}{path.suffix}")
+
+
+def finish_partial(partial: str | os.PathLike, path: str | os.PathLike, keep: bool) -> None:
+    """End a partial file written outside :func:`atomic_path` (e.g. by several processes through a memory map):
+    rename it into place when ``keep``, else remove it."""
+    if keep:
+        os.replace(partial, path)
+    else:
+        Path(partial).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

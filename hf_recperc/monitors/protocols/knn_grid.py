@@ -148,6 +148,23 @@ def _clipped(ks, bank_rows: int, what: str) -> tuple[tuple[int, ...], dict[int, 
     return tuple(dict.fromkeys(min(k, bank_rows) for k in ks)), clipped
 
 
+def _holdout_accuracy(train_X, train_y, columns, classes, held_rows, ks, temperatures, chunk_size) -> dict:
+    """``{(k, T): accuracy}`` of the weighted vote for the held-out training rows ``held_rows`` against every other
+    training row (the selection: no test row is read)."""
+    bank_rows = torch.ones(train_X.shape[0], dtype=torch.bool)
+    bank_rows[held_rows] = False
+    _, held_weighted = knn_grid_predict(
+        train_X[bank_rows],
+        columns[bank_rows],
+        train_X[held_rows],
+        ks,
+        temperatures,
+        classes.numel(),
+        chunk_size,
+    )
+    return {key: accuracy(classes[p], train_y[held_rows]) for key, p in held_weighted.items()}
+
+
 def knn_grid_protocol(
     train_X,
     train_y,
@@ -188,23 +205,18 @@ def knn_grid_protocol(
     train_X, train_y, test_X, test_y = check_protocol_inputs(train_X, train_y, test_X, test_y)
     fit_rows, held_rows = holdout_split(train_X.shape[0], holdout, seed)
     held_rows = held_rows[:max_selection_queries]
+    if test_ranking is not None and str(parse_subspace(subspace)) != "all":
+        raise ValueError("test_ranking: a ranking of the unrestricted features cannot serve a subspace")
     train_X, test_X = restrict_to_subspace(train_X, test_X, subspace)
     classes, columns = class_columns(train_y)
     num_classes = classes.numel()
-    # Selection: held-out training rows against the rest of the training rows.
     selection_ks, _ = _clipped(ks, len(fit_rows), "selection bank")
-    bank_rows = torch.ones(train_X.shape[0], dtype=torch.bool)
-    bank_rows[held_rows] = False  # the selection bank: every training row but the held-out queries
-    _, held_weighted = knn_grid_predict(
-        train_X[bank_rows], columns[bank_rows], train_X[held_rows], selection_ks, temperatures, num_classes,
-        chunk_size,
-    )  # fmt: skip
-    held_accuracy = {key: accuracy(classes[p], train_y[held_rows]) for key, p in held_weighted.items()}
+    held_accuracy = _holdout_accuracy(
+        train_X, train_y, columns, classes, held_rows, selection_ks, temperatures, chunk_size
+    )
     best_k, best_t = max(held_accuracy, key=held_accuracy.get)  # dicts keep grid order: the first maximum
     # Test: every setting, with the whole training set as the bank.
     test_ks, clipped = _clipped(ks, train_X.shape[0], "training bank")
-    if test_ranking is not None and str(parse_subspace(subspace)) != "all":
-        raise ValueError("test_ranking: a ranking of the unrestricted features cannot serve a subspace")
     majority, weighted = knn_grid_predict(
         train_X, columns, test_X, test_ks, temperatures, num_classes, chunk_size, ranking=test_ranking
     )
