@@ -136,6 +136,49 @@ def test_random_resized_crop_is_reproducible_random_and_flips():
         random_resized_crop_flip(images, scale=(0.0, 1.0))
 
 
+def test_random_resized_crop_is_torchvisions_resized_crop_of_its_boxes():
+    """Each output is torchvision's ``resized_crop`` (bilinear, antialiased) of a whole-pixel box inside the image,
+    uint8 in and out, then mirrored or not; boxes hold their drawn area and aspect ratio (arXiv 2402.11337, section
+    5 trains MAE with this augmentation; docs/data_path.md)."""
+    from torchvision.transforms.v2 import functional as tvf
+
+    from hf_recperc.images.augment import crop_boxes
+
+    images = torch.randint(0, 256, (64, 3, 40, 48), dtype=torch.uint8)
+    options = {"scale": (0.2, 1.0), "ratio": (3 / 4, 4 / 3), "flip": True}
+    out = random_resized_crop_flip(images, size=24, generator=torch.Generator().manual_seed(3), **options)
+    boxes, mirrored = crop_boxes(images, generator=torch.Generator().manual_seed(3), **options)
+    assert out.shape == (64, 3, 24, 24) and out.dtype == torch.uint8
+    assert 0 < int(mirrored.sum()) < 64
+    for image, crop, (top, left, height, width), flipped in zip(
+        images, out, boxes.tolist(), mirrored.tolist()
+    ):
+        assert 0 <= top and top + height <= 40 and 0 <= left and left + width <= 48
+        expected = tvf.resized_crop(image, top, left, height, width, [24, 24], antialias=True)
+        assert torch.equal(crop, expected.flip(-1) if flipped else expected)
+    area = (boxes[:, 2] * boxes[:, 3]).float() / (40 * 48)
+    fits = (boxes[:, 2] < 40) & (boxes[:, 3] < 48)  # boxes shrunk to fit keep neither area nor ratio
+    assert area.min() > 0.18 and area.max() <= 1.0 and fits.sum() > 40
+    aspect = boxes[fits, 3].float() / boxes[fits, 2].float()
+    assert aspect.min() > 0.7 and aspect.max() < 1.45
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_random_resized_crop_on_accelerators_samples_the_cpu_positions(dtype):
+    """The accelerator route (one batched grid_sample, no host sync) gives the CPU route's crops: the same boxes,
+    the same bilinear positions; within a grey level on uint8 (torch's uint8 resize computes in fixed point)."""
+    from hf_recperc.images.augment import _resize_crops, _sample_crops, crop_boxes
+
+    images = torch.randint(0, 256, (32, 3, 30, 30), dtype=torch.uint8).to(dtype)
+    boxes, mirrored = crop_boxes(
+        images, scale=(0.1, 1.0), ratio=(3 / 4, 4 / 3), flip=True, generator=torch.Generator().manual_seed(0)
+    )
+    cpu, accelerator = _resize_crops(images, boxes, mirrored, 32), _sample_crops(images, boxes, mirrored, 32)
+    assert accelerator.dtype == dtype
+    tolerance = 1.0 if dtype == torch.uint8 else 1e-3  # upsampling only (boxes <= 30 px, output 32 px)
+    assert (cpu.float() - accelerator.float()).abs().max() <= tolerance
+
+
 def _parquet_split(path, rows=12, corrupt_row=None):
     """A file-backed split (so its decoded pixels are cached) of 8x8 RGB PNGs; ``corrupt_row`` holds no image."""
     import io

@@ -421,18 +421,19 @@ class DevicePipeline:
         if "pixels" not in batch:
             return self.crop_flip_resize(batch["pixel_values"].to(self.device, non_blocking=True), generator)
         pixels = batch["pixels"].to(self.device, non_blocking=True)
-        if self.resized_crop_scale is None and self.at_model_size(pixels):
-            return self.crop_flip_resize(pixels, generator)  # crops and flips move pixels: exact on uint8
+        if self.resized_crop_scale is not None or self.at_model_size(pixels):
+            # Crops and flips move pixels (exact on uint8); RandomResizedCrop resamples uint8 to uint8, rounded.
+            return self.crop_flip_resize(pixels, generator)
         return round_to_uint8(self.crop_flip_resize(pixels.float(), generator))
 
     def crop_flip_resize(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """`(B, C, H, W)` -> `(B, C, S, S)`: ``RandomResizedCrop`` (+ flip) drawn on the stored pixels (a larger store
-        keeps detail) then the model's size, or the model's size then crop and flip."""
-        if self.resized_crop_scale is not None:
-            pixel_values = random_resized_crop_flip(
-                pixel_values, scale=self.resized_crop_scale, flip=self.flip, generator=generator
-            )
-            return self.to_model_size(pixel_values)
+        keeps detail) and resized straight to the model's size, or the model's size then crop and flip."""
+        if self.resized_crop_scale is not None:  # straight from the stored pixels to the model's size
+            return random_resized_crop_flip(
+                pixel_values, size=self.image_size, scale=self.resized_crop_scale, flip=self.flip,
+                generator=generator,
+            )  # fmt: skip
         pixel_values = self.to_model_size(pixel_values)
         if self.crop_padding or self.flip:
             pixel_values = random_crop_flip(
