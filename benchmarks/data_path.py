@@ -24,6 +24,10 @@ Part ``train``: the tiny 224 px conv AE (``--preset cifar-conv-small --config_ov
 image_size=224,width=4,latent_dim=16``, batch 32, RandomResizedCrop + flip) trained by the job from the warm store
 and streamed with 2 workers, blocks of steps alternating between the two (best block kept).
 
+Each loader pass also records the CPU it used per batch, the main process's and the loader workers' (``CPU`` lines),
+and what that allows W workers against 0 (``BOUND`` lines, :func:`cpu_bounds`): the main process still receives and
+normalises every batch, and everything shares the machine's cores.
+
 Only :func:`job_data`, :func:`job_store_build` and :func:`job_run` know the package's data modules; the rest is plain torch/torchvision.
 The ratios against the issue's targets are printed last.
 """
@@ -34,6 +38,7 @@ import argparse
 import io
 import math
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -261,42 +266,70 @@ def pixel_cache(path: Path):
             os.environ["HF_RECPERC_CACHE"] = previous
 
 
-def images_per_second(batches, to_model=None) -> float:
-    """Images/s of one pass over ``batches`` (starting its workers included), each batch made model-ready."""
-    start, images = time.perf_counter(), 0
+def images_per_second(batches, to_model=None, cpu: dict | None = None, name: str = "") -> float:
+    """Images/s of one pass over ``batches`` (starting its workers included), each batch made model-ready.
+
+    ``cpu[name]`` (when given) receives ``(main, workers)`` CPU milliseconds per batch: the main process's (all its
+    threads: all of the work at 0 workers, its own share with workers: receiving batches, normalising) and the
+    loader workers' (reaped at the end of the pass, as a loader without persistent workers does)."""
+    start, images, steps = time.perf_counter(), 0, 0
+    main_start, workers_start = time.process_time(), _children_cpu()
     for step, batch in enumerate(batches):
         if to_model is not None:
             pixels = to_model(batch, step)
         else:
             pixels = batch[0] if isinstance(batch, (list, tuple)) else batch["pixels"]
         assert pixels.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE), pixels.shape
-        images += len(pixels)
-    return images / (time.perf_counter() - start)
+        images, steps = images + len(pixels), step + 1
+    seconds = time.perf_counter() - start
+    if cpu is not None:
+        main, workers = time.process_time() - main_start, _children_cpu() - workers_start
+        cpu[name] = (1000 * main / steps, 1000 * workers / steps)
+    return images / seconds
 
 
-def measure_loaders(parquet: Path, folder: Path, build: Path, cache_root: Path, args) -> dict[str, float]:
-    """Best images/s over ``--repeats`` interleaved rounds of every loader variant (the cold build on ``build``)."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's ended and reaped children: the loader workers of past passes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_loaders(
+    parquet: Path, folder: Path, build: Path, cache_root: Path, args
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Best images/s over ``--repeats`` interleaved rounds of every loader variant (the cold build on ``build``),
+    and the ``(main process, workers)`` CPU ms per batch of the loaders in their best rounds."""
     warm_cache = cache_root / "warm"
     with pixel_cache(warm_cache):  # the warm store, built once before the rounds
         job_data(parquet, 0, args.batch_size, streaming=False)
     best: dict[str, float] = {}
+    best_cpu: dict[str, float] = {}
     for repeat in range(args.repeats):
         for workers in args.workers:
-            rates = {
-                f"baseline W={workers}": images_per_second(baseline_loader(folder, workers, args.batch_size))
-            }
+            rates, cpu = {}, {}
+            name = f"baseline W={workers}"
+            rates[name] = images_per_second(
+                baseline_loader(folder, workers, args.batch_size), None, cpu, name
+            )
             cold = cache_root / f"cold-{repeat}-{workers}"
             with pixel_cache(cold):
                 rates[f"store cold build W={workers}"] = job_store_build(build, workers)
             with pixel_cache(warm_cache):
-                epoch, to_model = job_data(parquet, workers, args.batch_size, streaming=False)
-                rates[f"store warm W={workers}"] = images_per_second(epoch(), to_model)
-                epoch, to_model = job_data(parquet, workers, args.batch_size, streaming=True)
-                rates[f"streaming W={workers}"] = images_per_second(epoch(), to_model)
+                for path, streaming in (("store warm", False), ("streaming", True)):
+                    epoch, to_model = job_data(parquet, workers, args.batch_size, streaming=streaming)
+                    name = f"{path} W={workers}"
+                    rates[name] = images_per_second(epoch(), to_model, cpu, name)
             for name, rate in rates.items():
-                best[name] = max(best.get(name, 0.0), rate)
-                print(f"round {repeat}: {name}: {rate:.1f} images/s", flush=True)
-    return best
+                if rate > best.get(name, 0.0):
+                    best[name] = rate
+                    best_cpu.update({name: cpu[name]} if name in cpu else {})
+                used = (
+                    f" (CPU per batch: main {cpu[name][0]:.1f} ms, workers {cpu[name][1]:.1f} ms)"
+                    if name in cpu
+                    else ""
+                )
+                print(f"round {repeat}: {name}: {rate:.1f} images/s{used}", flush=True)
+    return best, best_cpu
 
 
 def measure_training(parquet: Path, cache_root: Path, args) -> dict[str, float]:
@@ -348,6 +381,24 @@ def ratios(rates: dict[str, float], workers: list[int]) -> list[tuple[str, float
         value = rates["train streaming W=2"] / rates["train store warm W=0"]
         rows.append(("training it/s: streaming 2 workers / warm store", value, ">= 0.9"))
     return rows
+
+
+def cpu_bounds(cpu: dict[str, tuple[float, float]], workers: list[int]) -> list[str]:
+    """What the measured CPU allows ``W`` workers against 0 (``c``: CPU per batch at 0 workers, all of it in the main
+    process; ``m`` and ``w``: the main process's and the workers' per batch with ``W`` workers). The main process
+    still receives and normalises every batch, so the rate is at most ``1 / m`` however fast the workers are
+    (ratio <= c / m); and all of it shares the machine's cores (ratio <= cores * c / (m + w))."""
+    cores = len(os.sched_getaffinity(0))
+    lines = []
+    for path in ("store warm", "streaming", "baseline"):
+        alone = cpu.get(f"{path} W=0", (0.0, 0.0))[0]
+        for w in (w for w in workers if w > 0 and f"{path} W={w}" in cpu and alone):
+            main, in_workers = cpu[f"{path} W={w}"]
+            lines.append(
+                f"BOUND {path}: {w} workers / 0 workers <= {alone / main:.2f} (the main process's share), "
+                f"<= {cores * alone / (main + in_workers):.2f} (all CPU on {cores} cores)"
+            )
+    return lines
 
 
 def parse_args(argv=None):
@@ -405,13 +456,19 @@ def main(argv=None) -> int:
                     root / f"build-{args.build_images}", parquet, args.build_images, args.row_group
                 )
             print(f"store cold build timed on {args.build_images} images ({build})", flush=True)
-            rates.update(measure_loaders(parquet, folder, build, Path(scratch) / "cache", args))
+            loader_rates, loader_cpu = measure_loaders(parquet, folder, build, Path(scratch) / "cache", args)
+            rates.update(loader_rates)
         if args.part in ("train", "all"):
             rates.update(measure_training(parquet, Path(scratch) / "cache", args))
     for name, rate in rates.items():
         unit = "it/s" if name.startswith("train") else "images/s"
         value = rate / args.batch_size if unit == "it/s" else rate
         print(f"RESULT {name}: {value:.2f} {unit}")
+    if args.part in ("loaders", "all"):
+        for name, (main, workers) in loader_cpu.items():
+            print(f"CPU {name}: main process {main:.1f} ms, workers {workers:.1f} ms per batch")
+        for line in cpu_bounds(loader_cpu, args.workers):
+            print(line)
     for name, value, target in ratios(rates, args.workers):
         print(f"RATIO {name}: {value:.2f} (target {target})")
     return 0

@@ -179,6 +179,29 @@ def test_random_resized_crop_on_accelerators_samples_the_cpu_positions(dtype):
     assert (cpu.float() - accelerator.float()).abs().max() <= tolerance
 
 
+class _AugmentInWorker(torch.utils.data.Dataset):
+    """Augments one fixed batch (seeded by the index) and says whether the result was made in shared memory."""
+
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        out = random_resized_crop_flip(self.images, size=12, generator=torch.Generator().manual_seed(index))
+        return out.clone(), out.is_shared()
+
+
+def test_augmented_batches_are_made_in_shared_memory_inside_loader_workers():
+    """A worker's augmented batch is allocated where the hand-over to the main process reads it (no copy), and
+    equals the main process's."""
+    in_main = [_AugmentInWorker()[index] for index in range(2)]
+    loader = torch.utils.data.DataLoader(_AugmentInWorker(), batch_size=None, num_workers=1)
+    for (pixels, shared), (expected, shared_in_main) in zip(loader, in_main):
+        assert shared and not shared_in_main
+        assert torch.equal(pixels, expected)
+
+
 def _parquet_split(path, rows=12, corrupt_row=None):
     """A file-backed split (so its decoded pixels are cached) of 8x8 RGB PNGs; ``corrupt_row`` holds no image."""
     import io

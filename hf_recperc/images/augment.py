@@ -132,7 +132,7 @@ def crop_boxes(
 
 def _resize_crops(pixel_values: torch.Tensor, boxes: torch.Tensor, mirrored: torch.Tensor, size: int):
     """CPU: a slice and an antialiased bilinear resize per image (uint8 in, uint8 out: torch's fast path)."""
-    out = pixel_values.new_empty((pixel_values.shape[0], pixel_values.shape[1], size, size))
+    out = new_batch(pixel_values, (pixel_values.shape[0], pixel_values.shape[1], size, size))
     for i, ((top, left, height, width), flipped) in enumerate(zip(boxes.tolist(), mirrored.tolist())):
         crop = pixel_values[i : i + 1, :, top : top + height, left : left + width]
         resized = torch.nn.functional.interpolate(
@@ -237,9 +237,19 @@ def _crop_windows(padded: torch.Tensor, offsets: torch.Tensor, height: int, widt
 
 def _slice_windows(padded: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
     corners = offsets.T.tolist()  # (B, 2)
-    return torch.stack(
-        [padded[i, :, top : top + height, left : left + width] for i, (top, left) in enumerate(corners)]
-    )
+    windows = [padded[i, :, top : top + height, left : left + width] for i, (top, left) in enumerate(corners)]
+    return torch.stack(windows, out=new_batch(padded, (len(windows), padded.shape[1], height, width)))
+
+
+def new_batch(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised tensor of ``like``'s dtype and device for an augmented batch; in shared memory inside a
+    loader worker, as torch's ``default_collate`` allocates its batches there, so that handing the batch to the
+    main process does not copy it (measured: 0.3-0.6 ms less worker CPU per batch of 32 at 224 px,
+    docs/data_path.md)."""
+    if like.device.type != "cpu" or torch.utils.data.get_worker_info() is None:
+        return like.new_empty(shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * like.element_size())
+    return like.new_empty(0).set_(storage).view(shape)
 
 
 def _gather_windows(padded: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
