@@ -182,7 +182,9 @@ def test_random_resized_crop_on_accelerators_samples_the_cpu_positions(dtype):
 class _AugmentInWorker(torch.utils.data.Dataset):
     """Augments one fixed batch (seeded by the index) and says whether the result was made in shared memory."""
 
-    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
 
     def __len__(self):
         return 2
