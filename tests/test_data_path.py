@@ -118,6 +118,9 @@ def test_random_resized_crop_full_box_without_flip_is_identity():
     images = torch.randn(3, 3, 8, 8)
     same = random_resized_crop_flip(images, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
     torch.testing.assert_close(same, images, atol=1e-5, rtol=0)
+    wide = torch.randn(3, 3, 8, 10)  # without a size, the output keeps the input's height and width
+    same = random_resized_crop_flip(wide, scale=(1.0, 1.0), ratio=(1.25, 1.25), flip=False)
+    torch.testing.assert_close(same, wide, atol=1e-5, rtol=0)
 
 
 def test_random_resized_crop_is_reproducible_random_and_flips():
@@ -173,9 +176,13 @@ def test_random_resized_crop_on_accelerators_samples_the_cpu_positions(dtype):
     boxes, mirrored = crop_boxes(
         images, scale=(0.1, 1.0), ratio=(3 / 4, 4 / 3), flip=True, generator=torch.Generator().manual_seed(0)
     )
-    cpu, accelerator = _resize_crops(images, boxes, mirrored, 32), _sample_crops(images, boxes, mirrored, 32)
-    assert accelerator.dtype == dtype
-    tolerance = 1.0 if dtype == torch.uint8 else 1e-3  # upsampling only (boxes <= 30 px, output 32 px)
+    size = (32, 34)
+    cpu, accelerator = (
+        _resize_crops(images, boxes, mirrored, size),
+        _sample_crops(images, boxes, mirrored, size),
+    )
+    assert accelerator.dtype == dtype and accelerator.shape == (32, 3, 32, 34)
+    tolerance = 1.0 if dtype == torch.uint8 else 1e-3  # upsampling only (boxes <= 30 px, output 32 x 34 px)
     assert (cpu.float() - accelerator.float()).abs().max() <= tolerance
 
 

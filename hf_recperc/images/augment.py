@@ -83,19 +83,20 @@ def random_resized_crop_flip(
 
     Args:
         pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): float or uint8 images.
-        size: the output's side (default: ``height``).
+        size: the output's side (default: the input's height and width).
         scale, ratio: as torchvision's ``RandomResizedCrop``.
         flip: mirror left-right with probability 1/2.
         generator: source of randomness, on ``pixel_values``' device.
 
     Returns:
-        `torch.Tensor` of shape `(batch_size, num_channels, size, size)`, of ``pixel_values``' dtype.
+        `torch.Tensor` of shape `(batch_size, num_channels, size, size)` (`(..., height, width)` without ``size``),
+        of ``pixel_values``' dtype.
     """
     if pixel_values.ndim != 4:
         raise ValueError(f"pixel_values: expected (B, C, H, W), got {tuple(pixel_values.shape)}")
     if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
         raise ValueError(f"scale {scale} / ratio {ratio}: expected 0 < lo <= hi (<= 1 for scale)")
-    size = pixel_values.shape[-2] if size is None else size
+    size = tuple(pixel_values.shape[-2:]) if size is None else (size, size)  # (rows, columns)
     boxes, mirrored = crop_boxes(pixel_values, scale=scale, ratio=ratio, flip=flip, generator=generator)
     if pixel_values.device.type == "cpu":
         return _resize_crops(pixel_values, boxes, mirrored, size)
@@ -130,37 +131,41 @@ def crop_boxes(
     return torch.stack([top, left, box_h, box_w], dim=1).long(), mirrored
 
 
-def _resize_crops(pixel_values: torch.Tensor, boxes: torch.Tensor, mirrored: torch.Tensor, size: int):
+def _resize_crops(
+    pixel_values: torch.Tensor, boxes: torch.Tensor, mirrored: torch.Tensor, size: tuple[int, int]
+):
     """CPU: a slice and an antialiased bilinear resize per image (uint8 in, uint8 out: torch's fast path)."""
-    out = new_batch(pixel_values, (pixel_values.shape[0], pixel_values.shape[1], size, size))
+    out = new_batch(pixel_values, (pixel_values.shape[0], pixel_values.shape[1], *size))
     for i, ((top, left, height, width), flipped) in enumerate(zip(boxes.tolist(), mirrored.tolist())):
         crop = pixel_values[i : i + 1, :, top : top + height, left : left + width]
         resized = torch.nn.functional.interpolate(
-            crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            crop, size=size, mode="bilinear", antialias=True, align_corners=False
         )[0]
         out[i] = resized.flip(-1) if flipped else resized
     return out
 
 
-def _sample_crops(pixel_values: torch.Tensor, boxes: torch.Tensor, mirrored: torch.Tensor, size: int):
+def _sample_crops(
+    pixel_values: torch.Tensor, boxes: torch.Tensor, mirrored: torch.Tensor, size: tuple[int, int]
+):
     """Accelerators: one bilinear ``grid_sample`` of the batch at ``interpolate``'s positions
-    (``left + (j + 0.5) * width / size - 0.5``, clamped to the box), in float; uint8 is rounded back."""
+    (``left + (j + 0.5) * width / columns - 0.5``, clamped to the box), in float; uint8 is rounded back."""
     _, _, height, width = pixel_values.shape
-    steps = torch.arange(size, device=pixel_values.device, dtype=torch.float32) + 0.5  # (S,)
     boxes = boxes.float()
 
-    def positions(start, extent, side):  # (B,) -> (B, S) grid_sample coordinates in [-1, 1]
-        pixel = (start[:, None] + steps * (extent[:, None] / size) - 0.5).clamp(
+    def positions(start, extent, side, out):  # (B,) -> (B, out) grid_sample coordinates in [-1, 1]
+        steps = torch.arange(out, device=pixel_values.device, dtype=torch.float32) + 0.5
+        pixel = (start[:, None] + steps * (extent[:, None] / out) - 0.5).clamp(
             start[:, None], (start + extent - 1)[:, None]
         )
         return (2 * pixel + 1) / side - 1
 
-    columns = positions(boxes[:, 1], boxes[:, 3], width)
+    columns = positions(boxes[:, 1], boxes[:, 3], width, size[1])
     columns = torch.where(mirrored[:, None], columns.flip(-1), columns)
-    rows = positions(boxes[:, 0], boxes[:, 2], height)
+    rows = positions(boxes[:, 0], boxes[:, 2], height, size[0])
     grid = torch.stack(
-        [columns[:, None, :].expand(-1, size, -1), rows[:, :, None].expand(-1, -1, size)], dim=-1
-    )  # (B, S, S, 2): x, then y
+        [columns[:, None, :].expand(-1, size[0], -1), rows[:, :, None].expand(-1, -1, size[1])], dim=-1
+    )  # (B, rows, columns, 2): x, then y
     sampled = torch.nn.functional.grid_sample(
         pixel_values.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
     )
