@@ -214,75 +214,10 @@ def load_image_dataset(
     for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}: expected a positive integer or None, got {value!r}")
-
-    if train_file is not None or validation_file is not None:
-        if train_file is None:
-            raise ValueError("train_file: required when validation_file is given")
-        files = {"train": train_file, **({"validation": validation_file} if validation_file else {})}
-        for argument, file in (("train_file", train_file), ("validation_file", validation_file)):
-            if file is not None and not Path(file).exists():
-                raise ValueError(f"{argument}: {file!r} does not exist")
-        extension = Path(train_file).suffix.lstrip(".")
-        builder = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json"}.get(extension)
-        if builder is None:
-            raise ValueError(f"train_file: expected a .parquet, .csv or .json file, got {train_file!r}")
-        splits, source = datasets.load_dataset(builder, data_files=files), str(train_file)
-    elif dataset_name in (None, DEFAULT_DATASET):
-        splits, source = _digits_dataset(), DEFAULT_DATASET
-    elif check_name_or_path("dataset_name", dataset_name) == "local":
-        path = Path(dataset_name).expanduser()
-        if not path.is_dir():
-            raise ValueError(
-                f"dataset_name: {dataset_name!r} is a file; expected a directory or a Hub id "
-                "(pass a single parquet/csv/json file as --train_file)"
-            )
-        splits, source = _local_directory(path), str(path)
-    else:
-        if hub_offline() and not _in_dataset_caches(dataset_name):
-            raise ValueError(
-                f"dataset_name: {dataset_name!r} is not a local path and HF_HUB_OFFLINE is set, but it is in no "
-                "cache (Hub or datasets); pass a local directory, parquet files (--train_file), or omit it for "
-                "the embedded 'digits' data"
-            )
-        try:
-            splits = datasets.load_dataset(dataset_name, dataset_config_name)
-        except Exception as err:  # offline / unknown id: say what to do instead of a long traceback
-            reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line
-            offline = (
-                "HF_HUB_OFFLINE is set, so only cached Hub data sets load"
-                if hub_offline()
-                else "check the id and the network"
-            )
-            raise ValueError(
-                f"dataset_name: could not load {dataset_name!r} from the Hub with datasets.load_dataset "
-                f"({reason[:300]}); {offline}. Pass a local directory, parquet files (--train_file), or omit it "
-                "for the embedded 'digits' data"
-            ) from err
-        source = dataset_name
-
-    train_name = next((s for s in _TRAIN_SPLITS if s in splits), None)
-    if train_name is None:
-        raise ValueError(f"dataset_name: {source!r} has no 'train' split; splits are {list(splits)}")
-    train = splits[train_name]
-    image_column = _pick_column(train.column_names, _IMAGE_COLUMNS, image_column, "image", "image_column")
-    label_column = _pick_column(train.column_names, _LABEL_COLUMNS, label_column, "label", "label_column")
-
-    _check_labels(train, label_column, train_name)
-    validation_name = next((s for s in _VALIDATION_SPLITS if s in splits), None)
-    if validation_name is not None:
-        validation = splits[validation_name]
-        for argument, column in (("image_column", image_column), ("label_column", label_column)):
-            if column not in validation.column_names:
-                raise ValueError(
-                    f"{argument}: column {column!r} is in the {train_name!r} split but not in the "
-                    f"{validation_name!r} split, whose columns are {validation.column_names}"
-                )
-        _check_labels(validation, label_column, validation_name)
-        split = {"train_split": train_name, "validation_split": validation_name, "carved": False}
-    else:
-        train, validation, carve = _carve_validation(train, label_column, train_val_split, seed)
-        split = {"train_split": train_name, **carve}
-
+    splits, source = _load_splits(dataset_name, dataset_config_name, train_file, validation_file)
+    train, validation, image_column, label_column, split = _train_and_validation(
+        splits, source, image_column, label_column, train_val_split, seed
+    )
     if not isinstance(train.features[label_column], datasets.ClassLabel):
         encoder = LabelEncoder.fit(label_column, train, validation)  # one id per name, shared by both splits
         train, validation = encoder.cast(train, label_column), encoder.cast(validation, label_column)
@@ -294,6 +229,90 @@ def load_image_dataset(
             validation, max_eval_samples, label_column, len(label_names), "max_eval_samples"
         )
     return ImageData(train, validation, image_column, label_column, label_names, source, split)
+
+
+def _load_splits(dataset_name, dataset_config_name, train_file, validation_file):
+    """``(splits, source)``: the ``DatasetDict`` of files, the embedded digits, a local directory or a Hub id, and
+    the name of where it came from (errors name the argument)."""
+    if train_file is not None or validation_file is not None:
+        return _load_files(train_file, validation_file)
+    if dataset_name in (None, DEFAULT_DATASET):
+        return _digits_dataset(), DEFAULT_DATASET
+    if check_name_or_path("dataset_name", dataset_name) == "local":
+        path = Path(dataset_name).expanduser()
+        if not path.is_dir():
+            raise ValueError(
+                f"dataset_name: {dataset_name!r} is a file; expected a directory or a Hub id "
+                "(pass a single parquet/csv/json file as --train_file)"
+            )
+        return _local_directory(path), str(path)
+    return _load_from_hub(dataset_name, dataset_config_name), dataset_name
+
+
+def _load_files(train_file, validation_file):
+    """``(splits, source)`` of ``--train_file`` (and ``--validation_file``): parquet, csv or json."""
+    if train_file is None:
+        raise ValueError("train_file: required when validation_file is given")
+    files = {"train": train_file, **({"validation": validation_file} if validation_file else {})}
+    for argument, file in (("train_file", train_file), ("validation_file", validation_file)):
+        if file is not None and not Path(file).exists():
+            raise ValueError(f"{argument}: {file!r} does not exist")
+    extension = Path(train_file).suffix.lstrip(".")
+    builder = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json"}.get(extension)
+    if builder is None:
+        raise ValueError(f"train_file: expected a .parquet, .csv or .json file, got {train_file!r}")
+    return datasets.load_dataset(builder, data_files=files), str(train_file)
+
+
+def _load_from_hub(dataset_name: str, dataset_config_name):
+    """The splits of a Hub id (or one in the local caches when offline); one line saying what to do otherwise."""
+    if hub_offline() and not _in_dataset_caches(dataset_name):
+        raise ValueError(
+            f"dataset_name: {dataset_name!r} is not a local path and HF_HUB_OFFLINE is set, but it is in no "
+            "cache (Hub or datasets); pass a local directory, parquet files (--train_file), or omit it for "
+            "the embedded 'digits' data"
+        )
+    try:
+        return datasets.load_dataset(dataset_name, dataset_config_name)
+    except Exception as err:  # offline / unknown id: say what to do instead of a long traceback
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line
+        offline = (
+            "HF_HUB_OFFLINE is set, so only cached Hub data sets load"
+            if hub_offline()
+            else "check the id and the network"
+        )
+        raise ValueError(
+            f"dataset_name: could not load {dataset_name!r} from the Hub with datasets.load_dataset "
+            f"({reason[:300]}); {offline}. Pass a local directory, parquet files (--train_file), or omit it "
+            "for the embedded 'digits' data"
+        ) from err
+
+
+def _train_and_validation(splits, source: str, image_column, label_column, train_val_split: float, seed: int):
+    """``(train, validation, image_column, label_column, split)``: the training split, its validation split (the
+    data set's own, or carved from train: :func:`_carve_validation`), the detected columns, with labels checked on
+    both, and the record of where the validation rows come from."""
+    train_name = next((s for s in _TRAIN_SPLITS if s in splits), None)
+    if train_name is None:
+        raise ValueError(f"dataset_name: {source!r} has no 'train' split; splits are {list(splits)}")
+    train = splits[train_name]
+    image_column = _pick_column(train.column_names, _IMAGE_COLUMNS, image_column, "image", "image_column")
+    label_column = _pick_column(train.column_names, _LABEL_COLUMNS, label_column, "label", "label_column")
+    _check_labels(train, label_column, train_name)
+    validation_name = next((s for s in _VALIDATION_SPLITS if s in splits), None)
+    if validation_name is None:
+        train, validation, carve = _carve_validation(train, label_column, train_val_split, seed)
+        return train, validation, image_column, label_column, {"train_split": train_name, **carve}
+    validation = splits[validation_name]
+    for argument, column in (("image_column", image_column), ("label_column", label_column)):
+        if column not in validation.column_names:
+            raise ValueError(
+                f"{argument}: column {column!r} is in the {train_name!r} split but not in the "
+                f"{validation_name!r} split, whose columns are {validation.column_names}"
+            )
+    _check_labels(validation, label_column, validation_name)
+    split = {"train_split": train_name, "validation_split": validation_name, "carved": False}
+    return train, validation, image_column, label_column, split
 
 
 def _carve_validation(train: datasets.Dataset, label_column: str, fraction: float, seed: int):

@@ -356,12 +356,7 @@ def decode_uint8(
         ``(pixels, where)``: a `(N, C, S, S)` uint8 array (memory-mapped when cached) and a phrase for the log
         (``"cached at ..."``, ``"decoded, cached at ..."`` or ``"decoded in memory"``).
     """
-    if num_channels not in (1, 3):
-        raise ValueError(f"num_channels: images convert to 1 (L) or 3 (RGB) channels, got {num_channels!r}")
-    if len(dataset) == 0:
-        raise ValueError("dataset: the split is empty")
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size: expected a positive integer or None, got {image_size!r}")
+    _check_decode_arguments(dataset, num_channels, image_size)
     key = cache_key(dataset, image_column, num_channels, image_size, decode_device) if cache else None
     path = cache_file(key, cache_dir)
     # GPU decoding (nvJPEG) stays in this process: CUDA does not survive the fork of a loader worker.
@@ -371,15 +366,9 @@ def decode_uint8(
         and (workers > 0 or (accelerator is not None and accelerator.num_processes > 1))
     )
     if path is None:
-        if not parallel:
-            return _decode(
-                dataset, image_column, num_channels, image_size, decode_device
-            ), "decoded in memory"
-        pixels = np.empty((len(dataset), num_channels, image_size, image_size), dtype=np.uint8)
-        error = _decode_share(dataset, image_column, num_channels, image_size, pixels, workers, 0, 1)
-        if error is not None:
-            raise ValueError(error)
-        return pixels, f"decoded in memory by {workers} worker(s)"
+        return _decode_in_memory(
+            dataset, image_column, num_channels, image_size, decode_device, workers if parallel else None
+        )
     pixels = load_cached_array(path, np.uint8, (len(dataset), num_channels, image_size, image_size))
     if accelerator is not None and accelerator.num_processes > 1 and image_size is not None:
         pixels = _main_process_view(
@@ -396,6 +385,27 @@ def decode_uint8(
         raise ValueError(error)
     by = f"{group.num_processes} process(es) x {max(workers, 1)} worker(s)"
     return np.load(path, mmap_mode="r"), f"decoded by {by}, cached at {path}"
+
+
+def _check_decode_arguments(dataset: datasets.Dataset, num_channels: int, image_size: int | None) -> None:
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels: images convert to 1 (L) or 3 (RGB) channels, got {num_channels!r}")
+    if len(dataset) == 0:
+        raise ValueError("dataset: the split is empty")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size: expected a positive integer or None, got {image_size!r}")
+
+
+def _decode_in_memory(dataset, image_column, num_channels, image_size, decode_device, workers: int | None):
+    """A split decoded without the cache: in this process (``workers=None``), or by ``workers`` loader workers
+    into one array. Returns ``(pixels, where)`` as :func:`decode_uint8`."""
+    if workers is None:
+        return _decode(dataset, image_column, num_channels, image_size, decode_device), "decoded in memory"
+    pixels = np.empty((len(dataset), num_channels, image_size, image_size), dtype=np.uint8)
+    error = _decode_share(dataset, image_column, num_channels, image_size, pixels, workers, 0, 1)
+    if error is not None:
+        raise ValueError(error)
+    return pixels, f"decoded in memory by {workers} worker(s)"
 
 
 def images_to_array(
