@@ -383,16 +383,20 @@ def ratios(rates: dict[str, float], workers: list[int]) -> list[tuple[str, float
     return rows
 
 
-def cpu_bounds(cpu: dict[str, tuple[float, float]], workers: list[int]) -> list[str]:
-    """What the measured CPU allows ``W`` workers against 0 (``c``: CPU per batch at 0 workers, all of it in the main
-    process; ``m`` and ``w``: the main process's and the workers' per batch with ``W`` workers). The main process
-    still receives and normalises every batch, so the rate is at most ``1 / m`` however fast the workers are
-    (ratio <= c / m); and all of it shares the machine's cores (ratio <= cores * c / (m + w))."""
+def cpu_bounds(
+    cpu: dict[str, tuple[float, float]], rates: dict[str, float], workers: list[int], batch_size: int
+) -> list[str]:
+    """What the measured CPU allows ``W`` workers against 0. With ``t`` the measured time per batch at 0 workers
+    and ``m``, ``w`` the main process's and the workers' CPU per batch with ``W`` workers: the main process still
+    receives and normalises every batch, so ``W`` workers make at most one batch per ``m`` (ratio <= t / m) however
+    fast they are, and all of it shares the machine's cores (ratio <= cores * t / (m + w))."""
     cores = len(os.sched_getaffinity(0))
     lines = []
     for path in ("store warm", "streaming", "baseline"):
-        alone = cpu.get(f"{path} W=0", (0.0, 0.0))[0]
-        for w in (w for w in workers if w > 0 and f"{path} W={w}" in cpu and alone):
+        if f"{path} W=0" not in rates:
+            continue
+        alone = 1000 * batch_size / rates[f"{path} W=0"]  # ms per batch at 0 workers
+        for w in (w for w in workers if w > 0 and f"{path} W={w}" in cpu):
             main, in_workers = cpu[f"{path} W={w}"]
             lines.append(
                 f"BOUND {path}: {w} workers / 0 workers <= {alone / main:.2f} (the main process's share), "
@@ -467,7 +471,7 @@ def main(argv=None) -> int:
     if args.part in ("loaders", "all"):
         for name, (main, workers) in loader_cpu.items():
             print(f"CPU {name}: main process {main:.1f} ms, workers {workers:.1f} ms per batch")
-        for line in cpu_bounds(loader_cpu, args.workers):
+        for line in cpu_bounds(loader_cpu, rates, args.workers, args.batch_size):
             print(line)
     for name, value, target in ratios(rates, args.workers):
         print(f"RATIO {name}: {value:.2f} (target {target})")

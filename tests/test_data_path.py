@@ -186,6 +186,28 @@ def test_random_resized_crop_on_accelerators_samples_the_cpu_positions(dtype):
     assert (cpu.float() - accelerator.float()).abs().max() <= tolerance
 
 
+def test_random_resized_crop_on_accelerators_samples_interpolates_positions_when_shrinking_too():
+    """Crops larger than the output (a store kept larger than the model): the accelerator route samples
+    ``interpolate``'s bilinear positions (not antialiased, docs/data_path.md); half precision works on both routes."""
+    from hf_recperc.images.augment import _resize_crops, _sample_crops, crop_boxes
+
+    images = torch.rand(16, 3, 48, 40)
+    boxes, mirrored = crop_boxes(
+        images, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), flip=True, generator=torch.Generator().manual_seed(1)
+    )
+    assert (boxes[:, 2:] > 24).all()  # every crop shrinks to 24 x 20
+    sampled = _sample_crops(images, boxes, mirrored, (24, 20))
+    for image, crop, (top, left, height, width), flipped in zip(
+        images, sampled, boxes.tolist(), mirrored.tolist()
+    ):
+        box = image[None, :, top : top + height, left : left + width]
+        plain = torch.nn.functional.interpolate(box, size=(24, 20), mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(crop, plain.flip(-1) if flipped else plain, atol=1e-5, rtol=0)
+    half = images.to(torch.bfloat16)
+    for route in (_resize_crops, _sample_crops):
+        assert route(half, boxes, mirrored, (24, 20)).dtype == torch.bfloat16
+
+
 class _AugmentInWorker(torch.utils.data.Dataset):
     """Augments one fixed batch (seeded by the index) and says whether the result was made in shared memory."""
 
