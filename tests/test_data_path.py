@@ -166,46 +166,27 @@ def test_random_resized_crop_is_torchvisions_resized_crop_of_its_boxes():
     assert aspect.min() > 0.7 and aspect.max() < 1.45
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-def test_random_resized_crop_on_accelerators_samples_the_cpu_positions(dtype):
-    """The accelerator route (one batched grid_sample, no host sync) gives the CPU route's crops: the same boxes,
-    the same bilinear positions; within a grey level on uint8 (torch's uint8 resize computes in fixed point)."""
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("store, scale", [(30, (0.1, 1.0)), (48, (0.5, 1.0))], ids=["enlarging", "shrinking"])
+def test_random_resized_crop_on_accelerators_is_the_cpu_resize(dtype, store, scale):
+    """The accelerator route (two batched matrix products, no host sync) gives the CPU route's crops, enlarged or
+    shrunk (a store kept larger than the model) with the same antialiased bilinear filter: to float rounding, and
+    within a grey level on uint8 (torch's CPU resize of uint8 computes in fixed point)."""
     from hf_recperc.images.augment import _resize_crops, _sample_crops, crop_boxes
 
-    images = torch.randint(0, 256, (32, 3, 30, 30), dtype=torch.uint8).to(dtype)
+    images = torch.randint(0, 256, (32, 3, store, store - 2), dtype=torch.uint8).to(dtype)
     boxes, mirrored = crop_boxes(
-        images, scale=(0.1, 1.0), ratio=(3 / 4, 4 / 3), flip=True, generator=torch.Generator().manual_seed(0)
+        images, scale=scale, ratio=(3 / 4, 4 / 3), flip=True, generator=torch.Generator().manual_seed(0)
     )
-    size = (32, 34)
+    size = (32, 34) if store == 30 else (24, 20)
+    assert ((boxes[:, 2] < size[0]) if store == 30 else (boxes[:, 2] > size[0])).all()
     cpu, accelerator = (
         _resize_crops(images, boxes, mirrored, size),
         _sample_crops(images, boxes, mirrored, size),
     )
-    assert accelerator.dtype == dtype and accelerator.shape == (32, 3, 32, 34)
-    tolerance = 1.0 if dtype == torch.uint8 else 1e-3  # upsampling only (boxes <= 30 px, output 32 x 34 px)
+    assert accelerator.dtype == cpu.dtype == dtype and accelerator.shape == (32, 3, *size)
+    tolerance = {torch.uint8: 1.0, torch.float32: 1e-3, torch.bfloat16: 2.0}[dtype]  # grey levels
     assert (cpu.float() - accelerator.float()).abs().max() <= tolerance
-
-
-def test_random_resized_crop_on_accelerators_samples_interpolates_positions_when_shrinking_too():
-    """Crops larger than the output (a store kept larger than the model): the accelerator route samples
-    ``interpolate``'s bilinear positions (not antialiased, docs/data_path.md); half precision works on both routes."""
-    from hf_recperc.images.augment import _resize_crops, _sample_crops, crop_boxes
-
-    images = torch.rand(16, 3, 48, 40)
-    boxes, mirrored = crop_boxes(
-        images, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), flip=True, generator=torch.Generator().manual_seed(1)
-    )
-    assert (boxes[:, 2:] > 24).all()  # every crop shrinks to 24 x 20
-    sampled = _sample_crops(images, boxes, mirrored, (24, 20))
-    for image, crop, (top, left, height, width), flipped in zip(
-        images, sampled, boxes.tolist(), mirrored.tolist()
-    ):
-        box = image[None, :, top : top + height, left : left + width]
-        plain = torch.nn.functional.interpolate(box, size=(24, 20), mode="bilinear", align_corners=False)[0]
-        torch.testing.assert_close(crop, plain.flip(-1) if flipped else plain, atol=1e-5, rtol=0)
-    half = images.to(torch.bfloat16)
-    for route in (_resize_crops, _sample_crops):
-        assert route(half, boxes, mirrored, (24, 20)).dtype == torch.bfloat16
 
 
 class _AugmentInWorker(torch.utils.data.Dataset):

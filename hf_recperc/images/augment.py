@@ -77,9 +77,8 @@ def random_resized_crop_flip(
 
     On the CPU each crop is resized on its own (``interpolate``, antialiased; uint8 stays uint8, rounded as PIL
     does): small per-image work that stays in cache, 4-5x faster than sampling the whole batch in float. On
-    accelerators one ``grid_sample`` of the batch samples the same positions (no host sync); the two agree within
-    float rounding (a grey level on uint8), except that a crop larger than ``size`` is averaged (antialiased) on
-    the CPU only (docs/data_path.md).
+    accelerators the same resize runs for the whole batch as two batched matrix products (no host sync); the two
+    agree within float rounding (a grey level on uint8, whose CPU resize computes in fixed point).
 
     Args:
         pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): float or uint8 images.
@@ -153,28 +152,37 @@ def _resize_crops(
 def _sample_crops(
     pixel_values: torch.Tensor, boxes: torch.Tensor, mirrored: torch.Tensor, size: tuple[int, int]
 ):
-    """Accelerators: one bilinear ``grid_sample`` of the batch at ``interpolate``'s positions
-    (``left + (j + 0.5) * width / columns - 0.5``, clamped to the box), in float; uint8 is rounded back."""
+    """Accelerators: the CPU route's antialiased bilinear resize for the whole batch at once, as two batched matrix
+    products with each crop's row and column weights (:func:`_resize_weights`), no host sync; in float, uint8 is
+    rounded back. `(B, C, H, W)` -> `(B, C, rows, columns)`."""
     _, _, height, width = pixel_values.shape
-    boxes = boxes.float()
+    boxes = boxes.to(torch.float32)
+    rows = _resize_weights(boxes[:, 0], boxes[:, 2], height, size[0])  # (B, rows, H)
+    columns = _resize_weights(boxes[:, 1], boxes[:, 3], width, size[1])  # (B, columns, W)
+    columns = torch.where(mirrored[:, None, None], columns.flip(1), columns)
+    resized = rows[:, None] @ pixel_values.float() @ columns[:, None].transpose(-1, -2)
+    return round_to_uint8(resized) if pixel_values.dtype == torch.uint8 else resized.to(pixel_values.dtype)
 
-    def positions(start, extent, side, out):  # (B,) -> (B, out) grid_sample coordinates in [-1, 1]
-        steps = torch.arange(out, device=pixel_values.device, dtype=torch.float32) + 0.5
-        pixel = (start[:, None] + steps * (extent[:, None] / out) - 0.5).clamp(
-            start[:, None], (start + extent - 1)[:, None]
-        )
-        return (2 * pixel + 1) / side - 1
 
-    columns = positions(boxes[:, 1], boxes[:, 3], width, size[1])
-    columns = torch.where(mirrored[:, None], columns.flip(-1), columns)
-    rows = positions(boxes[:, 0], boxes[:, 2], height, size[0])
-    grid = torch.stack(
-        [columns[:, None, :].expand(-1, size[0], -1), rows[:, :, None].expand(-1, -1, size[1])], dim=-1
-    )  # (B, rows, columns, 2): x, then y
-    sampled = torch.nn.functional.grid_sample(
-        pixel_values.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return round_to_uint8(sampled) if pixel_values.dtype == torch.uint8 else sampled.to(pixel_values.dtype)
+def _resize_weights(start: torch.Tensor, extent: torch.Tensor, side: int, samples: int) -> torch.Tensor:
+    """`(B, samples, side)` weights of torch's antialiased bilinear ``interpolate`` (``align_corners=False``) of each
+    box ``[start, start + extent)`` `(B,)` of an axis of ``side`` pixels to ``samples`` pixels: a triangle filter as
+    wide as one output pixel when shrinking (one input pixel when enlarging), cut to the box and each row summing to
+    1, zero outside the box; the same windows as torch's CPU kernel."""
+    scale = extent / samples  # (B,) input pixels per output pixel
+    support = scale.clamp(min=1.0)
+    centre = scale[:, None] * (
+        torch.arange(samples, device=start.device, dtype=torch.float32) + 0.5
+    )  # (B, S)
+    low = torch.floor(centre - support[:, None] + 0.5).clamp(min=0)
+    high = torch.minimum(torch.floor(centre + support[:, None] + 0.5), extent[:, None])
+    pixel = (
+        torch.arange(side, device=start.device, dtype=torch.float32) - start[:, None]
+    )  # (B, side), box coords
+    offset = (pixel[:, None, :] - centre[..., None] + 0.5) / support[:, None, None]  # (B, S, side)
+    inside = (pixel[:, None, :] >= low[..., None]) & (pixel[:, None, :] < high[..., None])
+    weights = (1 - offset.abs()).clamp(min=0) * inside
+    return weights / weights.sum(-1, keepdim=True)
 
 
 _PADDING_MODES = {"reflect": "reflect", "zeros": "constant"}
