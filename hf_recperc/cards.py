@@ -199,6 +199,77 @@ def _layer_rows(results: Mapping[str, Any], subspaces: list[str]) -> list[dict[s
     ]
 
 
+def _card_data(
+    results: Mapping[str, Any], spec: Any, *, model_name: str, base_model: str | None, dataset_id: str | None
+) -> ModelCardData:
+    """The card's YAML header: license, tags, datasets, base model and ``model-index`` results."""
+    return ModelCardData(
+        model_name=model_name,
+        license=results["args"].get("model_license") or "apache-2.0",
+        library_name="transformers",
+        pipeline_tag="image-feature-extraction",
+        tags=[
+            "hf_recperc",
+            "self-supervised",
+            *spec.card_tags,
+            "reconstruction",
+        ],
+        datasets=[dataset_id] if dataset_id else None,
+        base_model=base_model,
+        metrics=["accuracy", "mse"],
+        eval_results=model_index_results(results),
+    )
+
+
+def _band_cells(results: Mapping[str, Any]) -> dict[str, str]:
+    """``{band: cell}`` of the frequency-band measurements; empty when none was measured."""
+    band_prefix = eval_key(band_key(""))
+    bands = {k.removeprefix(band_prefix): cell(v) for k, v in results.items() if k.startswith(band_prefix)}
+    if all(value == "not measured" for value in bands.values()):
+        bands = {}
+    return bands
+
+
+def _augmentation(args: Mapping[str, Any]) -> str:
+    """The training augmentations that were on, comma-separated, or ``"none"``."""
+    return (
+        ", ".join(
+            part
+            for part, on in (
+                (f"random crop (padding {args['random_crop_padding']})", args["random_crop_padding"]),
+                ("horizontal flip", args["random_flip"]),
+            )
+            if on
+        )
+        or "none"
+    )
+
+
+def _hyperparameters(results: Mapping[str, Any], family: str) -> dict[str, Any]:
+    """The card's hyperparameter table: ``{row label: value}`` from the run's arguments and run record."""
+    args, run = results["args"], results["run"]
+    preset = run.get("preset") or args.get("model_name_or_path") or f"{family} default"
+    return {
+        "model family / preset": f"{family} / {preset}",
+        "monitors": ", ".join(run.get("monitors") or []) or "default",
+        "parameters": f"{run['num_parameters']:,}",
+        "corruption": run["corruption"],
+        "guidance g": run["guidance"],
+        "optimiser": f"AdamW (betas {args['adam_beta1']}, {args['adam_beta2']}; weight decay {args['weight_decay']})",
+        "learning rate": f"{run['effective_learning_rate']:g}"
+        + (f" (= {args['learning_rate']:g} x {run['total_batch_size']} / 256)" if args["scale_lr"] else ""),
+        "schedule": f"{args['lr_scheduler_type']}, warmup {args['warmup_steps'] or args['warmup_ratio']}",
+        "total batch size": f"{run['total_batch_size']} ({run['num_processes']} process(es) x "
+        f"{args['per_device_train_batch_size']} x {args['gradient_accumulation_steps']} accumulation)",
+        "steps / epochs": f"{results['step']} / {results['epoch']:.2f}",
+        "mixed precision": run["mixed_precision"],
+        "augmentation": _augmentation(args),
+        "seed": args["seed"],
+        # The run's one duration (results.json run.runtime_seconds), which the run's last log line quotes.
+        "training time": f"{run['runtime_seconds']:.1f} s on {run['device']} (until publishing)",
+    }
+
+
 def render_model_card(
     results: Mapping[str, Any],
     *,
@@ -229,54 +300,8 @@ def render_model_card(
 
     family = run["family"]
     spec = get_family(family, argument="results['run']['family']")
-    card_data = ModelCardData(
-        model_name=model_name,
-        license=args.get("model_license") or "apache-2.0",
-        library_name="transformers",
-        pipeline_tag="image-feature-extraction",
-        tags=[
-            "hf_recperc",
-            "self-supervised",
-            *spec.card_tags,
-            "reconstruction",
-        ],
-        datasets=[dataset_id] if dataset_id else None,
-        base_model=base_model,
-        metrics=["accuracy", "mse"],
-        eval_results=model_index_results(results),
-    )
-    band_prefix = eval_key(band_key(""))
-    bands = {k.removeprefix(band_prefix): cell(v) for k, v in results.items() if k.startswith(band_prefix)}
-    if all(value == "not measured" for value in bands.values()):
-        bands = {}
-    preset = run.get("preset") or args.get("model_name_or_path") or f"{family} default"
-    hyperparameters = {
-        "model family / preset": f"{family} / {preset}",
-        "monitors": ", ".join(run.get("monitors") or []) or "default",
-        "parameters": f"{run['num_parameters']:,}",
-        "corruption": run["corruption"],
-        "guidance g": run["guidance"],
-        "optimiser": f"AdamW (betas {args['adam_beta1']}, {args['adam_beta2']}; weight decay {args['weight_decay']})",
-        "learning rate": f"{run['effective_learning_rate']:g}"
-        + (f" (= {args['learning_rate']:g} x {run['total_batch_size']} / 256)" if args["scale_lr"] else ""),
-        "schedule": f"{args['lr_scheduler_type']}, warmup {args['warmup_steps'] or args['warmup_ratio']}",
-        "total batch size": f"{run['total_batch_size']} ({run['num_processes']} process(es) x "
-        f"{args['per_device_train_batch_size']} x {args['gradient_accumulation_steps']} accumulation)",
-        "steps / epochs": f"{results['step']} / {results['epoch']:.2f}",
-        "mixed precision": run["mixed_precision"],
-        "augmentation": ", ".join(
-            part
-            for part, on in (
-                (f"random crop (padding {args['random_crop_padding']})", args["random_crop_padding"]),
-                ("horizontal flip", args["random_flip"]),
-            )
-            if on
-        )
-        or "none",
-        "seed": args["seed"],
-        # The run's one duration (results.json run.runtime_seconds), which the run's last log line quotes.
-        "training time": f"{run['runtime_seconds']:.1f} s on {run['device']} (until publishing)",
-    }
+    card_data = _card_data(results, spec, model_name=model_name, base_model=base_model, dataset_id=dataset_id)
+    bands, hyperparameters = _band_cells(results), _hyperparameters(results, family)
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path),

@@ -35,7 +35,7 @@ from .cli import DataArguments
 from .images import cache_root, images_to_array, paper_preprocessing, random_crop_flip
 from .layers import conv_bn_relu
 from .publish.atomic import prepare_cache_dir, save_npz
-from .spectral import PCA, parse_subspace
+from .spectral import PCA, SubspaceSpec, parse_subspace
 from .validation import check_positive_int, check_positive_number
 
 __all__ = [
@@ -480,6 +480,74 @@ def _accuracy(model, images, labels, config: TrainConfig, device) -> float:
     return correct / len(images)
 
 
+def _step_budget(num_train: int, config: TrainConfig) -> tuple[int, int]:
+    """``(steps_per_epoch, total_steps)``: ``config.epochs`` epochs, capped at ``config.max_steps``."""
+    steps_per_epoch = math.ceil(num_train / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    return steps_per_epoch, total_steps
+
+
+def _epoch_batches(num_train: int, batch_size: int, generator: torch.Generator, device):
+    """Yield the `(B,)` index tensors (on ``device``) of one shuffled epoch, drawn from ``generator``."""
+    order = torch.randperm(num_train, generator=generator).to(device)
+    for batch_start in range(0, len(order), batch_size):
+        index = order[batch_start : batch_start + batch_size]
+        if len(index) < 2:  # a last batch of one image: BatchNorm cannot train on it
+            continue
+        yield index
+
+
+def _run_steps(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    total_steps: int,
+    generator: torch.Generator,
+    config: TrainConfig,
+    device,
+    description: str,
+) -> tuple[int, float, int, int]:
+    """Train ``model`` for ``total_steps`` steps over shuffled epochs of ``x_train`` `(N, C, H, W)` and
+    ``y_train`` `(N,)`: ``(steps, last loss, correct predictions and images seen in the last epoch)``.
+
+    Raises FloatingPointError (naming the step) when the loss is NaN/inf."""
+    step, loss_value, correct, seen = 0, float("nan"), 0, 0
+    progress = tqdm(total=total_steps, desc=description, disable=config.disable_tqdm, leave=False)
+    while step < total_steps:
+        model.train()
+        correct, seen = 0, 0
+        for index in _epoch_batches(len(x_train), config.batch_size, generator, device):
+            if step >= total_steps:
+                break
+            images, labels = x_train[index], y_train[index]  # (B, C, H, W), (B,)
+            if config.augment:
+                # Zero padding: projected images are centred, so 0 is the data's mean value.
+                images = random_crop_flip(
+                    images, padding=config.crop_padding, flip=True, generator=generator, padding_mode="zeros"
+                )
+            with _autocast(device, config.mixed_precision):
+                logits = model(images.contiguous(memory_format=torch.channels_last))
+                loss = nn.functional.cross_entropy(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{description}: loss is {loss.item()} at step {step}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_value = loss.item()
+            correct += (logits.argmax(-1) == labels).sum().item()
+            seen += len(labels)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.3f}")
+    progress.close()
+    return step, loss_value, correct, seen
+
+
 def train_classifier(
     train_images: np.ndarray,
     train_labels: np.ndarray,
@@ -519,48 +587,14 @@ def train_classifier(
     x_eval = torch.from_numpy(np.ascontiguousarray(eval_images))
     y_eval = torch.from_numpy(np.asarray(eval_labels, dtype=np.int64))
 
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    steps_per_epoch, total_steps = _step_budget(len(x_train), config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
 
     start_time = time.perf_counter()
-    step, loss_value, correct, seen = 0, float("nan"), 0, 0
-    progress = tqdm(total=total_steps, desc=description, disable=config.disable_tqdm, leave=False)
-    while step < total_steps:
-        model.train()
-        correct, seen = 0, 0
-        order = torch.randperm(len(x_train), generator=generator).to(device)
-        for batch_start in range(0, len(order), config.batch_size):
-            if step >= total_steps:
-                break
-            index = order[batch_start : batch_start + config.batch_size]
-            if len(index) < 2:  # a last batch of one image: BatchNorm cannot train on it
-                continue
-            images, labels = x_train[index], y_train[index]  # (B, C, H, W), (B,)
-            if config.augment:
-                # Zero padding: projected images are centred, so 0 is the data's mean value.
-                images = random_crop_flip(
-                    images, padding=config.crop_padding, flip=True, generator=generator, padding_mode="zeros"
-                )
-            with _autocast(device, config.mixed_precision):
-                logits = model(images.contiguous(memory_format=torch.channels_last))
-                loss = nn.functional.cross_entropy(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{description}: loss is {loss.item()} at step {step}; lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_value = loss.item()
-            correct += (logits.argmax(-1) == labels).sum().item()
-            seen += len(labels)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.3f}")
-    progress.close()
+    step, loss_value, correct, seen = _run_steps(
+        model, x_train, y_train, optimizer, scheduler, total_steps, generator, config, device, description
+    )
     accuracy = _accuracy(model, x_eval, y_eval, config, device)
     return {
         "accuracy": accuracy,
@@ -584,6 +618,86 @@ def fraction_grid(fractions) -> list[str]:
     for fraction in fractions:
         specs += [str(parse_subspace(f"top:{fraction}")), str(parse_subspace(f"bottom:{fraction}"))]
     return specs
+
+
+def _runnable_subspaces(pca: PCA, subspaces: list[str], skip_empty: bool) -> list[SubspaceSpec]:
+    """The parsed ``subspaces`` that are not empty on ``pca``; an empty one raises spectral's ``ValueError``,
+    or with ``skip_empty`` is left out with a warning."""
+    runnable = []
+    for spec in subspaces:
+        parsed = parse_subspace(spec)
+        try:
+            pca.subspace(parsed)
+        except ValueError as err:
+            if not skip_empty:
+                raise
+            logger.warning("skipping %s: %s", parsed, err)
+            continue
+        runnable.append(parsed)
+    return runnable
+
+
+def _scaled_projections(
+    pca: PCA, train_flat: np.ndarray, eval_flat: np.ndarray, spec: str, image_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training `(N, C, H, W)` and evaluation `(M, C, H, W)` images projected onto ``spec``, both divided by the
+    standard deviation of the projected training pixels (1 when that is 0)."""
+    train_x = project_images(pca, train_flat, spec, image_shape)
+    eval_x = project_images(pca, eval_flat, spec, image_shape)
+    scale = float(train_x.std()) or 1.0
+    train_x /= scale
+    eval_x /= scale
+    return train_x, eval_x
+
+
+def _train_on_subspace(
+    parsed: SubspaceSpec,
+    pca: PCA,
+    splits: PixelSplits,
+    train_flat: np.ndarray,
+    train_labels: np.ndarray,
+    config: TrainConfig,
+) -> dict:
+    """Train and evaluate one classifier on the ``parsed`` subspace; its record (see
+    :func:`run_projection_experiment`), logged in one line."""
+    spec = str(parsed)
+    train_x, eval_x = _scaled_projections(pca, train_flat, splits.eval_flat, spec, splits.image_shape)
+    result = train_classifier(
+        train_x,
+        train_labels,
+        eval_x,
+        splits.eval_labels,
+        len(splits.label_names),
+        config,
+        description=spec,
+    )
+    record = {
+        "subspace": spec,
+        "kind": parsed.kind,
+        "fraction": float(parsed.value) if parsed.kind in ("top", "bottom") else None,
+        "dims": int(pca.subspace(parsed).numel()),
+        "explained_variance": pca.explained_variance(parsed),
+        "accuracy": result["accuracy"],
+        "train_accuracy": result["train_accuracy"],
+        "classifier": config.classifier,
+        "epochs": result["epochs"],
+        "steps": result["steps"],
+        "train_size": len(train_x),
+        "eval_size": len(eval_x),
+        "seed": config.seed,
+        "seconds": result["seconds"],
+        "device": result["device"],
+        "source": splits.source,
+    }
+    logger.info(
+        "%s: %d dims, explained variance %.3f, accuracy %.4f (%.0f s)",
+        spec,
+        record["dims"],
+        record["explained_variance"],
+        record["accuracy"],
+        record["seconds"],
+    )
+    return record
 
 
 def run_projection_experiment(
@@ -620,64 +734,13 @@ def run_projection_experiment(
         ``device``, ``source``.
     """
     pca = pca if pca is not None else fit_pixel_pca(splits.train_flat, cache=cache, cache_dir=cache_dir)
-    runnable = []
-    for spec in subspaces:
-        parsed = parse_subspace(spec)
-        try:
-            pca.subspace(parsed)
-        except ValueError as err:
-            if not skip_empty:
-                raise
-            logger.warning("skipping %s: %s", parsed, err)
-            continue
-        runnable.append(parsed)
-
+    runnable = _runnable_subspaces(pca, subspaces, skip_empty)
     train_count = len(splits.train_flat) if config.train_subset is None else config.train_subset
     train_flat = splits.train_flat[:train_count]
     train_labels = splits.train_labels[:train_count]
     records = []
     for parsed in runnable:
-        spec = str(parsed)
-        train_x = project_images(pca, train_flat, spec, splits.image_shape)
-        eval_x = project_images(pca, splits.eval_flat, spec, splits.image_shape)
-        scale = float(train_x.std()) or 1.0
-        train_x /= scale
-        eval_x /= scale
-        result = train_classifier(
-            train_x,
-            train_labels,
-            eval_x,
-            splits.eval_labels,
-            len(splits.label_names),
-            config,
-            description=spec,
-        )
-        record = {
-            "subspace": spec,
-            "kind": parsed.kind,
-            "fraction": float(parsed.value) if parsed.kind in ("top", "bottom") else None,
-            "dims": int(pca.subspace(parsed).numel()),
-            "explained_variance": pca.explained_variance(parsed),
-            "accuracy": result["accuracy"],
-            "train_accuracy": result["train_accuracy"],
-            "classifier": config.classifier,
-            "epochs": result["epochs"],
-            "steps": result["steps"],
-            "train_size": len(train_x),
-            "eval_size": len(eval_x),
-            "seed": config.seed,
-            "seconds": result["seconds"],
-            "device": result["device"],
-            "source": splits.source,
-        }
-        logger.info(
-            "%s: %d dims, explained variance %.3f, accuracy %.4f (%.0f s)",
-            spec,
-            record["dims"],
-            record["explained_variance"],
-            record["accuracy"],
-            record["seconds"],
-        )
+        record = _train_on_subspace(parsed, pca, splits, train_flat, train_labels, config)
         records.append(record)
         if on_record is not None:
             on_record(record)

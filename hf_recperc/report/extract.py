@@ -284,6 +284,77 @@ def _resize_processor(processor, image_size: int) -> None:
         processor.crop_size = {"height": image_size, "width": image_size}
 
 
+def _wrap_module(model: nn.Module, image_processor, image_size: int | None) -> tuple[object, str]:
+    """The processor and kind (``"timm"``, ``"recperc"`` or ``"transformers"``) of an already built module.
+
+    Raises ValueError naming ``model`` (not a vision model taking ``pixel_values``) or ``image_processor`` (none
+    given and none saved next to a transformers module's ``name_or_path``)."""
+    name = type(model).__name__
+    if hasattr(model, "forward_intermediates") and hasattr(model, "pretrained_cfg"):
+        return image_processor or TimmProcessor(model, image_size), "timm"
+    kind = "recperc" if callable(getattr(model, "hidden_states", None)) else "transformers"
+    if getattr(model, "main_input_name", None) != "pixel_values":
+        raise ValueError(f"model: a {name} is not a vision model taking pixel_values")
+    processor = image_processor
+    if processor is None and getattr(model, "name_or_path", ""):
+        from transformers import AutoImageProcessor  # noqa: PLC0415
+
+        try:
+            processor = AutoImageProcessor.from_pretrained(model.name_or_path)
+        except Exception:
+            processor = None
+    if processor is None:
+        raise ValueError(f"image_processor: required for a built {name}; {PIXEL_PROCESSOR_HINT}")
+    return processor, kind
+
+
+def _load_named(
+    name: str, image_processor, trust_remote_code: bool, image_size: int | None
+) -> tuple[nn.Module, object, str]:
+    """``(model, processor, kind)`` of a Hub id, local directory or ``timm:<name>``; ``image_processor``, when
+    given, replaces the loaded processor. Raises ValueError naming ``model_name_or_path``."""
+    path = Path(name).expanduser()
+    if name.startswith(TIMM_PREFIXES) or (path.is_dir() and _is_timm_directory(path)):
+        model, processor, kind = _load_timm(name, image_size)
+    else:
+        if name.startswith((".", "/", "~")) and not path.exists():
+            raise ValueError(f"model_name_or_path: local path {name!r} does not exist")
+        model, processor, kind = _load_transformers(name, trust_remote_code, image_size)
+    if image_processor is not None:
+        processor = image_processor
+    return model, processor, kind
+
+
+def _input_layout(
+    model: nn.Module, kind: str, processor, name: str, argument: str, image_processor
+) -> tuple[int, int]:
+    """``(num_channels, num_prefix_tokens)`` of a loaded backbone; checks that a transformers model returns hidden
+    states and that the processor's channels match the model's (ValueError naming ``argument`` or
+    ``image_processor``)."""
+    if kind == "timm":
+        num_channels = int(processor.config["input_size"][0]) if isinstance(processor, TimmProcessor) else 3
+        return num_channels, int(getattr(model, "num_prefix_tokens", 0) or 0)
+    config = getattr(model, "config", None)
+    num_channels = int(getattr(config, "num_channels", 3) or 3)
+    num_prefix_tokens = _transformers_prefix_tokens(model, config)
+    if kind == "transformers":
+        _check_takes_hidden_states(model, name, argument)
+    _check_channels(processor, num_channels, name, "image_processor" if image_processor else argument)
+    return num_channels, num_prefix_tokens
+
+
+def _forward_extras(model: nn.Module, kind: str) -> dict:
+    """Extra keyword arguments of every forward call (``{"noise": True}`` for ViTMAE, else none)."""
+    extra = {}
+    if kind == "transformers" and hasattr(getattr(model, "embeddings", None), "random_masking"):
+        # ViTMAE masks (and shuffles) patches in its forward. For inference every patch must be seen, in order:
+        # mask_ratio 0 keeps them all and an increasing ``noise`` makes the shuffle the identity, so the
+        # embeddings equal an unmasked ViT forward (tests/test_report.py checks this).
+        model.config.mask_ratio = 0.0
+        extra["noise"] = True
+    return extra
+
+
 def load_backbone(
     model_name_or_path: str | nn.Module,
     *,
@@ -310,58 +381,20 @@ def load_backbone(
     argument = "model_name_or_path"
     if isinstance(model_name_or_path, nn.Module):
         model, name, argument = model_name_or_path, type(model_name_or_path).__name__, "model"
-        if hasattr(model, "forward_intermediates") and hasattr(model, "pretrained_cfg"):
-            kind, processor = "timm", image_processor or TimmProcessor(model, image_size)
-        else:
-            kind = "recperc" if callable(getattr(model, "hidden_states", None)) else "transformers"
-            if getattr(model, "main_input_name", None) != "pixel_values":
-                raise ValueError(f"model: a {name} is not a vision model taking pixel_values")
-            processor = image_processor
-            if processor is None and getattr(model, "name_or_path", ""):
-                from transformers import AutoImageProcessor  # noqa: PLC0415
-
-                try:
-                    processor = AutoImageProcessor.from_pretrained(model.name_or_path)
-                except Exception:
-                    processor = None
-            if processor is None:
-                raise ValueError(f"image_processor: required for a built {name}; {PIXEL_PROCESSOR_HINT}")
+        processor, kind = _wrap_module(model, image_processor, image_size)
     elif not isinstance(model_name_or_path, str) or not model_name_or_path:
         raise ValueError(
             f"model_name_or_path: expected a Hub id, a path or timm:<name>, got {model_name_or_path!r}"
         )
     else:
         name = model_name_or_path
-        path = Path(name).expanduser()
-        if name.startswith(TIMM_PREFIXES) or (path.is_dir() and _is_timm_directory(path)):
-            model, processor, kind = _load_timm(name, image_size)
-        else:
-            if name.startswith((".", "/", "~")) and not path.exists():
-                raise ValueError(f"model_name_or_path: local path {name!r} does not exist")
-            model, processor, kind = _load_transformers(name, trust_remote_code, image_size)
-        if image_processor is not None:
-            processor = image_processor
+        model, processor, kind = _load_named(name, image_processor, trust_remote_code, image_size)
 
     model.eval()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
-    config = getattr(model, "config", None)
-    if kind == "timm":
-        num_channels = int(processor.config["input_size"][0]) if isinstance(processor, TimmProcessor) else 3
-        num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
-    else:
-        num_channels = int(getattr(config, "num_channels", 3) or 3)
-        num_prefix_tokens = _transformers_prefix_tokens(model, config)
-        if kind == "transformers":
-            _check_takes_hidden_states(model, name, argument)
-        _check_channels(processor, num_channels, name, "image_processor" if image_processor else argument)
-    extra = {}
-    if kind == "transformers" and hasattr(getattr(model, "embeddings", None), "random_masking"):
-        # ViTMAE masks (and shuffles) patches in its forward. For inference every patch must be seen, in order:
-        # mask_ratio 0 keeps them all and an increasing ``noise`` makes the shuffle the identity, so the
-        # embeddings equal an unmasked ViT forward (tests/test_report.py checks this).
-        model.config.mask_ratio = 0.0
-        extra["noise"] = True
+    num_channels, num_prefix_tokens = _input_layout(model, kind, processor, name, argument, image_processor)
+    extra = _forward_extras(model, kind)
     if kind == "recperc":
         default_poolings = tuple(model.default_poolings)
     else:

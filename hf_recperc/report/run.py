@@ -581,14 +581,8 @@ def perception_report(
     started = time.perf_counter()
     subspaces, monitors = list(subspaces), list(dict.fromkeys(monitors))
     _check_arguments(monitors, subspaces, mixed_precision, batch_size, poolings, output_dir, knn_k, ridge)
-    given = dict(monitor_settings or {})
-    monitor_settings = {**monitor_defaults(monitors), **given}  # what the monitors run with, recorded
-    check_monitor_settings(
-        monitors, {**report_settings(subspaces, ridge, knn_k, knn_temperature), **monitor_settings}, given
-    )
-    cache = FeatureCache(feature_cache) if feature_cache is not None else None  # a file there: refused now
-    if output_dir is not None:
-        report_output_dir(output_dir).check()  # a user's report.md or figure: refused before any work
+    monitor_settings = _monitor_settings(monitors, subspaces, ridge, knn_k, knn_temperature, monitor_settings)
+    cache = _check_outputs(feature_cache, output_dir)
     inputs = load_inputs(
         model, dataset, layers=layers, poolings=poolings, mixed_precision=mixed_precision,
         image_processor=image_processor, image_size=image_size, trust_remote_code=trust_remote_code, device=device,
@@ -598,12 +592,7 @@ def perception_report(
     knn_k = _bank_k(monitors, knn_k, inputs.data)
     source = feature_source(inputs, batch_size, num_workers, mixed_precision, progress)
     settings = {**report_settings(subspaces, ridge, knn_k, knn_temperature), **(monitor_settings or {})}
-    built = build_feature_monitors(
-        inputs.plan.features, monitors, settings, _bank_dtype(inputs.device),
-        {"num_prefix_tokens": inputs.provenance()["num_prefix_tokens"]},
-    )  # fmt: skip
-    metrics, timings = evaluate(built, source, inputs.plan, curves)
-    store_features(inputs, source)
+    built, metrics, timings = _measure(inputs, source, monitors, settings, curves)
     options = {
         "batch_size": batch_size, "mixed_precision": mixed_precision, "ridge": ridge, "knn_k": knn_k,
         "knn_temperature": knn_temperature, "image_size": image_size, **(monitor_settings or {}),
@@ -615,6 +604,45 @@ def perception_report(
     if output_dir is not None and _rank_and_world()[0] == 0:
         write_report(report, report_figures(report, built) if figures else {}, output_dir)
     return report
+
+
+def _monitor_settings(
+    monitors: list[str],
+    subspaces: list[str],
+    ridge: float,
+    knn_k: int,
+    knn_temperature: float,
+    monitor_settings,
+) -> dict[str, Any]:
+    """What the monitors run with (and the report records): their defaults, updated by ``monitor_settings``;
+    checked against the report's own settings (ValueError naming ``monitor_settings``) before any work."""
+    given = dict(monitor_settings or {})
+    monitor_settings = {**monitor_defaults(monitors), **given}  # what the monitors run with, recorded
+    check_monitor_settings(
+        monitors, {**report_settings(subspaces, ridge, knn_k, knn_temperature), **monitor_settings}, given
+    )
+    return monitor_settings
+
+
+def _check_outputs(feature_cache, output_dir) -> FeatureCache | None:
+    """The feature cache (``None`` without one), after refusing, before any work, a file where its folder goes
+    and a user's file (``report.md``, a figure) where the report would be written."""
+    cache = FeatureCache(feature_cache) if feature_cache is not None else None  # a file there: refused now
+    if output_dir is not None:
+        report_output_dir(output_dir).check()  # a user's report.md or figure: refused before any work
+    return cache
+
+
+def _measure(inputs: ReportInputs, source, monitors: list[str], settings: dict[str, Any], curves: bool):
+    """Run the per-feature ``monitors`` over ``source``'s rows and store what was extracted in the feature cache:
+    ``(built monitors {feature: {name: monitor}}, metrics, timings)``."""
+    built = build_feature_monitors(
+        inputs.plan.features, monitors, settings, _bank_dtype(inputs.device),
+        {"num_prefix_tokens": inputs.provenance()["num_prefix_tokens"]},
+    )  # fmt: skip
+    metrics, timings = evaluate(built, source, inputs.plan, curves)
+    store_features(inputs, source)
+    return built, metrics, timings
 
 
 def _bank_k(monitors: Sequence[str], knn_k: int, data: ImageData) -> int:
