@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,6 +415,10 @@ class TrainConfig:
             raise ValueError(f"classifier: expected one of {CLASSIFIERS}, got {self.classifier!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             check_positive_int(name, getattr(self, name))
+        if self.batch_size < 2:  # a batch of one image is skipped (BatchNorm): training would never step
+            raise ValueError(
+                "batch_size: expected an integer >= 2 (BatchNorm trains on 2 images or more), got 1"
+            )
         for name in ("max_steps", "train_subset", "width"):
             check_positive_int(name, getattr(self, name), allow_none=True)
         self.lr = check_positive_number("lr", self.lr)
@@ -482,7 +485,8 @@ def _accuracy(model, images, labels, config: TrainConfig, device) -> float:
 
 def _step_budget(num_train: int, config: TrainConfig) -> tuple[int, int]:
     """``(steps_per_epoch, total_steps)``: ``config.epochs`` epochs, capped at ``config.max_steps``."""
-    steps_per_epoch = math.ceil(num_train / config.batch_size)
+    # A last batch of one image is skipped (_epoch_batches): it is no step.
+    steps_per_epoch = num_train // config.batch_size + (num_train % config.batch_size >= 2)
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -574,6 +578,10 @@ def train_classifier(
     Raises:
         FloatingPointError: when the loss becomes NaN/inf, naming the step.
     """
+    if len(train_images) < 2:
+        raise ValueError(
+            f"train_images: expected 2 rows or more (BatchNorm trains on 2 images), got {len(train_images)}"
+        )
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # initialisation
     generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation

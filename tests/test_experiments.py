@@ -170,10 +170,22 @@ def test_max_steps_caps_training(digits):
     assert result["steps"] == 3 and result["epochs"] < 1
 
 
+def test_an_epoch_counts_the_batches_that_train(digits):
+    """A last batch of one image is skipped (BatchNorm), so it is no step: 5 rows in batches of 2 are 2 steps an
+    epoch, and 2 epochs are 4 steps (before, the budget counted 3 an epoch and trained into a third epoch); one
+    training row is refused (its only batch would never train: the loop never ended)."""
+    config = TrainConfig(classifier="mlp", width=8, epochs=2, batch_size=2, disable_tqdm=True)
+    rows = digits.train_images[:5], digits.train_labels[:5]
+    result = train_classifier(*rows, digits.eval_images[:8], digits.eval_labels[:8], 10, config)
+    assert result["steps"] == 4 and result["epochs"] == 2
+    with pytest.raises(ValueError, match="train_images: expected 2 rows or more"):
+        train_classifier(rows[0][:1], rows[1][:1], digits.eval_images[:8], digits.eval_labels[:8], 10, config)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"classifier": "x"}, "classifier"), ({"epochs": 0}, "epochs"), ({"max_steps": 0}, "max_steps"),
-     ({"lr": 0.0}, "lr"), ({"mixed_precision": "fp8"}, "mixed_precision")],
+     ({"lr": 0.0}, "lr"), ({"mixed_precision": "fp8"}, "mixed_precision"), ({"batch_size": 1}, "batch_size")],
 )  # fmt: skip
 def test_train_config_validates(kwargs, message):
     with pytest.raises(ValueError, match=message):
