@@ -230,12 +230,14 @@ def _band_cells(results: Mapping[str, Any]) -> dict[str, str]:
     return bands
 
 
-def _augmentation(args: Mapping[str, Any]) -> str:
+def _training_transforms(args: Mapping[str, Any]) -> str:
     """The training augmentations that were on, comma-separated, or ``"none"``."""
+    resized_crop = args.get("random_resized_crop")  # absent from runs made before it existed
     return (
         ", ".join(
             part
             for part, on in (
+                (f"RandomResizedCrop (area {resized_crop}-1.0 of the image)", resized_crop),
                 (f"random crop (padding {args['random_crop_padding']})", args["random_crop_padding"]),
                 ("horizontal flip", args["random_flip"]),
             )
@@ -263,7 +265,7 @@ def _hyperparameters(results: Mapping[str, Any], family: str) -> dict[str, Any]:
         f"{args['per_device_train_batch_size']} x {args['gradient_accumulation_steps']} accumulation)",
         "steps / epochs": f"{results['step']} / {results['epoch']:.2f}",
         "mixed precision": run["mixed_precision"],
-        "augmentation": _augmentation(args),
+        "augmentation": _training_transforms(args),
         "seed": args["seed"],
         # The run's one duration (results.json run.runtime_seconds), which the run's last log line quotes.
         "training time": f"{run['runtime_seconds']:.1f} s on {run['device']} (until publishing)",

@@ -162,3 +162,14 @@ def test_card_states_the_knn_settings_the_run_used():
     assert "k=5, cosine, temperature 0.2" in text and "k=20" not in text
     names = [entry.metric_name for entry in model_index_results(results)]
     assert "kNN accuracy (k=5, cosine, temperature 0.2, majority vote)" in names
+
+
+def test_card_states_the_augmentation_the_run_trained_with():
+    """A card never says a run was not augmented when it was: RandomResizedCrop (MAE's augmentation, arXiv
+    2402.11337 section 5) is named with its area range, as the CIFAR crop and the flip are."""
+    text = str(render_model_card(make_results(random_resized_crop=0.2, random_flip=True)))
+    assert "RandomResizedCrop (area 0.2-1.0 of the image), horizontal flip" in text
+    text = str(
+        render_model_card(make_results(random_resized_crop=None, random_flip=False, random_crop_padding=0))
+    )
+    assert "RandomResizedCrop" not in text
