@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .publish.atomic import atomic_path, clean_partials
+
 __all__ = ["is_distributed", "distributed_sum", "gather_rows", "run_on_main_process", "FileExchange"]
 
 
@@ -159,7 +161,9 @@ class FileExchange:
             own.release()
 
     def _remove_state_files(self, token: str | None = None) -> None:
-        """Delete this exchange's state files (finished or partial): all of them, or those of ``token``."""
+        """Delete this exchange's state files (finished or partial): all of them, or those of ``token``; and
+        partial files of writers that no longer run."""
+        clean_partials(self.directory)
         prefix = f"{self.name}-"
         for entry in os.scandir(self.directory):
             rest = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
@@ -230,6 +234,5 @@ class FileExchange:
 
     @staticmethod
     def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-        partial = path.with_name(path.name + ".partial")
-        write(str(partial))
-        os.replace(partial, path)
+        with atomic_path(path) as partial:  # a killed writer's partial file: clean_partials removes it
+            write(str(partial))

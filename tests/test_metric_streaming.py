@@ -21,6 +21,7 @@ from conftest import assert_same_metric_results
 
 import hf_recperc
 import hf_recperc.streaming
+from hf_recperc.publish.atomic import HOST
 
 SUBSPACES = ["top:0.9", "bottom:0.2", "first:3", "last:4", "all"]
 WORKER = Path(__file__).with_name("metric_stream_worker.py")
@@ -307,12 +308,18 @@ def plant_stale_states(data_dir: Path, experiment_id: str, num_process: int) -> 
     for path in paths:
         torch.save(stream.state(), path)
     (data_dir / f"{prefix}.probe-token").write_text(STALE_TOKEN)
-    return [*paths, data_dir / f"{prefix}.probe-token"]
+    # A sender killed while writing leaves its partial file (publish.atomic's name: host and pid of the writer).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    partial = data_dir / f".{prefix}-1.{STALE_TOKEN}.probe.tmp-{HOST}-{dead.pid}.pt"
+    torch.save(stream.state(), partial)
+    return [*paths, data_dir / f"{prefix}.probe-token", partial]
 
 
 def exchange_files(data_dir: Path) -> list[str]:
     """State, partial and token files of the metric's multi-process mode left in ``data_dir``."""
-    return sorted(p.name for p in data_dir.iterdir() if ".probe.pt" in p.name or "probe-token" in p.name)
+    names = (".probe.pt", "probe-token", ".probe.tmp-")
+    return sorted(p.name for p in data_dir.iterdir() if any(name in p.name for name in names))
 
 
 def test_evaluate_multi_process_mode_never_merges_a_stale_file(tmp_path):

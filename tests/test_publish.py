@@ -450,3 +450,17 @@ def test_a_results_json_that_is_not_a_runs_never_makes_the_folder_the_trainers(t
     (earlier_run / "README.md").write_text("card\n")
     (earlier_run / "results.json").write_text(json.dumps({"args": {}, "run": {}, "versions": {}}))
     assert TrainerOutputDirectory(earlier_run).collisions() == set()
+
+
+def test_replace_directory_swaps_a_whole_directory_in(tmp_path):
+    """A checkpoint directory is renamed into place whole; one of the same name (the periodic checkpoint of the
+    step the run ends at) is replaced, and nothing set aside is left."""
+    from hf_recperc.publish.atomic import replace_directory
+
+    final, staging = tmp_path / "checkpoint-5", tmp_path / ".tmp-checkpoint-5"
+    for directory, text in ((final, "periodic"), (staging, "final")):
+        directory.mkdir()
+        (directory / "trainer_state.json").write_text(text)
+    replace_directory(staging, final)
+    assert (final / "trainer_state.json").read_text() == "final"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-5"]

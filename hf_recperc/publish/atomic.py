@@ -106,6 +106,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             partial.unlink()  # only left when the write or the rename failed
 
 
+def replace_directory(staging: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename the whole directory ``staging`` to ``final``. A directory ``final`` may exist (a periodic checkpoint,
+    then the final one of the same step): it is set aside, the new one renamed in, then the old one deleted, so a
+    kill at any point leaves a whole directory under the final name or beside it (``.old-NAME``)."""
+    final = Path(final)
+    aside = final.with_name(f".old-{final.name}")
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(staging, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
     with atomic_path(path) as partial:

@@ -8,7 +8,6 @@ same way (:func:`publish`). Every JSON file of the project goes through :func:`w
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from ..publish import write_json
+from ..publish.atomic import replace_directory
 from .checkpoint_files import Trainables, load_training_state, resumable, save_training_state
 from .output_dir import earlier_run_error
 from .state import CHECKPOINT_PREFIX, TRAINER_STATE, TrainerState
@@ -129,22 +129,10 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(staging / TRAINER_STATE, state.to_dict())
-        _swap_in(staging, final)
+        replace_directory(staging, final)
         _prune(checkpoints, total_limit)
     accelerator.wait_for_everyone()
     return final
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    """Rename ``staging`` to ``final``. A checkpoint of this step may exist (a periodic one, then the final one):
-    set it aside, swap, then delete it, so a kill at any point leaves a whole checkpoint under the final name or
-    beside it."""
-    aside = final.with_name(f".old-{final.name}")
-    if final.exists():
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-    os.replace(staging, final)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _prune(checkpoints: Path, total_limit: int | None) -> None:
