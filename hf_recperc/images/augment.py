@@ -134,10 +134,8 @@ def _resize_crops(
     pixel_values: torch.Tensor, boxes: torch.Tensor, mirrored: torch.Tensor, size: tuple[int, int]
 ):
     """CPU: a slice and an antialiased bilinear resize per image (uint8 in, uint8 out: torch's fast path)."""
-    if pixel_values.dtype in (
-        torch.float16,
-        torch.bfloat16,
-    ):  # no antialiased resize in half precision on CPU
+    # torch has no antialiased resize in half precision on the CPU.
+    if pixel_values.dtype in (torch.float16, torch.bfloat16):
         return _resize_crops(pixel_values.float(), boxes, mirrored, size).to(pixel_values.dtype)
     out = new_batch(pixel_values, (pixel_values.shape[0], pixel_values.shape[1], *size))
     for i, ((top, left, height, width), flipped) in enumerate(zip(boxes.tolist(), mirrored.tolist())):
@@ -147,6 +145,17 @@ def _resize_crops(
         )[0]
         out[i] = resized.flip(-1) if flipped else resized
     return out
+
+
+def new_batch(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised tensor of ``like``'s dtype and device for an augmented batch; in shared memory inside a
+    loader worker, as torch's ``default_collate`` allocates its batches there, so that handing the batch to the
+    main process does not copy it (measured with ``benchmarks/data_path.py``'s CPU lines, batches of 32 at 224 px:
+    the stream's workers 45.3-45.9 ms per batch against 46.0-46.5 ms, the store's 9.0-9.1 against 9.3-9.6)."""
+    if like.device.type != "cpu" or torch.utils.data.get_worker_info() is None:
+        return like.new_empty(shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * like.element_size())
+    return like.new_empty(0).set_(storage).view(shape)
 
 
 def _sample_crops(
@@ -171,14 +180,12 @@ def _resize_weights(start: torch.Tensor, extent: torch.Tensor, side: int, sample
     1, zero outside the box; the same windows as torch's CPU kernel."""
     scale = extent / samples  # (B,) input pixels per output pixel
     support = scale.clamp(min=1.0)
-    centre = scale[:, None] * (
-        torch.arange(samples, device=start.device, dtype=torch.float32) + 0.5
-    )  # (B, S)
+    steps = torch.arange(samples, device=start.device, dtype=torch.float32) + 0.5  # (S,)
+    centre = scale[:, None] * steps  # (B, S), in box coordinates
     low = torch.floor(centre - support[:, None] + 0.5).clamp(min=0)
     high = torch.minimum(torch.floor(centre + support[:, None] + 0.5), extent[:, None])
-    pixel = (
-        torch.arange(side, device=start.device, dtype=torch.float32) - start[:, None]
-    )  # (B, side), box coords
+    # (B, side): every pixel of the axis in box coordinates.
+    pixel = torch.arange(side, device=start.device, dtype=torch.float32) - start[:, None]
     offset = (pixel[:, None, :] - centre[..., None] + 0.5) / support[:, None, None]  # (B, S, side)
     inside = (pixel[:, None, :] >= low[..., None]) & (pixel[:, None, :] < high[..., None])
     weights = (1 - offset.abs()).clamp(min=0) * inside
@@ -258,17 +265,6 @@ def _slice_windows(padded: torch.Tensor, offsets: torch.Tensor, height: int, wid
     return torch.stack(
         [padded[i, :, top : top + height, left : left + width] for i, (top, left) in enumerate(corners)]
     )
-
-
-def new_batch(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised tensor of ``like``'s dtype and device for an augmented batch; in shared memory inside a
-    loader worker, as torch's ``default_collate`` allocates its batches there, so that handing the batch to the
-    main process does not copy it (measured with ``benchmarks/data_path.py``'s CPU lines, batches of 32 at 224 px:
-    the stream's workers 45.3-45.9 ms per batch against 46.0-46.5 ms, the store's 9.0-9.1 against 9.3-9.6)."""
-    if like.device.type != "cpu" or torch.utils.data.get_worker_info() is None:
-        return like.new_empty(shape)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * like.element_size())
-    return like.new_empty(0).set_(storage).view(shape)
 
 
 def _gather_windows(padded: torch.Tensor, offsets: torch.Tensor, height: int, width: int) -> torch.Tensor:
