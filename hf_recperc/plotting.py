@@ -65,25 +65,11 @@ def plot_curve_panels(
     figure = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows + (0.4 if title else 0)), dpi=dpi)
     axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (panel_title, curves) in zip(axes, panels.items()):
-        colors = (
-            colormaps[colormap](np.linspace(0.0, 0.9, max(len(curves), 1)))
-            if colormap
-            else [None] * len(curves)
-        )
-        for color, (label, (x, y)) in zip(colors, curves.items()):
-            x, y = np.asarray(x), np.asarray(y)
-            if x.shape != y.shape or x.ndim != 1:
-                raise ValueError(
-                    f"panels[{panel_title!r}][{label!r}]: x and y must be 1-D of one length, got {x.shape} and {y.shape}"
-                )
-            ax.plot(x, y, label=label, color=color, linewidth=1.4)
+        _plot_curves(ax, panel_title, curves, colormap)
         if reference is not None:
             ax.axhline(reference, color="0.5", linestyle="--", linewidth=0.8)
         if min_yspan is not None:
-            low, high = ax.get_ylim()
-            if high - low < min_yspan:
-                middle = (low + high) / 2
-                ax.set_ylim(middle - min_yspan / 2, middle + min_yspan / 2)
+            _widen_ylim(ax, min_yspan)
         if logx:
             ax.set_xscale("log")
         style_axis(ax, panel_title, xlabel, ylabel)
@@ -92,6 +78,30 @@ def plot_curve_panels(
     if title:
         figure.suptitle(title, fontsize=11)
     return save_figure(figure, path)
+
+
+def _plot_curves(ax, panel_title: str, curves: Mapping[str, Curve], colormap: str | None) -> None:
+    """One line per curve ``{label: (x, y)}`` (1-D, one length) on ``ax``, coloured in order along ``colormap``
+    (default: matplotlib's colour cycle)."""
+    colors = (
+        colormaps[colormap](np.linspace(0.0, 0.9, max(len(curves), 1))) if colormap else [None] * len(curves)
+    )
+    for color, (label, (x, y)) in zip(colors, curves.items()):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape or x.ndim != 1:
+            raise ValueError(
+                f"panels[{panel_title!r}][{label!r}]: x and y must be 1-D of one length, got {x.shape} and {y.shape}"
+            )
+        ax.plot(x, y, label=label, color=color, linewidth=1.4)
+
+
+def _widen_ylim(ax, min_yspan: float) -> None:
+    """Widen ``ax``'s y range to at least ``min_yspan``, centred on its data: curves equal up to round-off look
+    flat instead of being autoscaled to 1e-12."""
+    low, high = ax.get_ylim()
+    if high - low < min_yspan:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - min_yspan / 2, middle + min_yspan / 2)
 
 
 def style_axis(ax, title: str | None, xlabel: str | None, ylabel: str | None) -> None:

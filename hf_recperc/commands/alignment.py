@@ -146,6 +146,32 @@ def check_memory_before_decoding(data, image_size: int | None) -> None:
     )
 
 
+def _figure_writers(study: dict, name: str) -> dict:
+    """``{file name: writer}`` of the two figures for :meth:`OutputDirectory.write`: task alignment and denoising
+    benefit against K (:func:`figure_panels`), titled with the data set's ``name``."""
+    alignment_figure = functools.partial(
+        plot_curve_panels,
+        figure_panels(study, "alignment"),
+        xlabel="latent size K",
+        ylabel="task alignment (%)",
+        title=f"Optimal linear (denoising) autoencoders: task alignment, {name}",
+        logx=True,
+        colormap="viridis",
+    )
+    benefit_figure = functools.partial(
+        plot_curve_panels,
+        figure_panels(study, "benefit"),
+        xlabel="latent size K",
+        ylabel="denoising benefit (%)",
+        title=f"Alignment gained over no noise, {name}",
+        logx=True,
+        colormap="viridis",
+        reference=0.0,
+        min_yspan=1.0,  # Gaussian benefits are 0 up to round-off: show them as flat, not as 1e-12 wiggles
+    )
+    return {"alignment.png": alignment_figure, "denoising_benefit.png": benefit_figure}
+
+
 def run(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, solve every corruption in closed form, write figures and curves; returns the study."""
     data_args, args = parse_arguments((DataArguments, AlignmentArguments), argv)
@@ -175,30 +201,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
     study = add_verdicts({"dataset": data.source, "image_shape": list(images.shape[1:]), **study})
 
     name = f"{Path(data.source).name} ({len(X)} images, D={study['dim']})"
-    alignment_figure = functools.partial(
-        plot_curve_panels,
-        figure_panels(study, "alignment"),
-        xlabel="latent size K",
-        ylabel="task alignment (%)",
-        title=f"Optimal linear (denoising) autoencoders: task alignment, {name}",
-        logx=True,
-        colormap="viridis",
-    )
-    benefit_figure = functools.partial(
-        plot_curve_panels,
-        figure_panels(study, "benefit"),
-        xlabel="latent size K",
-        ylabel="denoising benefit (%)",
-        title=f"Alignment gained over no noise, {name}",
-        logx=True,
-        colormap="viridis",
-        reference=0.0,
-        min_yspan=1.0,  # Gaussian benefits are 0 up to round-off: show them as flat, not as 1e-12 wiggles
-    )
     output_dir = output.write(
         {
-            "alignment.png": alignment_figure,
-            "denoising_benefit.png": benefit_figure,
+            **_figure_writers(study, name),
             "alignment.json": functools.partial(write_json, payload=study, indent=None),
         }
     )

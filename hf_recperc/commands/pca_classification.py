@@ -32,6 +32,7 @@ from ..experiments import (
     PRESETS,
     DataArguments,
     RunArguments,
+    TrainConfig,
     config_from_preset,
     fit_pixel_pca,
     fraction_grid,
@@ -82,19 +83,20 @@ PCA_CLASSIFICATION_OUTPUTS = Outputs(
 )
 
 
-def run(argv: Sequence[str] | None = None) -> list[dict]:
-    """Parse ``argv``, train one classifier per subspace, write results and figure; returns the records."""
-    args, data_args, run_args = parse_arguments((ExperimentArguments, DataArguments, RunArguments), argv)
-    configure_logging(logging.INFO)
-    if args.subspaces and args.fractions:
-        raise ValueError("subspaces / fractions: give one of them, not both")
-
+def _training_config(args: ExperimentArguments, run_args: RunArguments) -> tuple[TrainConfig, dict]:
+    """``(config, preset_extras)`` of :func:`~hf_recperc.experiments.config_from_preset`: the preset with every
+    training option given on the command line on top."""
     overrides = {
         k: v for k, v in asdict(args).items() if k not in ("output_dir", "preset", "subspaces", "fractions")
     }
     overrides.update(seed=run_args.seed, device=run_args.device, mixed_precision=run_args.mixed_precision,
                      disable_tqdm=run_args.disable_tqdm)  # fmt: skip
-    config, preset_extras = config_from_preset(args.preset, overrides)
+    return config_from_preset(args.preset, overrides)
+
+
+def _requested_subspaces(args: ExperimentArguments, preset_extras: dict) -> tuple[list[str], bool]:
+    """``(subspaces, skip_empty)``: ``--subspaces``, else ``--fractions``' grid, else the preset's (a grid skips
+    its empty subspaces, a list names none); each spec parsed."""
     if args.subspaces:
         subspaces, skip_empty = args.subspaces, False
     elif args.fractions:
@@ -105,6 +107,28 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
         subspaces, skip_empty = fraction_grid(preset_extras["fractions"]), True
     for spec in subspaces:
         parse_subspace(spec)  # a typo fails here, not after minutes of decoding and PCA
+    return subspaces, skip_empty
+
+
+def _print_summary(records: list[dict], output_dir: Path, start: float) -> None:
+    """One line per subspace's record, then the files written and the wall time since ``start``."""
+    results_file, figure = output_dir / "results.json", output_dir / "accuracy_vs_variance.png"
+    for record in records:
+        print(
+            f"{record['subspace']:>12}  dims {record['dims']:5d}  explained variance {record['explained_variance']:.3f}"
+            f"  accuracy {record['accuracy']:.4f}  ({record['seconds']:.0f} s)"
+        )
+    print(f"results: {results_file}\nfigure: {figure}\ntotal wall time: {time.perf_counter() - start:.0f} s")
+
+
+def run(argv: Sequence[str] | None = None) -> list[dict]:
+    """Parse ``argv``, train one classifier per subspace, write results and figure; returns the records."""
+    args, data_args, run_args = parse_arguments((ExperimentArguments, DataArguments, RunArguments), argv)
+    configure_logging(logging.INFO)
+    if args.subspaces and args.fractions:
+        raise ValueError("subspaces / fractions: give one of them, not both")
+    config, preset_extras = _training_config(args, run_args)
+    subspaces, skip_empty = _requested_subspaces(args, preset_extras)
 
     output = OutputDirectory(args.output_dir, PCA_CLASSIFICATION_OUTPUTS)
     output.check()  # a user's results.json: refused before decoding and PCA
@@ -143,13 +167,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
             "accuracy_vs_variance.png": functools.partial(plot_accuracy_vs_variance, records, title=title),
         }
     )
-    results_file, figure = output_dir / "results.json", output_dir / "accuracy_vs_variance.png"
-    for record in records:
-        print(
-            f"{record['subspace']:>12}  dims {record['dims']:5d}  explained variance {record['explained_variance']:.3f}"
-            f"  accuracy {record['accuracy']:.4f}  ({record['seconds']:.0f} s)"
-        )
-    print(f"results: {results_file}\nfigure: {figure}\ntotal wall time: {time.perf_counter() - start:.0f} s")
+    _print_summary(records, output_dir, start)
     return records
 
 

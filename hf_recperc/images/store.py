@@ -369,11 +369,10 @@ def decode_uint8(
         return _decode_in_memory(
             dataset, image_column, num_channels, image_size, decode_device, workers if parallel else None
         )
-    pixels = load_cached_array(path, np.uint8, (len(dataset), num_channels, image_size, image_size))
+    shape = (len(dataset), num_channels, image_size, image_size)  # (N, C, S, S)
+    pixels = load_cached_array(path, np.uint8, shape)
     if accelerator is not None and accelerator.num_processes > 1 and image_size is not None:
-        pixels = _main_process_view(
-            path, pixels, accelerator, (len(dataset), num_channels, image_size, image_size)
-        )
+        pixels = _main_process_view(path, pixels, accelerator, shape)
     if pixels is not None:
         return pixels, f"cached at {path}"
     if not parallel:

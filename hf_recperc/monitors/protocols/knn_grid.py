@@ -165,6 +165,53 @@ def _holdout_accuracy(train_X, train_y, columns, classes, held_rows, ks, tempera
     return {key: accuracy(classes[p], train_y[held_rows]) for key, p in held_weighted.items()}
 
 
+def _select_on_holdout(
+    train_X, train_y, columns, classes, fit_rows, held_rows, ks, temperatures, chunk_size
+) -> tuple[tuple[int, float], float]:
+    """``((k, T), held-out accuracy)`` of the weighted setting chosen on the held-out training rows ``held_rows``
+    (:func:`_holdout_accuracy`; ties: the first in grid order), each ``k`` clipped to the split's ``fit_rows``."""
+    selection_ks, _ = _clipped(ks, len(fit_rows), "selection bank")
+    held_accuracy = _holdout_accuracy(
+        train_X, train_y, columns, classes, held_rows, selection_ks, temperatures, chunk_size
+    )
+    best = max(held_accuracy, key=held_accuracy.get)  # dicts keep grid order: the first maximum
+    return best, held_accuracy[best]
+
+
+def _test_predictions(train_X, columns, test_X, ks, temperatures, num_classes: int, chunk_size, ranking):
+    """Every setting on the test rows ``test_X`` `(M, D)`, with the whole training set ``train_X`` `(N, D)` as the
+    bank: ``(majority {k: (M,)}, weighted {(k, T): (M,)}, clipped)`` predicted columns (:func:`knn_grid_predict`)
+    and the map of the ``ks`` clipped to the ``N`` rows (:func:`_clipped`)."""
+    test_ks, clipped = _clipped(ks, train_X.shape[0], "training bank")
+    majority, weighted = knn_grid_predict(
+        train_X, columns, test_X, test_ks, temperatures, num_classes, chunk_size, ranking=ranking
+    )
+    return majority, weighted, clipped
+
+
+def _checked_ks(ks) -> tuple[int, ...]:
+    """``ks`` as a tuple of integers >= 1; a one-line ``ValueError`` for anything else (a string, an empty list)."""
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__") or not len(ks):
+        raise ValueError(f"ks: expected a non-empty list of integers >= 1, got {ks!r}")
+    return tuple(check_positive_int("ks", k) for k in ks)
+
+
+def _sweep_accuracies(
+    classes, majority, weighted, test_y, ks, temperatures, bank_rows: int
+) -> dict[str, float]:
+    """Test accuracy of every setting of the grid (nothing chosen on it): ``knn_grid/accuracy/k=<k>`` (majority)
+    and ``knn_grid/weighted_accuracy/k=<k>,t=<T>``, from the predicted columns ``{k: (M,)}`` and ``{(k, T): (M,)}``
+    of a bank of ``bank_rows`` rows."""
+    results = {}
+    # Keys name the k asked for (tables line up across models); a clipped k scores the whole bank.
+    for k in ks:
+        used = min(k, bank_rows)
+        results[knn_grid_key("accuracy", k)] = accuracy(classes[majority[used]], test_y)
+        for t in temperatures:
+            results[knn_grid_key("weighted_accuracy", k, t)] = accuracy(classes[weighted[(used, t)]], test_y)
+    return results
+
+
 def knn_grid_protocol(
     train_X,
     train_y,
@@ -197,9 +244,7 @@ def knn_grid_protocol(
         ``knn_grid/{accuracy,holdout_accuracy,k,temperature}``, ``knn_grid/selection`` and, when a k was clipped,
         ``knn_grid/clipped`` (strings).
     """
-    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__") or not len(ks):
-        raise ValueError(f"ks: expected a non-empty list of integers >= 1, got {ks!r}")
-    ks = tuple(check_positive_int("ks", k) for k in ks)
+    ks = _checked_ks(ks)
     temperatures = check_grid("temperatures", temperatures)
     check_positive_int("max_selection_queries", max_selection_queries)
     train_X, train_y, test_X, test_y = check_protocol_inputs(train_X, train_y, test_X, test_y)
@@ -209,30 +254,20 @@ def knn_grid_protocol(
         raise ValueError("test_ranking: a ranking of the unrestricted features cannot serve a subspace")
     train_X, test_X = restrict_to_subspace(train_X, test_X, subspace)
     classes, columns = class_columns(train_y)
-    num_classes = classes.numel()
-    selection_ks, _ = _clipped(ks, len(fit_rows), "selection bank")
-    held_accuracy = _holdout_accuracy(
-        train_X, train_y, columns, classes, held_rows, selection_ks, temperatures, chunk_size
+    (best_k, best_t), held_accuracy = _select_on_holdout(
+        train_X, train_y, columns, classes, fit_rows, held_rows, ks, temperatures, chunk_size
     )
-    best_k, best_t = max(held_accuracy, key=held_accuracy.get)  # dicts keep grid order: the first maximum
-    # Test: every setting, with the whole training set as the bank.
-    test_ks, clipped = _clipped(ks, train_X.shape[0], "training bank")
-    majority, weighted = knn_grid_predict(
-        train_X, columns, test_X, test_ks, temperatures, num_classes, chunk_size, ranking=test_ranking
+    majority, weighted, clipped = _test_predictions(
+        train_X, columns, test_X, ks, temperatures, classes.numel(), chunk_size, test_ranking
     )
     results: dict[str, Any] = {
         knn_grid_key("accuracy"): accuracy(classes[weighted[(best_k, best_t)]], test_y),
-        knn_grid_key("holdout_accuracy"): held_accuracy[(best_k, best_t)],
+        knn_grid_key("holdout_accuracy"): held_accuracy,
         knn_grid_key("k"): best_k,
         knn_grid_key("temperature"): best_t,
+        **_sweep_accuracies(classes, majority, weighted, test_y, ks, temperatures, train_X.shape[0]),
+        knn_grid_key("selection"): f"held-out {holdout:g} of {SELECTED_ON_TRAIN}",
     }
-    # Keys name the k asked for (tables line up across models); a clipped k scores the whole bank.
-    for k in ks:
-        used = min(k, train_X.shape[0])
-        results[knn_grid_key("accuracy", k)] = accuracy(classes[majority[used]], test_y)
-        for t in temperatures:
-            results[knn_grid_key("weighted_accuracy", k, t)] = accuracy(classes[weighted[(used, t)]], test_y)
-    results[knn_grid_key("selection")] = f"held-out {holdout:g} of {SELECTED_ON_TRAIN}"
     if clipped:
         results[knn_grid_key("clipped")] = ", ".join(f"k={k} -> {v}" for k, v in clipped.items())
     return results

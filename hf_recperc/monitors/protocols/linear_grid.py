@@ -92,6 +92,17 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
     return exp.div_(exp.sum(-1, keepdim=True))
 
 
+def _batches(num_rows: int, batch: int, epochs: int, seed: int):
+    """The rows of each step, ``epochs`` passes over ``num_rows`` rows: every row (``slice(None)``) when ``batch``
+    covers them all, else index tensors of ``batch`` rows from one seeded shuffle per pass (the last may be
+    shorter)."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = None if batch == num_rows else torch.randperm(num_rows, generator=generator)
+        for start in range(0, num_rows, batch):
+            yield slice(None) if order is None else order[start : start + batch]
+
+
 @torch.no_grad()
 def train_logistic_grid(
     X: torch.Tensor,
@@ -135,25 +146,20 @@ def train_logistic_grid(
     column_decays = decays.repeat_interleave(num_classes)
     targets = torch.nn.functional.one_hot(columns, num_classes).to(dtype)  # (N, C)
     batch = num_rows if batch_size is None else min(batch_size, num_rows)
-    total, step = epochs * math.ceil(num_rows / batch), 0
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = None if batch == num_rows else torch.randperm(num_rows, generator=generator)
-        for start in range(0, num_rows, batch):
-            rows = slice(None) if order is None else order[start : start + batch]
-            inputs, batch_targets = centred[rows], targets[rows]  # (b, D), (b, C)
-            # Nesterov: the gradient is taken at the look-ahead point W + momentum * v.
-            ahead_w, ahead_b = weights + momentum * velocity_w, biases + momentum * velocity_b
-            logits = (inputs @ ahead_w + ahead_b).view(-1, num_settings, num_classes)  # (b, G, C)
-            residual = (_softmax(logits) - batch_targets[:, None]) / len(inputs)  # d(mean CE)/d logits
-            residual = residual.view(-1, num_settings * num_classes)  # (b, G C)
-            grad_w = precondition(inputs.T @ residual + column_decays * ahead_w)  # (D, G C)
-            rate = column_rates * 0.5 * (1 + math.cos(math.pi * step / total))  # cosine decay to zero
-            velocity_w.mul_(momentum).sub_(rate * grad_w)
-            velocity_b.mul_(momentum).sub_(rate * residual.sum(0))
-            weights += velocity_w
-            biases += velocity_b
-            step += 1
+    total = epochs * math.ceil(num_rows / batch)
+    for step, rows in enumerate(_batches(num_rows, batch, epochs, seed)):
+        inputs, batch_targets = centred[rows], targets[rows]  # (b, D), (b, C)
+        # Nesterov: the gradient is taken at the look-ahead point W + momentum * v.
+        ahead_w, ahead_b = weights + momentum * velocity_w, biases + momentum * velocity_b
+        logits = (inputs @ ahead_w + ahead_b).view(-1, num_settings, num_classes)  # (b, G, C)
+        residual = (_softmax(logits) - batch_targets[:, None]) / len(inputs)  # d(mean CE)/d logits
+        residual = residual.view(-1, num_settings * num_classes)  # (b, G C)
+        grad_w = precondition(inputs.T @ residual + column_decays * ahead_w)  # (D, G C)
+        rate = column_rates * 0.5 * (1 + math.cos(math.pi * step / total))  # cosine decay to zero
+        velocity_w.mul_(momentum).sub_(rate * grad_w)
+        velocity_b.mul_(momentum).sub_(rate * residual.sum(0))
+        weights += velocity_w
+        biases += velocity_b
     weights = weights.view(dim, num_settings, num_classes).permute(1, 0, 2)  # (G, D, C)
     biases = biases.view(num_settings, num_classes)
     return mean, weights, biases
