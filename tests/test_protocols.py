@@ -576,3 +576,18 @@ def test_the_few_shot_monitor_skips_shots_a_class_cannot_give(data, caplog):
     metrics = monitor.compute()
     assert few_shot_key("accuracy", 1) in metrics and few_shot_key("accuracy", 500) not in metrics
     assert "[500]-shot skipped" in caplog.text
+
+
+def test_knn_grid_chooses_a_clipped_k_without_failing():
+    """A k above the selection bank is clipped there; when that setting wins, the protocol answers with the k asked
+    for and scores it as the sweep does (it raised KeyError: the selection's clipped k was looked up among the
+    test's, clipped to more rows)."""
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(340, 8, generator=generator)
+    y = (torch.rand(340, generator=generator) < 0.2).long()  # noise around a majority class: large k wins
+    results = knn_grid_protocol(
+        X[:300], y[:300], X[300:], y[300:], ks=(1, 250, 400), temperatures=(1.0,), holdout=0.3
+    )
+    assert results["knn_grid/k"] in (250, 400) and "k=400 -> 300" in results["knn_grid/clipped"]
+    swept = results[f"knn_grid/weighted_accuracy/k={results['knn_grid/k']},t=1"]
+    assert results["knn_grid/accuracy"] == swept

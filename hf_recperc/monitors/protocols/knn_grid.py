@@ -166,16 +166,19 @@ def _holdout_accuracy(train_X, train_y, columns, classes, held_rows, ks, tempera
 
 
 def _select_on_holdout(
-    train_X, train_y, columns, classes, fit_rows, held_rows, ks, temperatures, chunk_size
+    train_X, train_y, columns, classes, held_rows, ks, temperatures, chunk_size
 ) -> tuple[tuple[int, float], float]:
     """``((k, T), held-out accuracy)`` of the weighted setting chosen on the held-out training rows ``held_rows``
-    (:func:`_holdout_accuracy`; ties: the first in grid order), each ``k`` clipped to the split's ``fit_rows``."""
-    selection_ks, _ = _clipped(ks, len(fit_rows), "selection bank")
+    (:func:`_holdout_accuracy`; ties: the first in grid order). Each ``k`` is clipped to the selection's bank (every
+    training row but ``held_rows``); the ``k`` returned is the one asked for, as the sweep's keys name it."""
+    bank = train_X.shape[0] - len(held_rows)
+    selection_ks, _ = _clipped(ks, bank, "selection bank")
     held_accuracy = _holdout_accuracy(
         train_X, train_y, columns, classes, held_rows, selection_ks, temperatures, chunk_size
     )
-    best = max(held_accuracy, key=held_accuracy.get)  # dicts keep grid order: the first maximum
-    return best, held_accuracy[best]
+    (used, t) = max(held_accuracy, key=held_accuracy.get)  # dicts keep grid order: the first maximum
+    asked = next(k for k in ks if min(k, bank) == used)
+    return (asked, t), held_accuracy[(used, t)]
 
 
 def _test_predictions(train_X, columns, test_X, ks, temperatures, num_classes: int, chunk_size, ranking):
@@ -248,20 +251,22 @@ def knn_grid_protocol(
     temperatures = check_grid("temperatures", temperatures)
     check_positive_int("max_selection_queries", max_selection_queries)
     train_X, train_y, test_X, test_y = check_protocol_inputs(train_X, train_y, test_X, test_y)
-    fit_rows, held_rows = holdout_split(train_X.shape[0], holdout, seed)
+    _, held_rows = holdout_split(train_X.shape[0], holdout, seed)
     held_rows = held_rows[:max_selection_queries]
     if test_ranking is not None and str(parse_subspace(subspace)) != "all":
         raise ValueError("test_ranking: a ranking of the unrestricted features cannot serve a subspace")
     train_X, test_X = restrict_to_subspace(train_X, test_X, subspace)
     classes, columns = class_columns(train_y)
     (best_k, best_t), held_accuracy = _select_on_holdout(
-        train_X, train_y, columns, classes, fit_rows, held_rows, ks, temperatures, chunk_size
+        train_X, train_y, columns, classes, held_rows, ks, temperatures, chunk_size
     )
     majority, weighted, clipped = _test_predictions(
         train_X, columns, test_X, ks, temperatures, classes.numel(), chunk_size, test_ranking
     )
     results: dict[str, Any] = {
-        knn_grid_key("accuracy"): accuracy(classes[weighted[(best_k, best_t)]], test_y),
+        knn_grid_key("accuracy"): accuracy(
+            classes[weighted[(min(best_k, train_X.shape[0]), best_t)]], test_y
+        ),
         knn_grid_key("holdout_accuracy"): held_accuracy,
         knn_grid_key("k"): best_k,
         knn_grid_key("temperature"): best_t,
