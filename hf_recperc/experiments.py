@@ -579,9 +579,7 @@ def train_classifier(
         FloatingPointError: when the loss becomes NaN/inf, naming the step.
     """
     if len(train_images) < 2:
-        raise ValueError(
-            f"train_images: expected 2 rows or more (BatchNorm trains on 2 images), got {len(train_images)}"
-        )
+        raise ValueError(f"train_images: expected 2 rows or more (one batch of 2), got {len(train_images)}")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # initialisation
     generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation

@@ -241,20 +241,7 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
             :class:`~hf_recperc.models.ae.modeling_recperc.RecPercForPreTrainingOutput`; `mask` is ViTMAE's patch mask of
             shape `(batch_size, num_patches)`, 1 for masked patches.
         """
-        check_pixel_values(
-            pixel_values,
-            self.config.num_channels,
-            None if interpolate_pos_encoding else self.config.image_size,
-        )
-        if noise is not None:
-            patches = (pixel_values.shape[2] // self.config.patch_size) * (
-                pixel_values.shape[3] // self.config.patch_size
-            )
-            if tuple(noise.shape) != (pixel_values.shape[0], patches):
-                raise ValueError(
-                    f"noise: expected shape (batch_size, num_patches) = ({pixel_values.shape[0]}, {patches}), "
-                    f"got {tuple(noise.shape)}"
-                )
+        self._check_inputs(pixel_values, noise, interpolate_pos_encoding)
         outputs = self.vit.forward_masked(
             pixel_values, noise=noise, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
@@ -284,6 +271,24 @@ class RecPercMAEForPreTraining(RecPercMAEPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def _check_inputs(self, pixel_values, noise, interpolate_pos_encoding) -> None:
+        """One-line errors for pixel values of the wrong shape and ``noise`` not `(batch_size, num_patches)`."""
+        check_pixel_values(
+            pixel_values,
+            self.config.num_channels,
+            None if interpolate_pos_encoding else self.config.image_size,
+        )
+        if noise is None:
+            return
+        patches = (pixel_values.shape[2] // self.config.patch_size) * (
+            pixel_values.shape[3] // self.config.patch_size
+        )
+        if tuple(noise.shape) != (pixel_values.shape[0], patches):
+            raise ValueError(
+                f"noise: expected shape (batch_size, num_patches) = ({pixel_values.shape[0]}, {patches}), "
+                f"got {tuple(noise.shape)}"
+            )
 
     def pixel_mask(self, mask: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """ViTMAE's patch mask `(B, L)` (1 = masked) -> `(B, 1, H, W)` booleans, True on masked pixels."""

@@ -263,10 +263,9 @@ def knn_grid_protocol(
     majority, weighted, clipped = _test_predictions(
         train_X, columns, test_X, ks, temperatures, classes.numel(), chunk_size, test_ranking
     )
+    chosen = weighted[(min(best_k, train_X.shape[0]), best_t)]  # (M,) predicted columns
     results: dict[str, Any] = {
-        knn_grid_key("accuracy"): accuracy(
-            classes[weighted[(min(best_k, train_X.shape[0]), best_t)]], test_y
-        ),
+        knn_grid_key("accuracy"): accuracy(classes[chosen], test_y),
         knn_grid_key("holdout_accuracy"): held_accuracy,
         knn_grid_key("k"): best_k,
         knn_grid_key("temperature"): best_t,
