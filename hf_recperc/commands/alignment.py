@@ -149,25 +149,19 @@ def check_memory_before_decoding(data, image_size: int | None) -> None:
 def _figure_writers(study: dict, name: str) -> dict:
     """``{file name: writer}`` of the two figures for :meth:`OutputDirectory.write`: task alignment and denoising
     benefit against K (:func:`figure_panels`), titled with the data set's ``name``."""
-    alignment_figure = functools.partial(
-        plot_curve_panels,
-        figure_panels(study, "alignment"),
-        xlabel="latent size K",
-        ylabel="task alignment (%)",
-        title=f"Optimal linear (denoising) autoencoders: task alignment, {name}",
-        logx=True,
-        colormap="viridis",
+
+    def figure(kind: str, ylabel: str, title: str, **options):
+        return functools.partial(
+            plot_curve_panels, figure_panels(study, kind), xlabel="latent size K", ylabel=ylabel,
+            title=f"{title}, {name}", logx=True, colormap="viridis", **options,
+        )  # fmt: skip
+
+    alignment_figure = figure(
+        "alignment", "task alignment (%)", "Optimal linear (denoising) autoencoders: task alignment"
     )
-    benefit_figure = functools.partial(
-        plot_curve_panels,
-        figure_panels(study, "benefit"),
-        xlabel="latent size K",
-        ylabel="denoising benefit (%)",
-        title=f"Alignment gained over no noise, {name}",
-        logx=True,
-        colormap="viridis",
-        reference=0.0,
-        min_yspan=1.0,  # Gaussian benefits are 0 up to round-off: show them as flat, not as 1e-12 wiggles
+    # Gaussian benefits are 0 up to round-off: min_yspan shows them as flat, not as 1e-12 wiggles.
+    benefit_figure = figure(
+        "benefit", "denoising benefit (%)", "Alignment gained over no noise", reference=0.0, min_yspan=1.0
     )
     return {"alignment.png": alignment_figure, "denoising_benefit.png": benefit_figure}
 
